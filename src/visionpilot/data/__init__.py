@@ -1,0 +1,1 @@
+"""Data: Frame schema, vocabularies, regions, splits, sources, transforms and the datamodule."""

@@ -1,0 +1,1 @@
+"""Dataset sources, one file (or folder) per format."""

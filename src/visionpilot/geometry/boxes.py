@@ -1,0 +1,136 @@
+"""3D boxes and hexahedral solids, and their clipped 2D projections.
+
+A 3D box is ``center (x, y, z)`` (the box centre, not its bottom), ``size (length, width, height)`` with length
+along the heading, and ``yaw`` about +z, all in the ego frame.
+
+Corner order of a box (and of every hexahedron here): bottom face first, then the top face, each as
+front-left, front-right, rear-right, rear-left (front = +length direction, left = +width direction)::
+
+        7 -------- 4          top     (z = +h/2)
+       /|         /|
+      6 -------- 5 |
+      | 3 -------|-0          bottom  (z = -h/2)
+      |/         |/
+      2 -------- 1
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visionpilot.geometry.camera import DEFAULT_NEAR, clip_segments_near, ego_to_camera, project_camera_points
+
+# Unit corner signs in (length, width, height) for the order above.
+_CORNER_SIGNS = np.array(
+    [[1, 1, -1], [1, -1, -1], [-1, -1, -1], [-1, 1, -1], [1, 1, 1], [1, -1, 1], [-1, -1, 1], [-1, 1, 1]],
+    dtype=np.float64,
+) * 0.5
+
+#: The 12 edges of a hexahedron as pairs of corner indices.
+HEX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+
+#: The 6 faces as corner indices, counter-clockwise seen from outside (outward normals by the right-hand rule).
+HEX_FACES = np.array(
+    [
+        [0, 3, 2, 1],  # bottom
+        [4, 5, 6, 7],  # top
+        [0, 1, 5, 4],  # front
+        [2, 3, 7, 6],  # rear
+        [3, 0, 4, 7],  # left
+        [1, 2, 6, 5],  # right
+    ]
+)
+
+
+def box_corners(center: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """Corners of 3D boxes. center, size: (..., 3); yaw: (...,). Returns (..., 8, 3) in the order above."""
+    center = np.asarray(center, dtype=np.float64)
+    size = np.asarray(size, dtype=np.float64)
+    yaw = np.asarray(yaw, dtype=np.float64)
+    local = _CORNER_SIGNS * size[..., None, :]  # (..., 8, 3)
+    c, s = np.cos(yaw)[..., None], np.sin(yaw)[..., None]
+    x = c * local[..., 0] - s * local[..., 1]
+    y = s * local[..., 0] + c * local[..., 1]
+    return np.stack([x, y, local[..., 2]], axis=-1) + center[..., None, :]
+
+
+def frustum_corners(center: np.ndarray, size: np.ndarray, yaw: np.ndarray, top_scale: float) -> np.ndarray:
+    """Corners of a box whose top face is scaled by ``top_scale`` about its centre (a truncated pyramid)."""
+    scale = np.array([1, 1, 1, 1, top_scale, top_scale, top_scale, top_scale], dtype=np.float64)
+    local = _CORNER_SIGNS * np.asarray(size, dtype=np.float64)[..., None, :]
+    local = local * np.stack([scale, scale, np.ones(8)], axis=-1)
+    yaw = np.asarray(yaw, dtype=np.float64)
+    c, s = np.cos(yaw)[..., None], np.sin(yaw)[..., None]
+    x = c * local[..., 0] - s * local[..., 1]
+    y = s * local[..., 0] + c * local[..., 1]
+    return np.stack([x, y, local[..., 2]], axis=-1) + np.asarray(center, dtype=np.float64)[..., None, :]
+
+
+def project_hexahedra_bounds(corners_ego: np.ndarray, intrinsics: np.ndarray, extrinsics: np.ndarray,
+                             image_size: tuple[int, int], near: float = DEFAULT_NEAR
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Tight 2D boxes of the visible part of convex hexahedra, clipped at the near plane and the image border.
+
+    The projection of a convex solid is the convex hull of its projected vertices, so after clipping the solid at
+    the near plane (vertices in front, plus where edges cross the plane) the 2D bounds are the min/max of those
+    points. Occlusion by *other* solids is not considered here.
+
+    Args:
+        corners_ego: (N, 8, 3) hexahedra in the order of :data:`HEX_EDGES`.
+        image_size: (height, width).
+
+    Returns:
+        boxes: (N, 4) ``x1, y1, x2, y2`` in pixels (zeros where not visible); visible: (N,).
+    """
+    n = corners_ego.shape[0]
+    height, width = image_size
+    if n == 0:
+        return np.zeros((0, 4)), np.zeros(0, dtype=bool)
+    pc = ego_to_camera(corners_ego.reshape(-1, 3), extrinsics).reshape(n, 8, 3)
+    a = pc[:, HEX_EDGES[:, 0]].reshape(-1, 3)
+    b = pc[:, HEX_EDGES[:, 1]].reshape(-1, 3)
+    a_c, b_c, keep, _, _ = clip_segments_near(a, b, near)
+    pts = np.concatenate([a_c.reshape(n, 12, 3), b_c.reshape(n, 12, 3)], axis=1)  # (N, 24, 3)
+    ok = np.concatenate([keep.reshape(n, 12), keep.reshape(n, 12)], axis=1)
+    uv, _ = project_camera_points(pts, intrinsics, near * (1 - 1e-9))
+    lo = np.where(ok[..., None], uv, np.inf).min(axis=1)
+    hi = np.where(ok[..., None], uv, -np.inf).max(axis=1)
+    any_ok = ok.any(axis=1)
+    x1 = np.clip(lo[:, 0], 0, width)
+    y1 = np.clip(lo[:, 1], 0, height)
+    x2 = np.clip(hi[:, 0], 0, width)
+    y2 = np.clip(hi[:, 1], 0, height)
+    visible = any_ok & (x2 > x1) & (y2 > y1)
+    boxes = np.where(visible[:, None], np.stack([x1, y1, x2, y2], axis=1), 0.0)
+    return boxes, visible
+
+
+def group_bounds(boxes: np.ndarray, visible: np.ndarray, group: np.ndarray, n_groups: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Union of 2D boxes (P, 4) per group id (P,) -> (n_groups, 4) and whether each group has any visible part."""
+    lo = np.full((n_groups, 2), np.inf)
+    hi = np.full((n_groups, 2), -np.inf)
+    g = group[visible]
+    np.minimum.at(lo, g, boxes[visible, :2])
+    np.maximum.at(hi, g, boxes[visible, 2:])
+    any_visible = np.isfinite(lo[:, 0])
+    out = np.where(any_visible[:, None], np.concatenate([lo, hi], axis=1), 0.0)
+    return out, any_visible
+
+
+def project_box_2d(center: np.ndarray, size: np.ndarray, yaw: np.ndarray, intrinsics: np.ndarray,
+                   extrinsics: np.ndarray, image_size: tuple[int, int], near: float = DEFAULT_NEAR
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Clipped 2D boxes of the visible part of 3D boxes (N, ...) in one camera. See :func:`project_hexahedra_bounds`."""
+    corners = box_corners(np.atleast_2d(center), np.atleast_2d(size), np.atleast_1d(yaw))
+    return project_hexahedra_bounds(corners, intrinsics, extrinsics, image_size, near)
+
+
+def points_in_box(points: np.ndarray, center: np.ndarray, size: np.ndarray, yaw: float) -> np.ndarray:
+    """Which ego-frame points (P, 3) lie inside one 3D box."""
+    d = np.asarray(points) - np.asarray(center)
+    c, s = np.cos(yaw), np.sin(yaw)
+    local_x = c * d[:, 0] + s * d[:, 1]
+    local_y = -s * d[:, 0] + c * d[:, 1]
+    half = np.asarray(size) / 2
+    return (np.abs(local_x) <= half[0]) & (np.abs(local_y) <= half[1]) & (np.abs(d[:, 2]) <= half[2])

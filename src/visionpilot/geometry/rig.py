@@ -1,0 +1,135 @@
+"""Camera rigs: where each camera sits on the car and what it sees.
+
+A rig is read from ``configs/rig/<name>.yaml`` (a Hydra group, ``rig=nuscenes6``) and turned into per-camera
+intrinsics and extrinsics for an image size. Every camera of a rig renders/streams at the same image size so that
+a batch can stack them as ``(B, N_cam, 3, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import yaml
+
+from visionpilot.geometry.frames import camera_extrinsics, intrinsics_from_fov
+from visionpilot.paths import config_dir
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """Mounting of one camera. Angles in degrees, position in the ego frame (metres)."""
+
+    name: str
+    position: tuple[float, float, float]
+    yaw_deg: float
+    hfov_deg: float
+    pitch_deg: float = 0.0
+    roll_deg: float = 0.0
+    principal: tuple[float, float] = (0.5, 0.5)  # principal point as fractions of (width, height)
+
+    def intrinsics(self, image_size: tuple[int, int]) -> np.ndarray:
+        height, width = image_size
+        return intrinsics_from_fov(self.hfov_deg, width, height, self.principal)
+
+    def extrinsics(self) -> np.ndarray:
+        return camera_extrinsics(self.position, self.yaw_deg, self.pitch_deg, self.roll_deg)
+
+
+@dataclass(frozen=True)
+class Rig:
+    """An ordered set of cameras. The order is the camera axis of every batch."""
+
+    name: str
+    cameras: tuple[CameraSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [c.name for c in self.cameras]
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def intrinsics(self, image_size: tuple[int, int]) -> np.ndarray:
+        """(N_cam, 3, 3) for images of size (height, width)."""
+        return np.stack([c.intrinsics(image_size) for c in self.cameras])
+
+    def extrinsics(self) -> np.ndarray:
+        """(N_cam, 4, 4) camera -> ego."""
+        return np.stack([c.extrinsics() for c in self.cameras])
+
+    def mirror_order(self) -> list[int] | None:
+        """Permutation that maps each camera to its left/right mirror twin (itself if on the centre line).
+
+        Used by horizontal flip: after mirroring the world, slot ``i`` holds the flipped image of camera
+        ``mirror_order()[i]``. None when the rig is not left/right symmetric.
+        """
+        order = []
+        for cam in self.cameras:
+            want_pos = np.array([cam.position[0], -cam.position[1], cam.position[2]])
+            best, best_err = None, np.inf
+            for j, other in enumerate(self.cameras):
+                yaw_err = abs(((other.yaw_deg + cam.yaw_deg) + 180) % 360 - 180)
+                err = np.linalg.norm(np.asarray(other.position) - want_pos) + yaw_err / 10.0
+                if other.hfov_deg == cam.hfov_deg and err < best_err:
+                    best, best_err = j, err
+            if best is None or best_err > 0.2:
+                return None
+            order.append(best)
+        return order
+
+
+def available_rigs() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "rig").glob("*.yaml"))
+
+
+def rig_from_config(cfg: Mapping[str, Any]) -> Rig:
+    """Build a :class:`Rig` from its config mapping (a Hydra ``rig`` node or a parsed YAML file)."""
+    name = cfg.get("name", "<unnamed>")
+    cams_cfg: Sequence[Mapping[str, Any]] = cfg.get("cameras") or []
+    if not cams_cfg:
+        raise ValueError(f"rig '{name}': field 'cameras' must list at least one camera, found {cams_cfg!r}")
+    cameras = []
+    required = ("name", "position", "yaw_deg", "hfov_deg")
+    for i, c in enumerate(cams_cfg):
+        missing = [k for k in required if k not in c]
+        if missing:
+            raise ValueError(f"rig '{name}', camera #{i}: missing field(s) {missing}; each camera needs {list(required)}")
+        position = tuple(float(v) for v in c["position"])
+        if len(position) != 3:
+            raise ValueError(f"rig '{name}', camera '{c['name']}': field 'position' needs 3 values, found {position}")
+        cameras.append(
+            CameraSpec(
+                name=str(c["name"]),
+                position=position,  # type: ignore[arg-type]
+                yaw_deg=float(c["yaw_deg"]),
+                hfov_deg=float(c["hfov_deg"]),
+                pitch_deg=float(c.get("pitch_deg", 0.0)),
+                roll_deg=float(c.get("roll_deg", 0.0)),
+                principal=tuple(float(v) for v in c.get("principal", (0.5, 0.5))),  # type: ignore[arg-type]
+            )
+        )
+    names = [c.name for c in cameras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"rig '{name}': camera names must be unique, found {names}")
+    return Rig(name=str(name), cameras=tuple(cameras))
+
+
+def load_rig(name: str) -> Rig:
+    """Load ``configs/rig/<name>.yaml``; an unknown name lists the valid ones."""
+    path = config_dir() / "rig" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown rig '{name}'; valid choices: {available_rigs()}")
+    with open(path) as f:
+        return rig_from_config(yaml.safe_load(f))
+
+
+def as_rig(rig: Rig | str | Mapping[str, Any]) -> Rig:
+    """Accept a Rig, a rig name, or a config mapping."""
+    if isinstance(rig, Rig):
+        return rig
+    if isinstance(rig, str):
+        return load_rig(rig)
+    return rig_from_config(rig)
