@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from visionpilot.geometry.camera import DEFAULT_NEAR, clip_segments_near, ego_to_camera, project_camera_points
+from visionpilot.geometry.camera import (
+    DEFAULT_NEAR,
+    clip_segments_near,
+    clip_segments_rect,
+    ego_to_camera,
+    in_image,
+    project_camera_points,
+)
 
 # Unit corner signs in (length, width, height) for the order above.
 _CORNER_SIGNS = np.array(
@@ -29,15 +36,17 @@ _CORNER_SIGNS = np.array(
 #: The 12 edges of a hexahedron as pairs of corner indices.
 HEX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
-#: The 6 faces as corner indices, counter-clockwise seen from outside (outward normals by the right-hand rule).
+#: The 6 faces as corner indices, counter-clockwise seen from outside (outward normals by the right-hand rule:
+#: ``cross(f[1] - f[0], f[3] - f[0])`` points out). On the four side faces the edge 0->1 is horizontal along the
+#: bottom and 0->3 goes up.
 HEX_FACES = np.array(
     [
-        [0, 3, 2, 1],  # bottom
-        [4, 5, 6, 7],  # top
-        [0, 1, 5, 4],  # front
-        [2, 3, 7, 6],  # rear
-        [3, 0, 4, 7],  # left
-        [1, 2, 6, 5],  # right
+        [3, 0, 1, 2],  # bottom
+        [5, 4, 7, 6],  # top
+        [1, 0, 4, 5],  # front
+        [3, 2, 6, 7],  # rear
+        [0, 3, 7, 4],  # left
+        [2, 1, 5, 6],  # right
     ]
 )
 
@@ -72,8 +81,10 @@ def project_hexahedra_bounds(corners_ego: np.ndarray, intrinsics: np.ndarray, ex
     """Tight 2D boxes of the visible part of convex hexahedra, clipped at the near plane and the image border.
 
     The projection of a convex solid is the convex hull of its projected vertices, so after clipping the solid at
-    the near plane (vertices in front, plus where edges cross the plane) the 2D bounds are the min/max of those
-    points. Occlusion by *other* solids is not considered here.
+    the near plane (vertices in front, plus where edges cross the plane) its image is the hull of those points.
+    The box bounds that hull's intersection with the image rectangle (not merely the hull's bounds clamped to the
+    image, which can be far too large for a solid that sticks out of a corner of the image). Occlusion by *other*
+    solids is not considered here.
 
     Args:
         corners_ego: (N, 8, 3) hexahedra in the order of :data:`HEX_EDGES`.
@@ -95,14 +106,57 @@ def project_hexahedra_bounds(corners_ego: np.ndarray, intrinsics: np.ndarray, ex
     uv, _ = project_camera_points(pts, intrinsics, near * (1 - 1e-9))
     lo = np.where(ok[..., None], uv, np.inf).min(axis=1)
     hi = np.where(ok[..., None], uv, -np.inf).max(axis=1)
-    any_ok = ok.any(axis=1)
+    # Solids that stick out of the image: the clamped hull bounds can be far too large; bound hull & image exactly.
+    out = ok.any(axis=1) & ((lo[:, 0] < 0) | (lo[:, 1] < 0) | (hi[:, 0] > width) | (hi[:, 1] > height))
+    out &= (lo[:, 0] < width) & (hi[:, 0] > 0) & (lo[:, 1] < height) & (hi[:, 1] > 0)
+    if out.any():
+        lo[out], hi[out] = _hull_in_rect_bounds(uv[out], ok[out], width, height)
     x1 = np.clip(lo[:, 0], 0, width)
     y1 = np.clip(lo[:, 1], 0, height)
     x2 = np.clip(hi[:, 0], 0, width)
     y2 = np.clip(hi[:, 1], 0, height)
-    visible = any_ok & (x2 > x1) & (y2 > y1)
+    visible = np.isfinite(lo).all(axis=1) & (x2 > x1) & (y2 > y1)
     boxes = np.where(visible[:, None], np.stack([x1, y1, x2, y2], axis=1), 0.0)
     return boxes, visible
+
+
+def _hull_in_rect_bounds(uv: np.ndarray, ok: np.ndarray, width: float, height: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (lo, hi), each (N, 2), of the convex hull of points ``uv`` (N, P, 2) where ``ok``, cut to
+    ``[0, width] x [0, height]``; +-inf where the hull misses the rectangle.
+
+    Every vertex of hull & rectangle is a point inside the rectangle, a crossing of a hull edge with the border, or
+    a rectangle corner inside the hull. Hull edges are among the chords between all pairs of points, and every chord
+    lies inside the hull, so clipping all chords to the rectangle finds the first two kinds exactly.
+    """
+    n = len(uv)
+    i, j = np.triu_indices(uv.shape[1], k=1)
+    p_c, q_c, chord_ok, _, _ = clip_segments_rect(uv[:, i].reshape(-1, 2), uv[:, j].reshape(-1, 2), width, height)
+    chord_ok = chord_ok.reshape(n, -1) & ok[:, i] & ok[:, j]
+    corners = np.array([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]])
+    cand = np.concatenate(
+        [uv, p_c.reshape(n, -1, 2), q_c.reshape(n, -1, 2), np.broadcast_to(corners, (n, 4, 2))], axis=1
+    )
+    cand_ok = np.concatenate([ok & in_image(uv, (height, width)), chord_ok, chord_ok, _in_hull(corners, uv, ok)], axis=1)
+    lo = np.where(cand_ok[..., None], cand, np.inf).min(axis=1)
+    hi = np.where(cand_ok[..., None], cand, -np.inf).max(axis=1)
+    return lo, hi
+
+
+def _in_hull(queries: np.ndarray, points: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Whether 2D ``queries`` (Q, 2) lie in the convex hull of each set of ``points`` (N, P, 2) where ``ok`` (N, P).
+
+    A query is inside iff the directions to the points leave no angular gap wider than pi (else a line through the
+    query separates it from all points). Returns (N, Q).
+    """
+    d = points[:, None, :, :] - queries[None, :, None, :]  # (N, Q, P, 2)
+    ang = np.arctan2(d[..., 1], d[..., 0])
+    # Masked points repeat the angle of the first valid point, so they open no gap.
+    first = np.broadcast_to(np.argmax(ok, axis=1)[:, None, None], (*ang.shape[:2], 1))
+    ang = np.sort(np.where(ok[:, None, :], ang, np.take_along_axis(ang, first, axis=2)), axis=-1)
+    gaps = np.diff(ang, axis=-1, append=ang[..., :1] + 2 * np.pi)
+    on_point = ((np.abs(d).max(axis=-1) < 1e-9) & ok[:, None, :]).any(axis=-1)
+    return ok.any(axis=1)[:, None] & ((gaps.max(axis=-1) <= np.pi + 1e-9) | on_point)
 
 
 def group_bounds(boxes: np.ndarray, visible: np.ndarray, group: np.ndarray, n_groups: int

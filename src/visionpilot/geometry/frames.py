@@ -10,7 +10,9 @@ Conventions (used everywhere in visionpilot):
 - **extrinsics**: 4x4 camera -> ego (``p_ego = E @ p_cam``). **intrinsics**: 3x3 pinhole ``K``.
 - **yaw**: rotation about +z of the ego frame, counter-clockwise seen from above; 0 = facing ego +x.
 
-All functions are pure and work on numpy arrays with any leading batch shape.
+All functions are pure numpy. ``rot_x/y/z``, ``invert_rigid``, ``quaternion_to_rotation`` and ``wrap_angle``
+accept any leading batch shape, ``transform_points`` any batch of points (one transform); the mounting,
+intrinsics and ``rotation_to_quaternion`` / ``yaw_of_rotation`` helpers take one camera / rotation.
 """
 
 from __future__ import annotations
@@ -111,15 +113,15 @@ def intrinsics_from_fov(hfov_deg: float, width: int, height: int,
 
 
 def quaternion_to_rotation(q: np.ndarray | list[float]) -> np.ndarray:
-    """Rotation matrix from a unit quaternion in ``[w, x, y, z]`` order (the nuScenes / pyquaternion order)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+    """Rotation matrices (..., 3, 3) from quaternions (..., 4) in ``[w, x, y, z]`` order (nuScenes / pyquaternion)."""
+    q = np.asarray(q, dtype=np.float64)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
 
 
 def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from visionpilot.geometry.camera import (
@@ -24,36 +26,51 @@ def project_polyline(points_ego: np.ndarray, intrinsics: np.ndarray, extrinsics:
     Returns:
         A list of (Q, 2) pixel polylines, in the order of the input; pieces shorter than ``min_length_px`` dropped.
     """
-    points_ego = np.asarray(points_ego, dtype=np.float64)
-    if len(points_ego) < 2:
-        return []
+    return project_polylines([points_ego], intrinsics, extrinsics, image_size, near, min_length_px)[0]
+
+
+def project_polylines(polylines: Sequence[np.ndarray], intrinsics: np.ndarray, extrinsics: np.ndarray,
+                      image_size: tuple[int, int], near: float = DEFAULT_NEAR,
+                      min_length_px: float = 0.0) -> list[list[np.ndarray]]:
+    """:func:`project_polyline` for many polylines in one vectorised pass; one list of pieces per input."""
+    out: list[list[np.ndarray]] = [[] for _ in polylines]
+    lines = [np.asarray(p, dtype=np.float64) for p in polylines]
+    seg_a = [p[:-1] for p in lines if len(p) >= 2]
+    if not seg_a:
+        return out
+    owner = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(lines) if len(p) >= 2])
     height, width = image_size
-    pc = ego_to_camera(points_ego, extrinsics)
-    a, b, keep3d, a_moved3d, b_moved3d = clip_segments_near(pc[:-1], pc[1:], near)
+    pts = np.concatenate([p for p in lines if len(p) >= 2])
+    pc = ego_to_camera(pts, extrinsics)
+    # Segment k joins point k and k+1 of the concatenation; drop the joins between different polylines.
+    last = np.cumsum([len(p) for p in lines if len(p) >= 2]) - 1
+    first_of_seg = np.delete(np.arange(len(pts)), last)
+    a, b, keep3d, a_moved3d, b_moved3d = clip_segments_near(pc[first_of_seg], pc[first_of_seg + 1], near)
     ua, _ = project_camera_points(a, intrinsics, near * (1 - 1e-9))
     ub, _ = project_camera_points(b, intrinsics, near * (1 - 1e-9))
     # Far-off projections of points at the near plane can be huge; Liang-Barsky is exact for any magnitude.
     p, q, keep2d, p_moved2d, q_moved2d = clip_segments_rect(ua, ub, width, height)
     keep = keep3d & keep2d
+    if not keep.any():
+        return out
     start_cut = a_moved3d | p_moved2d
     end_cut = b_moved3d | q_moved2d
-    if not keep.any():
-        return []
     idx = np.flatnonzero(keep)
-    # A kept segment continues the previous piece only if it directly follows a kept segment and neither the
-    # previous end nor this start was cut.
-    prev = idx - 1
+    # A kept segment continues the previous piece only if it directly follows a kept segment of the same polyline
+    # and neither the previous end nor this start was cut.
     continues = np.zeros(len(idx), dtype=bool)
-    continues[1:] = (prev[1:] == idx[:-1]) & ~end_cut[idx[:-1]] & ~start_cut[idx[1:]]
-    piece_id = np.cumsum(~continues) - 1
-    pieces: list[np.ndarray] = []
-    for pid in range(piece_id[-1] + 1):
-        seg = idx[piece_id == pid]
-        pts = np.concatenate([p[seg[:1]], q[seg]], axis=0)
-        if min_length_px > 0 and np.linalg.norm(np.diff(pts, axis=0), axis=1).sum() < min_length_px:
+    continues[1:] = ((idx[1:] - 1 == idx[:-1]) & (owner[idx[1:]] == owner[idx[:-1]]) & ~end_cut[idx[:-1]]
+                     & ~start_cut[idx[1:]])
+    starts = np.flatnonzero(~continues)
+    ends = np.append(starts[1:], len(idx))
+    lengths = np.linalg.norm(q[idx] - p[idx], axis=1)
+    piece_len = np.add.reduceat(lengths, starts)
+    for s0, s1, plen in zip(starts, ends, piece_len):
+        if min_length_px > 0 and plen < min_length_px:
             continue
-        pieces.append(pts)
-    return pieces
+        seg = idx[s0:s1]
+        out[int(owner[seg[0]])].append(np.concatenate([p[seg[:1]], q[seg]], axis=0))
+    return out
 
 
 def polyline_length(points: np.ndarray) -> float:

@@ -65,20 +65,26 @@ class Rig:
 
         Used by horizontal flip: after mirroring the world, slot ``i`` holds the flipped image of camera
         ``mirror_order()[i]``. None when the rig is not left/right symmetric.
+
+        The twin of a camera sits at the mirrored position with mirrored yaw and roll, the same pitch and field of
+        view, and the mirrored principal point; every camera must have its own twin (a permutation).
         """
         order = []
         for cam in self.cameras:
             want_pos = np.array([cam.position[0], -cam.position[1], cam.position[2]])
+            want_principal = (1.0 - cam.principal[0], cam.principal[1])
             best, best_err = None, np.inf
             for j, other in enumerate(self.cameras):
-                yaw_err = abs(((other.yaw_deg + cam.yaw_deg) + 180) % 360 - 180)
-                err = np.linalg.norm(np.asarray(other.position) - want_pos) + yaw_err / 10.0
-                if other.hfov_deg == cam.hfov_deg and err < best_err:
+                angle_err = (abs(((other.yaw_deg + cam.yaw_deg) + 180) % 360 - 180)
+                             + abs(other.pitch_deg - cam.pitch_deg) + abs(other.roll_deg + cam.roll_deg))
+                err = np.linalg.norm(np.asarray(other.position) - want_pos) + angle_err / 10.0
+                same_optics = other.hfov_deg == cam.hfov_deg and np.allclose(other.principal, want_principal)
+                if same_optics and err < best_err:
                     best, best_err = j, err
             if best is None or best_err > 0.2:
                 return None
             order.append(best)
-        return order
+        return order if sorted(order) == list(range(len(order))) else None
 
 
 def available_rigs() -> list[str]:
@@ -96,7 +102,8 @@ def rig_from_config(cfg: Mapping[str, Any]) -> Rig:
     for i, c in enumerate(cams_cfg):
         missing = [k for k in required if k not in c]
         if missing:
-            raise ValueError(f"rig '{name}', camera #{i}: missing field(s) {missing}; each camera needs {list(required)}")
+            cam = f"camera #{i} '{c['name']}'" if "name" in c else f"camera #{i}"
+            raise ValueError(f"rig '{name}', {cam}: missing field(s) {missing}; each camera needs {list(required)}")
         position = tuple(float(v) for v in c["position"])
         if len(position) != 3:
             raise ValueError(f"rig '{name}', camera '{c['name']}': field 'position' needs 3 values, found {position}")

@@ -1,0 +1,1 @@
+"""Drawing frames, labels and predictions (previews, prediction images, BEV panels)."""
