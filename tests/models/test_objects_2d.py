@@ -1,0 +1,151 @@
+"""CenterNet 2D head: shapes, targets, masking, overfitting, and an encode -> decode round trip within 1 px."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visionpilot.models.heads.objects_2d import CenterNetHead, gaussian_radius
+
+H, W = 64, 160
+
+
+def _head(**kw) -> CenterNetHead:
+    args = dict(in_channels=16, strides=[8, 16, 32], stride=8, num_classes=6, head_channels=16, top_k=20)
+    return CenterNetHead(**(args | kw))
+
+
+def _batch(boxes: list[list[tuple[list[float], int]]], has: list[bool] | None = None,
+           camera_mask: list[list[bool]] | None = None) -> dict[str, torch.Tensor]:
+    """A batch following the contract (2D-box keys only), boxes in camera 0 of each frame."""
+    b = len(boxes)
+    camera_mask = camera_mask or [[True] for _ in range(b)]
+    n = len(camera_mask[0])
+    m = max(1, max(len(fr) for fr in boxes))
+    xyxy = torch.zeros(b, n, m, 4)
+    classes = torch.full((b, n, m), -1)
+    for i, frame in enumerate(boxes):
+        for j, (box, c) in enumerate(frame):
+            xyxy[i, 0, j] = torch.tensor(box)
+            classes[i, 0, j] = c
+    return {
+        "images": torch.zeros(b, n, 3, H, W, dtype=torch.uint8),
+        "camera_mask": torch.tensor(camera_mask),
+        "boxes_2d": xyxy,
+        "boxes_2d_classes": classes,
+        "boxes_2d_mask": classes >= 0,
+        "has_boxes_2d": torch.tensor(has if has is not None else [True] * b),
+    }
+
+
+def _outputs(head: CenterNetHead, feats: torch.Tensor, b: int, n: int) -> dict[str, torch.Tensor]:
+    return {k: v.unflatten(0, (b, n)) for k, v in head({"s8": feats}).items()}
+
+
+def _centernet_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
+    """The reference implementation (CenterNet, src/lib/utils/image.py), verbatim in numpy."""
+    a1, b1 = 1, height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + np.sqrt(b1**2 - 4 * a1 * c1)) / 2
+    a2, b2 = 4, 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + np.sqrt(b2**2 - 4 * a2 * c2)) / 2
+    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + np.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return min(r1, r2, r3)
+
+
+def test_forward_shapes() -> None:
+    out = _head()({"s8": torch.randn(6, 16, 8, 20)})
+    assert out["heatmap"].shape == (6, 6, 8, 20)
+    assert out["size"].shape == (6, 2, 8, 20) and out["offset"].shape == (6, 2, 8, 20)
+
+
+def test_gaussian_radius_matches_centernet() -> None:
+    sizes = [(3.0, 5.0), (10.0, 2.5), (40.0, 80.0), (0.5, 0.7)]
+    got = gaussian_radius(torch.tensor([h for h, _ in sizes]), torch.tensor([w for _, w in sizes]))
+    np.testing.assert_allclose(got.numpy(), [_centernet_radius(h, w) for h, w in sizes], rtol=1e-5)
+
+
+def test_targets_put_a_unit_peak_at_each_centre() -> None:
+    head = _head()
+    batch = _batch([[([20.0, 10.0, 60.0, 42.0], 0), ([100.0, 20.0, 110.0, 40.0], 4)]])
+    t = head.targets(batch, (8, 20))
+    heat = t["heatmap"][0, 0]  # (C, h, w)
+    # Box 0: centre (40, 26) px -> cell (5, 3), offset (0, 0.25); box 1: centre (105, 30) -> cell (13, 3).
+    assert heat[0, 3, 5] == 1 and heat[4, 3, 13] == 1
+    assert (heat == 1).sum() == 2 and heat[1:4].sum() == 0
+    assert t["index"][0, 0].tolist() == [3 * 20 + 5, 3 * 20 + 13]
+    torch.testing.assert_close(t["offset"][0, 0, 0], torch.tensor([0.0, 0.25]))
+    torch.testing.assert_close(t["size"][0, 0, 0], torch.tensor([5.0, 4.0]).log())
+    assert 0 < heat[0, 3, 4] < 1  # the gaussian spreads to neighbours
+
+
+def test_loss_is_masked_by_presence() -> None:
+    head = _head()
+    boxes = [[([20.0, 10.0, 60.0, 42.0], 0)], [([100.0, 20.0, 110.0, 40.0], 4)]]
+    feats = torch.randn(2, 16, 8, 20, requires_grad=True)
+    none = head.loss(_outputs(head, feats, 2, 1), _batch(boxes, has=[False, False]))
+    assert set(none) == {"heatmap", "size", "offset"}
+    total = sum(none.values())
+    assert total.item() == 0.0 and total.requires_grad
+    total.backward()
+    assert torch.isfinite(feats.grad).all() and (feats.grad == 0).all()
+    # A padded camera slot and an unlabelled frame contribute nothing.
+    out2 = _outputs(head, torch.cat([feats[:1], torch.randn(3, 16, 8, 20)]), 2, 2)
+    masked = head.loss(out2, _batch(boxes, has=[True, False], camera_mask=[[True, False], [True, True]]))
+    solo = head.loss({k: v[:1, :1] for k, v in out2.items()}, _batch(boxes[:1]))
+    for k in masked:
+        torch.testing.assert_close(masked[k], solo[k])
+
+
+def test_overfits_a_tiny_batch() -> None:
+    torch.manual_seed(0)
+    head = _head()
+    batch = _batch([[([20.0, 10.0, 60.0, 42.0], 0), ([100.0, 20.0, 110.0, 40.0], 4)],
+                    [([5.0, 30.0, 45.0, 60.0], 1)]])
+    feats = torch.randn(2, 16, 8, 20)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        total = sum(head.loss(_outputs(head, feats, 2, 1), batch).values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(total.item())
+    assert losses[-1] < 0.3 * losses[0], losses[::8]
+
+
+def test_decode_round_trip_recovers_boxes_within_a_pixel() -> None:
+    head = _head()
+    gt = [([20.0, 10.0, 60.0, 42.0], 0), ([101.3, 20.7, 110.9, 40.2], 4), ([3.0, 33.0, 47.5, 63.0], 2)]
+    t = head.targets(_batch([gt]), (8, 20))
+    # Perfect raw outputs: logit of the target heatmap, size/offset written at each centre cell.
+    size = torch.zeros(1, 1, 2, 8 * 20)
+    offset = torch.zeros(1, 1, 2, 8 * 20)
+    size[0, 0, :, t["index"][0, 0]] = t["size"][0, 0].T
+    offset[0, 0, :, t["index"][0, 0]] = t["offset"][0, 0].T
+    outputs = {"heatmap": t["heatmap"].clamp(1e-6, 1 - 1e-6).logit(),
+               "size": size.view(1, 1, 2, 8, 20), "offset": offset.view(1, 1, 2, 8, 20)}
+    dec = head.decode(outputs)
+    assert dec["scores"].shape == (1, 1, 20) and dec["boxes"].shape == (1, 1, 20, 4)
+    assert (dec["scores"][0, 0, :3] > 0.99).all() and (dec["scores"][0, 0, 3:] < 0.99).all()
+    for box, cls in gt:
+        hit = (dec["classes"][0, 0, :3] == cls).nonzero()[:, 0]
+        assert len(hit) == 1
+        np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1.0)
+
+
+def test_decode_pads_when_the_map_has_fewer_cells_than_top_k() -> None:
+    head = _head(num_classes=2, top_k=50)
+    out = head({"s8": torch.randn(1, 16, 4, 5)})
+    dec = head.decode({k: v[None] for k, v in out.items()})
+    assert dec["scores"].shape == (1, 1, 50) and dec["boxes"].shape == (1, 1, 50, 4)
+    assert (dec["classes"][0, 0, 40:] == -1).all() and (dec["scores"][0, 0, 40:] == 0).all()
+
+
+def test_refuses_a_missing_level() -> None:
+    with pytest.raises(ValueError, match="stride 4 is not a neck level"):
+        _head(stride=4)
