@@ -1,0 +1,213 @@
+"""The Lightning datamodule: any :class:`FrameSource`, split by scene per region, transformed and collated.
+
+Splits are built over *all* regions of the source and only then filtered by ``regions``, so a scene lands in the
+same split whether a run trains globally or fine-tunes on one country: a country's test scenes are never in any
+model's training set.
+
+Augmentation is deterministic per ``(seed, epoch, index)``: :class:`EpochSampler` yields ``(epoch, index)`` pairs,
+and Lightning calls its ``set_epoch`` at every epoch start. Carrying the epoch inside the index (rather than in the
+dataset object) keeps it right in persistent workers, which never see later changes to the dataset object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visionpilot.data.collate import collate_frames
+from visionpilot.data.frame import Frame
+from visionpilot.data.sources.base import FrameRef, FrameSource
+from visionpilot.data.splits import SplitManifest, make_splits, normalise_fractions
+from visionpilot.data.transforms import FrameTransform, build_transform, child_seeds
+
+log = logging.getLogger(__name__)
+
+TransformSpec = Mapping[str, Any] | FrameTransform | Callable[..., Frame] | None
+
+
+def _plain(value: Any) -> Any:
+    """Hydra hands over DictConfig/ListConfig; keep plain containers so everything pickles and logs cleanly."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class FrameDataset(Dataset):
+    """Frames of a source, selected by ref, passed through a transform seeded per ``(seed, epoch, index)``.
+
+    Indexing takes an ``int`` (epoch :attr:`epoch`) or an ``(epoch, index)`` pair from :class:`EpochSampler`.
+    """
+
+    def __init__(self, source: FrameSource, refs: Sequence[FrameRef], transform: TransformSpec = None,
+                 seed: int = 0) -> None:
+        self.source = source
+        self.refs = list(refs)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def item_seed(self, epoch: int, index: int) -> int:
+        return child_seeds(self.seed, 1, int(epoch), int(index))[0]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> Frame:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        frame = self.source.load(self.refs[index].index)
+        if self.transform is None:
+            return frame
+        return self.transform(frame, self.item_seed(epoch, index))
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)``; shuffled by ``(seed, epoch)`` when ``shuffle``. Lightning calls ``set_epoch``."""
+
+    def __init__(self, length: int, shuffle: bool = False, seed: int = 0) -> None:
+        self.length, self.shuffle, self.seed = int(length), shuffle, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
+                 else np.arange(self.length))
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+class VisionPilotDataModule(L.LightningDataModule):
+    """Train/val/test loaders over a frame source, split by scene, filtered by region.
+
+    Args:
+        source: any frame source (Hydra instantiates it).
+        regions: ``"global"`` (every region the source has), a code, or a list of codes.
+        split_fractions: split -> fraction; default train 0.8 / val 0.1 / test 0.1.
+        split_seed: seed of the scene hash (see :mod:`visionpilot.data.splits`).
+        batch_size: frames per batch.
+        num_workers: loader worker processes (0 = load in the main process).
+        image_size: (height, width) network input; None keeps native sizes.
+        train_transform: kwargs for :func:`~visionpilot.data.transforms.build_transform` (train), or a ready
+            transform ``(frame, seed) -> frame``; None means the default train pipeline.
+        val_transform: the same for val/test (no randomness by default: resize only).
+        seed: seed of shuffling and augmentation.
+        persistent_workers: keep workers alive across epochs (ignored with 0 workers).
+        drop_last: drop the last incomplete train batch (kept when the train set is smaller than a batch).
+        pin_memory: pin batches for faster host-to-GPU copies.
+        manifest_path: where ``setup`` writes the split manifest (a file, or a folder for ``manifest.json``).
+    """
+
+    def __init__(self, source: FrameSource, regions: str | Sequence[str] = "global",
+                 split_fractions: Mapping[str, float] | None = None, split_seed: int = 0, batch_size: int = 4,
+                 num_workers: int = 0, image_size: Sequence[int] | None = (256, 704),
+                 train_transform: TransformSpec = None, val_transform: TransformSpec = None, seed: int = 0,
+                 persistent_workers: bool = False, drop_last: bool = True, pin_memory: bool = False,
+                 manifest_path: str | Path | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["source", "train_transform", "val_transform"], logger=False)
+        self.source = source
+        self.regions = _plain(regions)
+        self.split_fractions = normalise_fractions(_plain(split_fractions))
+        self.split_seed = int(split_seed)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.image_size = None if image_size is None else tuple(int(v) for v in _plain(image_size))
+        self.train_transform = self._make_transform(_plain(train_transform), train=True)
+        self.val_transform = self._make_transform(_plain(val_transform), train=False)
+        self.seed = int(seed)
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.manifest_path = manifest_path
+        self.manifest: SplitManifest | None = None
+        self.refs: list[FrameRef] = []
+        self.selected_regions: list[str] = []
+        self.datasets: dict[str, Dataset] = {}
+
+    def _make_transform(self, spec: TransformSpec, train: bool) -> Callable[..., Frame]:
+        if spec is None or isinstance(spec, Mapping):
+            return build_transform(self.image_size, train=train, **dict(spec or {}))
+        if not callable(spec):
+            raise TypeError(f"VisionPilotDataModule: field '{'train' if train else 'val'}_transform' must be a "
+                            f"mapping of build_transform kwargs, a callable (frame, seed) -> frame, or None; "
+                            f"found {type(spec).__name__}")
+        return spec
+
+    # -- setup ----------------------------------------------------------------------------------------------
+
+    def build_splits(self) -> SplitManifest:
+        """Scene splits of the whole source (all regions), honouring the source's official splits."""
+        self.refs = self.source.index()
+        return make_splits(self.refs, self.split_fractions, self.split_seed,
+                           official=getattr(self.source, "official_split", None))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is None:
+            self.manifest = self.build_splits()
+            self.selected_regions = self.manifest.select_regions(self.regions)
+            if self.manifest_path is not None and (self.trainer is None or self.trainer.is_global_zero):
+                path = self.manifest.write(self.manifest_path)
+                log.info("split manifest (sha256 %s) written to %s", self.manifest.sha256[:12], path)
+        for split in self.manifest.splits:
+            if split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
+                if len(self.datasets[split]) == 0:  # type: ignore[arg-type]
+                    log.warning("split '%s' has no frames in regions %s", split, self.selected_regions)
+
+    def build_dataset(self, split: str) -> Dataset:
+        """The dataset of one split. Override to change what a split holds (e.g. mix in replay frames)."""
+        assert self.manifest is not None
+        refs = self.manifest.select(self.refs, split, self.selected_regions)
+        transform = self.train_transform if split == "train" else self.val_transform
+        return FrameDataset(self.source, refs, transform, seed=self.seed)
+
+    # -- loaders --------------------------------------------------------------------------------------------
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"VisionPilotDataModule: no '{split}' dataset; call setup() first "
+                               f"(splits: {list(self.datasets)})")
+        ds = self.datasets[split]
+        n = len(ds)  # type: ignore[arg-type]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(n, shuffle=train, seed=self.seed),
+            num_workers=self.num_workers,
+            collate_fn=collate_frames,
+            pin_memory=self.pin_memory,
+            drop_last=train and self.drop_last and n >= self.batch_size,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    # -- facts ----------------------------------------------------------------------------------------------
+
+    @property
+    def camera_names(self) -> list[str]:
+        return self.source.camera_names
+
+    @property
+    def frame_counts(self) -> dict[str, dict[str, int]]:
+        """split -> region -> frames, over the selected regions (after ``setup``)."""
+        if self.manifest is None:
+            raise RuntimeError("VisionPilotDataModule.frame_counts: call setup() first")
+        return {split: self.manifest.frame_counts(split, self.selected_regions) for split in self.manifest.splits}

@@ -1,0 +1,221 @@
+"""Transforms keep images, intrinsics, extrinsics, 2D and 3D labels consistent, deterministically."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+from visionpilot.data.frame import CameraView, Frame
+from visionpilot.data.transforms import (
+    HorizontalFlip,
+    Photometric,
+    RandomScaleCrop,
+    Resize,
+    build_transform,
+    clip_polyline_rect,
+    flip_frame,
+    mirror_slots,
+    warp_image,
+)
+from visionpilot.geometry.boxes import project_box_2d
+from visionpilot.geometry.polylines import project_polyline
+from visionpilot.geometry.rig import load_rig
+
+
+def assert_labels_consistent(frame: Frame, tol: float = 1.0) -> None:
+    """2D labels equal the projection of the 3D labels through each camera's calibration (within ``tol`` px)."""
+    b = frame.boxes_3d
+    for cam in frame.cameras:
+        size = tuple(cam.image_size)
+        if cam.image is not None:
+            assert cam.image.shape == (*size, 3)
+        fresh, visible = project_box_2d(b.centers, b.sizes, b.yaws, cam.intrinsics, cam.extrinsics, size)
+        np.testing.assert_allclose(cam.boxes_2d, fresh[cam.box_ids_2d], atol=tol, err_msg=cam.name)
+        dropped = np.setdiff1d(np.flatnonzero(visible), cam.box_ids_2d)
+        small = np.minimum(fresh[:, 2] - fresh[:, 0], fresh[:, 3] - fresh[:, 1])
+        assert (small[dropped] < 2 + tol).all(), f"{cam.name}: visible boxes {dropped} lost"
+        pieces = [p for ln in frame.lanes_3d
+                  for p in project_polyline(ln.points, cam.intrinsics, cam.extrinsics, size, min_length_px=1.0)]
+        assert len(pieces) == len(cam.lanes_2d), cam.name
+        for want, got in zip(pieces, cam.lanes_2d):
+            assert want.shape == got.points.shape
+            np.testing.assert_allclose(got.points, want, atol=tol, err_msg=cam.name)
+
+
+def _snapshot(frame: Frame) -> Frame:
+    return copy.deepcopy(frame)
+
+
+def _assert_same(a: Frame, b: Frame) -> None:
+    assert a.camera_names == b.camera_names and a.driving_side == b.driving_side
+    for ca, cb in zip(a.cameras, b.cameras):
+        np.testing.assert_array_equal(ca.image, cb.image)
+        for field in ("intrinsics", "extrinsics", "boxes_2d", "classes_2d", "box_ids_2d", "visibility_2d"):
+            np.testing.assert_allclose(getattr(ca, field), getattr(cb, field), atol=1e-9, err_msg=field)
+        assert len(ca.lanes_2d) == len(cb.lanes_2d)
+        for la, lb in zip(ca.lanes_2d, cb.lanes_2d):
+            np.testing.assert_allclose(la.points, lb.points, atol=1e-9)
+    np.testing.assert_allclose(a.boxes_3d.as_array(), b.boxes_3d.as_array(), atol=1e-6)
+    np.testing.assert_allclose(a.boxes_3d.velocities, b.boxes_3d.velocities)
+    for la, lb in zip(a.lanes_3d, b.lanes_3d):
+        np.testing.assert_allclose(la.points, lb.points)
+
+
+def test_fixture_is_consistent(frame_factory) -> None:
+    assert_labels_consistent(frame_factory(1), tol=1e-6)
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_resize_keeps_geometry(frame_factory, keep_aspect: bool) -> None:
+    frame = frame_factory(2)
+    before = _snapshot(frame)
+    out = Resize((64, 96), keep_aspect=keep_aspect, crop_v=1.0)(frame)
+    assert all(c.image_size == (64, 96) for c in out.cameras)
+    assert_labels_consistent(out)
+    _assert_same(frame, before)  # input untouched
+    assert Resize((48, 80))(frame) is frame  # already the right size: nothing to do
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_scale_crop_keeps_geometry(frame_factory, seed: int) -> None:
+    frame = frame_factory(seed)
+    before = _snapshot(frame)
+    out = RandomScaleCrop((40, 72), scale_range=(1.0, 1.5))(frame, seed)
+    assert all(c.image_size == (40, 72) for c in out.cameras)
+    assert_labels_consistent(out)
+    _assert_same(frame, before)
+    for a, b in zip(frame.cameras, out.cameras):  # 3D side untouched
+        np.testing.assert_array_equal(a.extrinsics, b.extrinsics)
+    assert out.boxes_3d is frame.boxes_3d
+
+
+def test_random_scale_crop_fixed_vertical_placement(frame_factory) -> None:
+    frame = frame_factory(2)
+    out = RandomScaleCrop((40, 56), scale_range=(1.1, 1.3), keep_aspect=True, crop_v=1.0)(frame, 5)
+    assert_labels_consistent(out)
+    for a, b in zip(frame.cameras, out.cameras):
+        affine = b.intrinsics @ np.linalg.inv(a.intrinsics)
+        assert affine[0, 0] == pytest.approx(affine[1, 1])  # uniform scale
+        assert affine[1, 1] * 48 + affine[1, 2] == pytest.approx(40)  # bottom row kept
+
+
+def test_zoom_out_pads_and_keeps_labels_inside(frame_factory) -> None:
+    frame = frame_factory(0)
+    out = RandomScaleCrop((48, 80), scale_range=(0.6, 0.6))(frame, 3)
+    for a, b in zip(frame.cameras, out.cameras):
+        np.testing.assert_allclose(b.intrinsics[0, 0], 0.6 * a.intrinsics[0, 0])
+        assert (b.image.sum(axis=2) == 0).any()  # black padding
+        area_a = np.prod(a.boxes_2d[:, 2:] - a.boxes_2d[:, :2], axis=1)
+        area_b = np.prod(b.boxes_2d[:, 2:] - b.boxes_2d[:, :2], axis=1)
+        np.testing.assert_allclose(area_b, 0.36 * area_a[np.isin(a.box_ids_2d, b.box_ids_2d)], rtol=1e-4)
+
+
+def test_random_scale_crop_is_deterministic(frame_factory) -> None:
+    frame = frame_factory(1)
+    t = RandomScaleCrop((40, 72), scale_range=(0.8, 1.3))
+    _assert_same(t(frame, 11), t(frame, 11))
+    assert not np.allclose(t(frame, 11).cameras[0].intrinsics, t(frame, 12).cameras[0].intrinsics)
+
+
+def test_warp_image_half_pixel_convention() -> None:
+    img = np.zeros((40, 60, 1), np.uint8)
+    img[10:20, 12:30] = 200  # covers [12, 30) x [10, 20) in continuous coordinates
+    for scale, shift in ((2.0, 0.0), (1.3, 3.25), (0.5, -1.0), (1.0, 5.0), (0.7, 0.25), (0.8, 2.0)):
+        a = np.array([[scale, 0, shift], [0, scale, 0], [0, 0, 1]])
+        out = warp_image(img, a, (100, 140))[..., 0].astype(np.float64)
+        cols = out.sum(axis=0)
+        centroid = (cols * (np.arange(out.shape[1]) + 0.5)).sum() / cols.sum()  # pixel centres at i + 0.5
+        assert centroid == pytest.approx(scale * 21.0 + shift, abs=0.05), (scale, shift)
+
+
+def test_clip_polyline_splits_where_it_leaves() -> None:
+    pts = np.array([[5.0, 5.0], [15.0, 5.0], [25.0, 5.0], [25.0, 15.0], [5.0, 15.0], [5.0, 8.0]])
+    pieces = clip_polyline_rect(pts, width=20, height=20)
+    assert len(pieces) == 2
+    np.testing.assert_allclose(pieces[0], [[5, 5], [15, 5], [20, 5]])
+    np.testing.assert_allclose(pieces[1], [[20, 15], [5, 15], [5, 8]])
+    assert clip_polyline_rect(pts + 100, 20, 20) == []
+
+
+def test_flip_is_consistent(frame_factory) -> None:
+    frame = frame_factory(5, region="gb")
+    before = _snapshot(frame)
+    out = flip_frame(frame)
+    _assert_same(frame, before)
+    assert out.driving_side == "right" and frame.driving_side == "left"
+    assert out.camera_names == frame.camera_names  # names stay with the slots
+    assert_labels_consistent(out, tol=1e-4)
+    # Slot 0 (front-left) now holds the mirrored front-right view, from the same mounting position.
+    np.testing.assert_array_equal(out.cameras[0].image, frame.cameras[2].image[:, ::-1])
+    np.testing.assert_allclose(out.cameras[0].extrinsics, frame.cameras[0].extrinsics, atol=1e-9)
+    np.testing.assert_allclose(out.boxes_3d.centers[:, 1], -frame.boxes_3d.centers[:, 1])
+    _assert_same(flip_frame(out), frame)  # an involution
+
+
+def test_flip_with_skew_and_off_centre_principal(frame_factory) -> None:
+    frame = frame_factory(4)
+    cams = []
+    for c in frame.cameras:
+        k = c.intrinsics.copy()
+        k[0, 1], k[0, 2] = 3.0, k[0, 2] + 7.0
+        cams.append(CameraView(c.name, k, c.extrinsics, c.image_size, c.image))
+    out = flip_frame(frame.copy(cameras=cams, labels=frozenset()))
+    src = out.cameras[1]  # CAM_FRONT is its own twin
+    assert src.intrinsics[0, 1] == -3.0
+    assert src.intrinsics[0, 2] == pytest.approx(80 - cams[1].intrinsics[0, 2])
+
+
+def test_horizontal_flip_modes(frame_factory) -> None:
+    frame = frame_factory(0)
+    assert HorizontalFlip("off", p=1.0)(frame, 0) is frame
+    assert HorizontalFlip("swap_side", p=1.0)(frame, 0).driving_side == "left"
+    flips = [HorizontalFlip("swap_side", p=0.5)(frame, s) is not frame for s in range(40)]
+    assert 5 < sum(flips) < 35
+    with pytest.raises(ValueError, match="mode must be one of"):
+        HorizontalFlip("mirror")
+
+
+@pytest.mark.parametrize("rig_name", ["nuscenes6", "surround8", "front1"])
+def test_mirror_slots_match_rig_mirror_order(rig_name: str) -> None:
+    rig = load_rig(rig_name)
+    cams = [CameraView(c.name, c.intrinsics((90, 160)), c.extrinsics(), (90, 160)) for c in rig.cameras]
+    assert mirror_slots(cams) == (rig.mirror_order() or list(range(len(rig))))
+
+
+def test_mirror_slots_keep_order_without_twins(frame_factory) -> None:
+    frame = frame_factory(0, cameras=("CAM_FRONT_LEFT", "CAM_BACK"))
+    assert mirror_slots(frame.cameras) == [0, 1]
+    assert_labels_consistent(flip_frame(frame), tol=1e-4)
+
+
+def test_photometric_is_seeded_and_leaves_geometry(frame_factory) -> None:
+    frame = frame_factory(3)
+    before = _snapshot(frame)
+    t = Photometric(strength=1.0, p=1.0, p_degrade=0.5)
+    a, b, c = t(frame, 7), t(frame, 7), t(frame, 8)
+    _assert_same(frame, before)
+    for ca, cb, cc, c0 in zip(a.cameras, b.cameras, c.cameras, frame.cameras):
+        np.testing.assert_array_equal(ca.image, cb.image)
+        assert not np.array_equal(ca.image, c0.image) and not np.array_equal(ca.image, cc.image)
+        assert ca.intrinsics is c0.intrinsics and ca.boxes_2d is c0.boxes_2d
+    t2 = pickle.loads(pickle.dumps(t))
+    np.testing.assert_array_equal(t2(frame, 7).cameras[0].image, a.cameras[0].image)
+    assert Photometric(strength=0.0)(frame, 1) is frame
+    label_only = frame_factory(3, with_images=False)
+    assert t(label_only, 1).cameras[0].image is None
+
+
+def test_pipelines(frame_factory) -> None:
+    frame = frame_factory(6)
+    train = build_transform((40, 64), train=True, scale_range=(1.0, 1.2), flip_p=1.0)
+    val = build_transform((40, 64), train=False)
+    out = train(frame, 3)
+    assert all(c.image_size == (40, 64) for c in out.cameras) and out.driving_side == "left"
+    assert_labels_consistent(out)
+    _assert_same(train(frame, 3), out)
+    _assert_same(val(frame, 1), val(frame, 2))  # no randomness
+    assert_labels_consistent(build_transform(None, train=True, flip_p=1.0)(frame, 0), tol=1e-4)
+    assert_labels_consistent(val(frame_factory(6, with_images=False)))
