@@ -104,57 +104,26 @@ class RowAnchorLaneHead(nn.Module):
 
     @torch.no_grad()
     def targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Slot targets from the batch's padded 2D lanes (see the module docstring for the slot rule).
+        """Slot targets from the batch's padded 2D lanes (see :func:`assign_slots` and the module docstring).
 
         Returns:
-            ``image_mask`` (B, N) bool: images whose lanes are labelled (``has_lanes_2d`` and a real camera).
-            ``exist`` (B, N, S) bool; ``lane_index`` (B, N, S) index into the batch's L lanes, -1 if empty.
-            ``bins`` (B, N, S, R) int64 in ``[0, G]`` (``G`` = absent); ``pos`` (B, N, S, R) continuous column in
-            bin units (bin ``g`` centred at ``g``); ``types`` (B, N, S) int64, -1 if empty.
+            ``image_mask`` (B, N) bool: images whose lanes are labelled (``has_lanes_2d``, a real camera, and
+            ``lanes_2d_camera_mask`` when the batch has it). ``exist`` (B, N, S) bool; ``lane_index`` (B, N, S)
+            index into the batch's L lanes, -1 if empty. ``bins`` (B, N, S, R) int64 in ``[0, G]`` (``G`` =
+            absent); ``pos`` (B, N, S, R) continuous column in bin units (bin ``g`` centred at ``g``); ``types``
+            (B, N, S) int64, -1 if empty.
         """
-        lanes, valid, types = batch["lanes_2d"], batch["lanes_2d_valid"], batch["lanes_2d_types"]
         height, width = batch["images"].shape[-2:]
-        b, n, num_lanes = types.shape
-        s, g = self.num_slots, self.num_bins
-        image_mask = batch["has_lanes_2d"].to(lanes.device)[:, None] & batch["camera_mask"]  # (B, N)
-
-        rows = self.row_anchors(height).to(lanes)  # (R,)
-        u, covered = u_at_rows(lanes, valid, rows)  # (B, N, L, R)
-        covered = covered & (u >= 0) & (u <= width)
-        lane_ok = (types >= 0) & covered.any(-1) & image_mask[..., None]  # (B, N, L)
-
-        # Key: u at the image bottom, extrapolated from the two lowest covered anchors.
-        r_idx = torch.arange(self.num_rows, device=lanes.device)
-        last = torch.where(covered, r_idx, -1).amax(-1)  # (B, N, L)
-        prev = torch.where(covered & (r_idx < last[..., None]), r_idx, -1).amax(-1)
-        u_last = u.gather(-1, last.clamp(min=0)[..., None])[..., 0]
-        u_prev = u.gather(-1, prev.clamp(min=0)[..., None])[..., 0]
-        v_last, v_prev = rows[last.clamp(min=0)], rows[prev.clamp(min=0)]
-        slope = torch.where(prev >= 0, (u_last - u_prev) / (v_last - v_prev).clamp(min=1e-6), 0.0)
-        key = u_last + slope * (height - v_last)  # (B, N, L)
-
-        # Rank lanes on each side, nearest to the principal point first; ties broken by lane index.
-        cx = batch["intrinsics"][..., 0, 2].to(key)[..., None]  # (B, N, 1)
-        left, right = lane_ok & (key < cx), lane_ok & (key >= cx)
-        ki, kj = key[..., :, None], key[..., None, :]  # (B, N, L, 1), (B, N, 1, L)
-        idx = torch.arange(num_lanes, device=lanes.device)
-        earlier = idx[None, :] < idx[:, None]  # (L_i, L_j): j before i
-        rank_left = (left[..., None, :] & ((kj > ki) | ((kj == ki) & earlier))).sum(-1)  # (B, N, L)
-        rank_right = (right[..., None, :] & ((kj < ki) | ((kj == ki) & earlier))).sum(-1)
-        n_left = s // 2
-        slot = torch.where(left & (rank_left < n_left), n_left - 1 - rank_left,
-                           torch.where(right & (rank_right < s - n_left), n_left + rank_right, -1))  # (B, N, L)
-
-        assign = slot[..., None] == torch.arange(s, device=lanes.device)  # (B, N, L, S)
-        exist = assign.any(-2)  # (B, N, S)
-        lane_index = torch.where(exist, (assign.long() * idx[:, None]).sum(-2), -1)  # (B, N, S)
-        take = lane_index.clamp(min=0)
-        u_slot = u.gather(2, take[..., None].expand(-1, -1, -1, self.num_rows))  # (B, N, S, R)
-        cov_slot = covered.gather(2, take[..., None].expand(-1, -1, -1, self.num_rows)) & exist[..., None]
+        g = self.num_bins
+        rows = self.row_anchors(height).to(batch["lanes_2d"])  # (R,)
+        slots = assign_slots(batch, rows, self.num_slots)
+        exist, take = slots["exist"], slots["lane_index"].clamp(min=0)
+        u_slot = slots["u"].gather(2, take[..., None].expand(-1, -1, -1, self.num_rows))  # (B, N, S, R)
+        cov_slot = slots["covered"].gather(2, take[..., None].expand(-1, -1, -1, self.num_rows)) & exist[..., None]
         pos = u_slot / width * g - 0.5
         bins = torch.where(cov_slot, (u_slot / width * g).floor().long().clamp(0, g - 1), g)
-        slot_types = torch.where(exist, types.gather(2, take), -1)
-        return {"image_mask": image_mask, "exist": exist, "lane_index": lane_index, "bins": bins,
+        slot_types = torch.where(exist, batch["lanes_2d_types"].gather(2, take), -1)
+        return {"image_mask": slots["image_mask"], "exist": exist, "lane_index": slots["lane_index"], "bins": bins,
                 "pos": torch.where(cov_slot, pos, 0.0), "types": slot_types}
 
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -226,6 +195,61 @@ class RowAnchorLaneHead(nn.Module):
             "points": torch.stack([u, v], dim=-1),
             "points_valid": valid,
         }
+
+
+@torch.no_grad()
+def assign_slots(batch: dict[str, Tensor], rows: Tensor, num_slots: int) -> dict[str, Tensor]:
+    """The slot rule: which labelled 2D lanes of each image fill which of ``num_slots`` ego-relative slots.
+
+    Shared by the head's targets and by evaluation (``evaluation/evaluator.py`` selects the CULane-style ground
+    truth, the 4 lines of the ego and adjacent lanes, with it). See the module docstring for the rule.
+
+    Args:
+        batch: ``lanes_2d`` (B, N, L, P, 2), ``lanes_2d_valid``, ``lanes_2d_types``, ``has_lanes_2d``,
+            ``camera_mask``, ``intrinsics``, ``images`` (for the size), optional ``lanes_2d_camera_mask`` (B, N).
+        rows: (R,) row-anchor ``v`` in pixels.
+        num_slots: ``S``.
+
+    Returns:
+        ``image_mask`` (B, N); ``exist`` (B, N, S); ``lane_index`` (B, N, S) (-1 if empty); ``u`` and
+        ``covered`` (B, N, L, R): each lane's column at each row anchor.
+    """
+    lanes, valid, types = batch["lanes_2d"], batch["lanes_2d_valid"], batch["lanes_2d_types"]
+    height, width = batch["images"].shape[-2:]
+    b, n, num_lanes = types.shape
+    s = num_slots
+    image_mask = batch["has_lanes_2d"].to(lanes.device)[:, None] & batch["camera_mask"]  # (B, N)
+    if "lanes_2d_camera_mask" in batch:
+        image_mask = image_mask & batch["lanes_2d_camera_mask"].to(image_mask.device)
+    u, covered = u_at_rows(lanes, valid, rows)  # (B, N, L, R)
+    covered = covered & (u >= 0) & (u <= width)
+    lane_ok = (types >= 0) & covered.any(-1) & image_mask[..., None]  # (B, N, L)
+
+    # Key: u at the image bottom, extrapolated from the two lowest covered anchors.
+    r_idx = torch.arange(rows.shape[0], device=lanes.device)
+    last = torch.where(covered, r_idx, -1).amax(-1)  # (B, N, L)
+    prev = torch.where(covered & (r_idx < last[..., None]), r_idx, -1).amax(-1)
+    u_last = u.gather(-1, last.clamp(min=0)[..., None])[..., 0]
+    u_prev = u.gather(-1, prev.clamp(min=0)[..., None])[..., 0]
+    v_last, v_prev = rows[last.clamp(min=0)], rows[prev.clamp(min=0)]
+    slope = torch.where(prev >= 0, (u_last - u_prev) / (v_last - v_prev).clamp(min=1e-6), 0.0)
+    key = u_last + slope * (height - v_last)  # (B, N, L)
+
+    # Rank lanes on each side, nearest to the principal point first; ties broken by lane index.
+    cx = batch["intrinsics"][..., 0, 2].to(key)[..., None]  # (B, N, 1)
+    left, right = lane_ok & (key < cx), lane_ok & (key >= cx)
+    ki, kj = key[..., :, None], key[..., None, :]  # (B, N, L, 1), (B, N, 1, L)
+    idx = torch.arange(num_lanes, device=lanes.device)
+    earlier = idx[None, :] < idx[:, None]  # (L_i, L_j): j before i
+    rank_left = (left[..., None, :] & ((kj > ki) | ((kj == ki) & earlier))).sum(-1)  # (B, N, L)
+    rank_right = (right[..., None, :] & ((kj < ki) | ((kj == ki) & earlier))).sum(-1)
+    n_left = s // 2
+    slot = torch.where(left & (rank_left < n_left), n_left - 1 - rank_left,
+                       torch.where(right & (rank_right < s - n_left), n_left + rank_right, -1))  # (B, N, L)
+    assign = slot[..., None] == torch.arange(s, device=lanes.device)  # (B, N, L, S)
+    exist = assign.any(-2)  # (B, N, S)
+    lane_index = torch.where(exist, (assign.long() * idx[:, None]).sum(-2), -1)  # (B, N, S)
+    return {"image_mask": image_mask, "exist": exist, "lane_index": lane_index, "u": u, "covered": covered}
 
 
 def u_at_rows(points: Tensor, valid: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,159 @@
+"""View transform geometry: hand-computed rays, moving cameras, validity, camera averaging, a numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visionpilot.geometry.camera import project_points
+from visionpilot.geometry.frames import camera_extrinsics
+from visionpilot.models.view_transform import BEVGrid, ViewTransform, feature_projection, parse_strides, rigid_inverse
+
+# A 64x128 image, stride 8 -> an 8x16 feature map; f = 60 px, principal point at the image centre.
+H, W, STRIDE, F = 64, 128, 8, 60.0
+K = np.array([[F, 0.0, W / 2], [0.0, F, H / 2], [0.0, 0.0, 1.0]])
+# One ground layer (z centre 0) and 1 m cells over +-10 m: cell i has its centre at x = -9.5 + i.
+GROUND = BEVGrid(x_range=(-10, 10), y_range=(-10, 10), z_range=(-0.25, 0.25), cell_size=1.0, z_levels=1)
+
+
+def _lift(grid: BEVGrid, feats: np.ndarray, intrinsics: list[np.ndarray], extrinsics: list[np.ndarray],
+          camera_mask: list[bool] | None = None) -> np.ndarray:
+    """Run ViewTransform.lift for one frame: feats (N, C, h, w) -> (C, Z, X, Y)."""
+    vt = ViewTransform(grid, in_channels=feats.shape[1], out_channels=4)
+    k = torch.tensor(np.stack(intrinsics), dtype=torch.float32)[None]
+    e = torch.tensor(np.stack(extrinsics), dtype=torch.float32)[None]
+    mask = None if camera_mask is None else torch.tensor(camera_mask)[None]
+    with torch.no_grad():
+        out = vt.lift(torch.tensor(feats, dtype=torch.float32)[None], k, e, STRIDE, (H, W), mask)
+    return out[0].numpy()
+
+
+def _hot_pixel(row: int = 6, col: int = 10, channels: int = 1) -> np.ndarray:
+    feats = np.zeros((1, channels, H // STRIDE, W // STRIDE))
+    feats[0, :, row, col] = 1.0
+    return feats
+
+
+def _reference(grid: BEVGrid, feats: np.ndarray, intrinsics: np.ndarray,
+               extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent numpy lifting of one camera -> (C, Z, X, Y) features and the (Z, X, Y) validity mask."""
+    xs, ys, zs = (c.numpy().astype(np.float64) for c in (grid.x_centers(), grid.y_centers(), grid.z_centers()))
+    zz, xx, yy = np.meshgrid(zs, xs, ys, indexing="ij")
+    uv, _, valid = project_points(np.stack([xx, yy, zz], -1), intrinsics, extrinsics)
+    valid &= (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
+    c, h, w = feats.shape
+    # Continuous feature coordinates; pixel centres at +0.5, zero outside the map.
+    px, py = uv[..., 0] / STRIDE - 0.5, uv[..., 1] / STRIDE - 0.5
+    x0, y0 = np.floor(px).astype(int), np.floor(py).astype(int)
+    out = np.zeros((c,) + xx.shape)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            wgt = (1 - np.abs(px - xi)) * (1 - np.abs(py - yi))
+            ok = valid & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            out += np.where(ok, wgt, 0.0) * feats[:, yi.clip(0, h - 1), xi.clip(0, w - 1)]
+    return out, valid
+
+
+def test_hot_pixel_lights_the_ground_point_on_its_ray_and_nothing_behind() -> None:
+    # Forward camera 1.5 m above the ground. Hot feature pixel (row 6, col 10) has its centre at image
+    # (u, v) = (84, 52): 20 px right of and 20 px below the principal point. The ray hits the ground where
+    # 1.5 m / depth = 20 / 60, so depth = 4.5 m and lateral = -20 / 60 * 4.5 = -1.5 m: ego (4.5, -1.5, 0),
+    # the centre of cell (i, j) = (14, 8).
+    cam = camera_extrinsics([0.0, 0.0, 1.5], yaw_deg=0.0)
+    bev = _lift(GROUND, _hot_pixel(), [K], [cam])[0, 0]  # (X, Y)
+    assert bev[14, 8] == pytest.approx(1.0, abs=1e-5)
+    assert np.unravel_index(bev.argmax(), bev.shape) == (14, 8)
+    assert np.all(bev[:10] == 0.0), "cells behind the camera (x < 0) must stay dark"
+    # Every lit cell projects into the hot pixel's bilinear footprint (within one feature pixel of its centre).
+    lit = np.argwhere(bev > 0)
+    assert len(lit) >= 2
+    for i, j in lit:
+        uv, _, _ = project_points(np.array([-9.5 + i, -9.5 + j, 0.0]), K, cam)
+        assert abs(uv[0] / STRIDE - 10.5) < 1 and abs(uv[1] / STRIDE - 6.5) < 1
+
+
+def test_moving_the_camera_forward_moves_the_response() -> None:
+    base = _lift(GROUND, _hot_pixel(), [K], [camera_extrinsics([0.0, 0.0, 1.5], 0.0)])[0, 0]
+    moved = _lift(GROUND, _hot_pixel(), [K], [camera_extrinsics([5.0, 0.0, 1.5], 0.0)])[0, 0]
+    assert moved[19, 8] == pytest.approx(1.0, abs=1e-5)  # ground point now at x = 9.5
+    np.testing.assert_allclose(moved[5:], base[:15], atol=1e-5)
+    assert np.all(moved[:5] == 0.0)
+
+
+def test_yawing_the_camera_rotates_the_response() -> None:
+    base = _lift(GROUND, _hot_pixel(), [K], [camera_extrinsics([0.0, 0.0, 1.5], 0.0)])[0, 0]
+    left = _lift(GROUND, _hot_pixel(), [K], [camera_extrinsics([0.0, 0.0, 1.5], 90.0)])[0, 0]
+    # Facing +y, the point 4.5 m ahead and 1.5 m right is ego (1.5, 4.5): cell (11, 14). In general
+    # (x, y) -> (-y, x), i.e. left[19 - j, i] = base[i, j].
+    assert left[11, 14] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(left, base.T[::-1], atol=1e-5)
+
+
+def test_matches_numpy_reference_for_a_tilted_camera_and_several_levels() -> None:
+    grid = BEVGrid(x_range=(-6, 14), y_range=(-8, 8), z_range=(-1.0, 3.0), cell_size=0.5, z_levels=4)
+    k = np.array([[70.0, 0.0, 60.0], [0.0, 72.0, 30.0], [0.0, 0.0, 1.0]])
+    cam = camera_extrinsics([1.2, 0.3, 1.6], yaw_deg=25.0, pitch_deg=6.0, roll_deg=2.0)
+    feats = np.random.default_rng(0).normal(size=(1, 3, H // STRIDE, W // STRIDE))
+    got = _lift(grid, feats, [k], [cam])
+    want, valid = _reference(grid, feats[0], k, cam)
+    assert valid.sum() > 100
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_voxels_no_camera_sees_are_zero() -> None:
+    cam = camera_extrinsics([0.0, 0.0, 1.5], 0.0)
+    ones = np.ones((1, 2, H // STRIDE, W // STRIDE))
+    got = _lift(GROUND, ones, [K], [cam])[:, 0]  # (C, X, Y)
+    _, valid = _reference(GROUND, ones[0], K, cam)
+    assert np.all(got[:, ~valid[0]] == 0.0)
+    assert np.all(got[:, :10] == 0.0)  # behind
+    assert (got > 0).any()
+
+
+def test_average_over_two_overlapping_cameras_and_camera_mask() -> None:
+    left = camera_extrinsics([0.0, 0.0, 1.5], 25.0)
+    right = camera_extrinsics([0.0, 0.0, 1.5], -25.0)
+    fa = np.full((1, 1, H // STRIDE, W // STRIDE), 2.0)
+    fb = np.full((1, 1, H // STRIDE, W // STRIDE), 4.0)
+    got = _lift(GROUND, np.concatenate([fa, fb]), [K, K], [left, right])[0, 0]
+    ra, va = _reference(GROUND, fa[0], K, left)
+    rb, vb = _reference(GROUND, fb[0], K, right)
+    # Interior cells (full bilinear support, value == the constant) of one or both cameras.
+    ia, ib = np.isclose(ra[0, 0], 2.0) & va[0], np.isclose(rb[0, 0], 4.0) & vb[0]
+    assert (ia & ib).sum() > 5 and (ia & ~vb[0]).sum() > 5 and (ib & ~va[0]).sum() > 5
+    np.testing.assert_allclose(got[ia & ib], 3.0, atol=1e-5)
+    np.testing.assert_allclose(got[ia & ~vb[0]], 2.0, atol=1e-5)
+    np.testing.assert_allclose(got[ib & ~va[0]], 4.0, atol=1e-5)
+    assert np.all(got[~va[0] & ~vb[0]] == 0.0)
+    # A masked (padded) camera slot contributes neither features nor count.
+    only_a = _lift(GROUND, np.concatenate([fa, fb]), [K, K], [left, right], camera_mask=[True, False])[0, 0]
+    np.testing.assert_allclose(only_a[ia], 2.0, atol=1e-5)
+    assert np.all(only_a[~va[0]] == 0.0)
+
+
+def test_padded_identity_slot_is_ignored_without_a_mask() -> None:
+    # collate pads missing cameras with identity intrinsics/extrinsics; such a slot must not dilute the average.
+    cam = camera_extrinsics([0.0, 0.0, 1.5], 0.0)
+    fa = np.full((1, 1, H // STRIDE, W // STRIDE), 2.0)
+    pad = np.full((1, 1, H // STRIDE, W // STRIDE), 7.0)
+    got = _lift(GROUND, np.concatenate([fa, pad]), [K, np.eye(3)], [cam, np.eye(4)])[0, 0]
+    ref = _lift(GROUND, fa, [K], [cam])[0, 0]
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_forward_shapes_batch_and_helpers() -> None:
+    grid = BEVGrid(x_range=(-4, 4), y_range=(-3, 3), z_range=(-1, 3), cell_size=1.0, z_levels=2)
+    vt = ViewTransform(grid, in_channels=6, out_channels=5, lift_channels=3)
+    k = torch.tensor(K, dtype=torch.float32).expand(2, 3, 3, 3)
+    e = torch.tensor(camera_extrinsics([0.0, 0.0, 1.5], 0.0), dtype=torch.float32).expand(2, 3, 4, 4)
+    out = vt(torch.randn(2, 3, 6, H // STRIDE, W // STRIDE), k, e, STRIDE, (H, W))
+    assert out.shape == (2, 5, 8, 6)
+    ext = torch.tensor(camera_extrinsics([1.0, 2.0, 1.5], 30.0, 5.0), dtype=torch.float32)
+    torch.testing.assert_close(rigid_inverse(ext) @ ext, torch.eye(4), atol=1e-6, rtol=0)
+    proj = feature_projection(torch.tensor(K, dtype=torch.float32)[None, None], ext[None, None], 8.0)
+    assert proj.shape == (1, 1, 3, 4)
+    assert parse_strides([8, "s16"]) == {"s8": 8, "s16": 16}
+    with pytest.raises(ValueError, match="whole number of cells"):
+        BEVGrid(x_range=(-1, 1), cell_size=0.3)
