@@ -22,10 +22,10 @@ from visionpilot.geometry.camera import (
     DEFAULT_NEAR,
     clip_segments_near,
     clip_segments_rect,
-    ego_to_camera,
     in_image,
     project_camera_points,
 )
+from visionpilot.geometry.frames import invert_rigid
 
 # Unit corner signs in (length, width, height) for the order above.
 _CORNER_SIGNS = np.array(
@@ -35,6 +35,9 @@ _CORNER_SIGNS = np.array(
 
 #: The 12 edges of a hexahedron as pairs of corner indices.
 HEX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+
+# In project_hexahedra_bounds' point list, edge k joins point k (its clipped start) and point k + 12 (its end).
+_EDGE_PAIRS = (np.arange(12), np.arange(12) + 12)
 
 #: The 6 faces as corner indices, counter-clockwise seen from outside (outward normals by the right-hand rule:
 #: ``cross(f[1] - f[0], f[3] - f[0])`` points out). On the four side faces the edge 0->1 is horizontal along the
@@ -88,49 +91,61 @@ def project_hexahedra_bounds(corners_ego: np.ndarray, intrinsics: np.ndarray, ex
 
     Args:
         corners_ego: (N, 8, 3) hexahedra in the order of :data:`HEX_EDGES`.
+        intrinsics, extrinsics: one camera (3, 3) / (4, 4), or C cameras (C, 3, 3) / (C, 4, 4) at once.
         image_size: (height, width).
 
     Returns:
-        boxes: (N, 4) ``x1, y1, x2, y2`` in pixels (zeros where not visible); visible: (N,).
+        boxes: (N, 4) ``x1, y1, x2, y2`` in pixels (zeros where not visible); visible: (N,). With C cameras,
+        (C, N, 4) and (C, N).
     """
-    n = corners_ego.shape[0]
+    multi = np.ndim(extrinsics) == 3
+    ext = np.asarray(extrinsics) if multi else np.asarray(extrinsics)[None]
+    kmat = np.asarray(intrinsics) if multi else np.asarray(intrinsics)[None]
+    c, n = len(ext), corners_ego.shape[0]
     height, width = image_size
     if n == 0:
-        return np.zeros((0, 4)), np.zeros(0, dtype=bool)
-    pc = ego_to_camera(corners_ego.reshape(-1, 3), extrinsics).reshape(n, 8, 3)
-    a = pc[:, HEX_EDGES[:, 0]].reshape(-1, 3)
-    b = pc[:, HEX_EDGES[:, 1]].reshape(-1, 3)
-    a_c, b_c, keep, _, _ = clip_segments_near(a, b, near)
-    pts = np.concatenate([a_c.reshape(n, 12, 3), b_c.reshape(n, 12, 3)], axis=1)  # (N, 24, 3)
-    ok = np.concatenate([keep.reshape(n, 12), keep.reshape(n, 12)], axis=1)
-    uv, _ = project_camera_points(pts, intrinsics, near * (1 - 1e-9))
-    lo = np.where(ok[..., None], uv, np.inf).min(axis=1)
-    hi = np.where(ok[..., None], uv, -np.inf).max(axis=1)
+        boxes, visible = np.zeros((c, 0, 4)), np.zeros((c, 0), dtype=bool)
+        return (boxes, visible) if multi else (boxes[0], visible[0])
+    to_cam = invert_rigid(ext)  # (C, 4, 4)
+    pc = np.einsum("cij,nkj->cnki", to_cam[:, :3, :3], corners_ego) + to_cam[:, None, None, :3, 3]  # (C, N, 8, 3)
+    a = pc[:, :, HEX_EDGES[:, 0]].reshape(-1, 3)
+    b = pc[:, :, HEX_EDGES[:, 1]].reshape(-1, 3)
+    a_c, b_c, keep, a_moved, b_moved = clip_segments_near(a, b, near)
+    cut = (a_moved | b_moved).reshape(c, n, 12).any(axis=2)  # solid crosses the near plane
+    pts = np.concatenate([a_c.reshape(c, n, 12, 3), b_c.reshape(c, n, 12, 3)], axis=2)  # (C, N, 24, 3)
+    ok = np.concatenate([keep.reshape(c, n, 12), keep.reshape(c, n, 12)], axis=2)
+    uv, _ = project_camera_points(pts, kmat[:, None, None], near * (1 - 1e-9))  # (C, N, 24, 2)
+    lo = np.where(ok[..., None], uv, np.inf).min(axis=2)  # (C, N, 2)
+    hi = np.where(ok[..., None], uv, -np.inf).max(axis=2)
     # Solids that stick out of the image: the clamped hull bounds can be far too large; bound hull & image exactly.
-    out = ok.any(axis=1) & ((lo[:, 0] < 0) | (lo[:, 1] < 0) | (hi[:, 0] > width) | (hi[:, 1] > height))
-    out &= (lo[:, 0] < width) & (hi[:, 0] > 0) & (lo[:, 1] < height) & (hi[:, 1] > 0)
-    if out.any():
-        lo[out], hi[out] = _hull_in_rect_bounds(uv[out], ok[out], width, height)
-    x1 = np.clip(lo[:, 0], 0, width)
-    y1 = np.clip(lo[:, 1], 0, height)
-    x2 = np.clip(hi[:, 0], 0, width)
-    y2 = np.clip(hi[:, 1], 0, height)
-    visible = np.isfinite(lo).all(axis=1) & (x2 > x1) & (y2 > y1)
-    boxes = np.where(visible[:, None], np.stack([x1, y1, x2, y2], axis=1), 0.0)
-    return boxes, visible
+    out = ok.any(axis=2) & ((lo[..., 0] < 0) | (lo[..., 1] < 0) | (hi[..., 0] > width) | (hi[..., 1] > height))
+    out &= (lo[..., 0] < width) & (hi[..., 0] > 0) & (lo[..., 1] < height) & (hi[..., 1] > 0)
+    # An uncut convex solid's outline is made of its projected edges (point k to point k + 12): 12 chords suffice.
+    # A solid cut by the near plane also has the cut face's edges: fall back to every chord.
+    for rows, pairs in ((out & ~cut, _EDGE_PAIRS), (out & cut, None)):
+        if rows.any():
+            lo[rows], hi[rows] = _hull_in_rect_bounds(uv[rows], ok[rows], width, height, pairs)
+    x1 = np.clip(lo[..., 0], 0, width)
+    y1 = np.clip(lo[..., 1], 0, height)
+    x2 = np.clip(hi[..., 0], 0, width)
+    y2 = np.clip(hi[..., 1], 0, height)
+    visible = np.isfinite(lo).all(axis=-1) & (x2 > x1) & (y2 > y1)
+    boxes = np.where(visible[..., None], np.stack([x1, y1, x2, y2], axis=-1), 0.0)
+    return (boxes, visible) if multi else (boxes[0], visible[0])
 
 
-def _hull_in_rect_bounds(uv: np.ndarray, ok: np.ndarray, width: float, height: float
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def _hull_in_rect_bounds(uv: np.ndarray, ok: np.ndarray, width: float, height: float,
+                         pairs: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds (lo, hi), each (N, 2), of the convex hull of points ``uv`` (N, P, 2) where ``ok``, cut to
     ``[0, width] x [0, height]``; +-inf where the hull misses the rectangle.
 
     Every vertex of hull & rectangle is a point inside the rectangle, a crossing of a hull edge with the border, or
     a rectangle corner inside the hull. Hull edges are among the chords between all pairs of points, and every chord
-    lies inside the hull, so clipping all chords to the rectangle finds the first two kinds exactly.
+    lies inside the hull, so clipping all chords to the rectangle finds the first two kinds exactly. ``pairs``
+    restricts the chords to a subset known to contain the hull's edges (e.g. a solid's projected edges).
     """
     n = len(uv)
-    i, j = np.triu_indices(uv.shape[1], k=1)
+    i, j = pairs if pairs is not None else np.triu_indices(uv.shape[1], k=1)
     p_c, q_c, chord_ok, _, _ = clip_segments_rect(uv[:, i].reshape(-1, 2), uv[:, j].reshape(-1, 2), width, height)
     chord_ok = chord_ok.reshape(n, -1) & ok[:, i] & ok[:, j]
     corners = np.array([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]])

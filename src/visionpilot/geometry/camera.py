@@ -22,6 +22,9 @@ def project_camera_points(points_cam: np.ndarray, intrinsics: np.ndarray,
                           near: float = DEFAULT_NEAR) -> tuple[np.ndarray, np.ndarray]:
     """Project camera-frame points (..., 3) to pixels.
 
+    ``intrinsics`` is one (3, 3) matrix or a stack (..., 3, 3) whose leading dims broadcast against the points'
+    leading dims (e.g. (C, 1, 1, 3, 3) for points (C, N, P, 3)).
+
     Returns:
         uv: (..., 2) pixel coordinates. Meaningless where ``valid`` is False (depth clamped to ``near``).
         valid: (...,) True where the point is in front of the near plane.
@@ -29,8 +32,10 @@ def project_camera_points(points_cam: np.ndarray, intrinsics: np.ndarray,
     depth = points_cam[..., 2]
     valid = depth >= near
     z = np.maximum(depth, near)
-    u = intrinsics[0, 0] * points_cam[..., 0] / z + intrinsics[0, 1] * points_cam[..., 1] / z + intrinsics[0, 2]
-    v = intrinsics[1, 1] * points_cam[..., 1] / z + intrinsics[1, 2]
+    k = np.asarray(intrinsics)
+    x, y = points_cam[..., 0] / z, points_cam[..., 1] / z
+    u = k[..., 0, 0] * x + k[..., 0, 1] * y + k[..., 0, 2]
+    v = k[..., 1, 1] * y + k[..., 1, 2]
     return np.stack([u, v], axis=-1), valid
 
 

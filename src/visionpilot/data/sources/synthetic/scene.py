@@ -88,7 +88,6 @@ class Lighting:
     sky_zenith: np.ndarray  # (3,)
     haze_color: np.ndarray  # (3,)
     visibility_m: float  # meteorological visibility: haze reaches 95% at this distance
-    noise_sigma: float
     blur_sigma: float
     lights_on: bool
 
@@ -216,7 +215,6 @@ def _sample_lighting(rng: np.random.Generator, style: RegionStyle) -> Lighting:
     return Lighting(
         time_of_day=tod, sun_dir=sun, ambient=ambient, diffuse=diffuse, tint=tint, sky_horizon=horizon,
         sky_zenith=zenith, haze_color=haze, visibility_m=float(visibility),
-        noise_sigma=float(rng.uniform(2.0, 6.0) if tod != "night" else rng.uniform(5.0, 9.0)),
         blur_sigma=float(rng.choice([0.0, 0.6, 0.9, 1.3], p=[0.35, 0.3, 0.25, 0.1])),
         lights_on=tod in ("night", "dusk"),
     )

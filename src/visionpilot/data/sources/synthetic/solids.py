@@ -24,7 +24,8 @@ from visionpilot.geometry.frames import invert_rigid
 
 _SHIFT = 4  # fixed-point bits for OpenCV polygon vertices (1/16 px)
 _SCALE = float(1 << _SHIFT)
-_SMALL_PX = 6.0  # parts smaller than this (both sides) are drawn as one polygon
+_SMALL_PX = 10.0  # parts smaller than this (both sides) are drawn as one polygon
+_DECAL_PX = 16.0  # decals (lights, windows, plates) are drawn on parts at least this large
 _SMALL_SOLID_PX = 4.0  # whole solids smaller than this are drawn as one polygon
 
 
@@ -165,7 +166,8 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
     def to_fixed(pc: np.ndarray) -> np.ndarray:
         # OpenCV puts pixel centres at integers, our convention at +0.5.
         uv = (pc / np.maximum(pc[..., 2:3], DEFAULT_NEAR * 0.999)) @ kmat.T
-        return np.round((uv - 0.5) * _SCALE).astype(np.int32)
+        # Far-off (or masked-out, non-finite) points are clamped so the fixed-point cast stays defined.
+        return np.clip(np.nan_to_num((uv - 0.5) * _SCALE), -2.0**30, 2.0**30).round().astype(np.int32)
 
     pc = batch.corners @ rot.T + trans  # (T, 8, 3) camera frame
     front = pc[..., 2] >= DEFAULT_NEAR  # (T, 8)
@@ -182,7 +184,11 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
     s_hi = np.maximum.reduceat(hi, start[:-1])
     on_screen = solid_any_front & ~(solid_all_front & ((s_hi[:, 0] < 0) | (s_lo[:, 0] > width * _SCALE) |
                                                         (s_hi[:, 1] < 0) | (s_lo[:, 1] > height * _SCALE)))
-    part_small = ((hi - lo).max(axis=1) < _SMALL_PX * _SCALE) & part_front
+    # Faces of parts that cross the near plane, clipped all at once (a quad cut by a plane keeps <= 5 vertices).
+    cut_faces = _clip_faces_near(pc, ~part_front & front.any(axis=1), seen, to_fixed)
+    part_extent = (hi - lo).max(axis=1)
+    part_small = (part_extent < _SMALL_PX * _SCALE) & part_front
+    part_decals = (part_extent >= _DECAL_PX * _SCALE).tolist()
     # Level of detail: a whole solid this small is one hull polygon in its main (first visible part) colour.
     solid_small = ((s_hi - s_lo).max(axis=1) < _SMALL_SOLID_PX * _SCALE) & solid_all_front
     if image is not None and len(batch.decal_corners):
@@ -212,7 +218,7 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
                 row = seen_rows[t]
                 cv2.fillConvexPoly(image, hull, batch.face_colors[t][row.index(True) if True in row else 0], aa,
                                    _SHIFT)
-        for t in range(start[i], start[i + 1]) if not solid_small[i] else ():
+        for t in range(start[i], start[i + 1]) if not solid_small[i] else ():  # noqa: B007 (t is used below)
             row = seen_rows[t]
             if part_front_l[t]:
                 hull = cv2.convexHull(fixed[t])
@@ -223,19 +229,18 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
                 if part_small_l[t]:
                     cv2.fillConvexPoly(image, hull, colors[row.index(True) if True in row else 0], aa, _SHIFT)
                     continue
+                decals = part_decals[t]
                 for f in range(6):
                     if row[f]:
                         cv2.fillConvexPoly(image, face_fixed[t, f], colors[f], aa, _SHIFT)
-                        for d in batch.decals.get((t, f), ()):
+                        for d in batch.decals.get((t, f), ()) if decals else ():
                             dpoly = d_fixed[d] if d_front[d] else _polygon(dpc[d], to_fixed)
                             if dpoly is not None:
                                 cv2.fillConvexPoly(image, dpoly, batch.decal_colors[d], aa, _SHIFT)
                 continue
-            # A part crossing the near plane: clip each visible face.
+            # A part crossing the near plane: its visible faces, clipped.
             for f in range(6):
-                if not row[f]:
-                    continue
-                poly = _polygon(pc[t, HEX_FACES[f]], to_fixed)
+                poly = cut_faces.get((t, f))
                 if poly is None:
                     continue
                 cv2.fillConvexPoly(mask, poly, mid, line8, _SHIFT)
@@ -253,6 +258,29 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
             else:
                 x0, y0, x1, y1 = 0, 0, width, height
             painted[mid] = np.count_nonzero(mask[y0:min(y1, height), x0:min(x1, width)] == mid)
+
+
+def _clip_faces_near(pc: np.ndarray, parts: np.ndarray, seen: np.ndarray, to_fixed
+                     ) -> dict[tuple[int, int], np.ndarray]:
+    """Fixed-point polygons of the seen faces of ``parts`` (T,) bool, clipped at the near plane, keyed (part, face).
+
+    Sutherland-Hodgman against one plane, vectorised over faces: each corner contributes itself if in front and
+    the crossing of its outgoing edge if that edge crosses the plane.
+    """
+    t_idx, f_idx = np.nonzero(parts[:, None] & seen)
+    if len(t_idx) == 0:
+        return {}
+    quads = pc[t_idx[:, None], HEX_FACES[f_idx]]  # (F, 4, 3)
+    inside = quads[..., 2] >= DEFAULT_NEAR
+    nxt = np.roll(quads, -1, axis=1)
+    nin = np.roll(inside, -1, axis=1)
+    dz = nxt[..., 2] - quads[..., 2]
+    t = (DEFAULT_NEAR - quads[..., 2]) / np.where(np.abs(dz) < 1e-12, 1e-12, dz)
+    cross = quads + t[..., None] * (nxt - quads)
+    pts = to_fixed(np.stack([quads, cross], axis=2).reshape(-1, 8, 3))  # (F, 8, 2)
+    keep = np.stack([inside, inside != nin], axis=2).reshape(-1, 8)
+    return {(int(ti), int(fi)): pts[k][keep[k]] for k, (ti, fi) in enumerate(zip(t_idx, f_idx))
+            if keep[k].sum() >= 3}
 
 
 def _polygon(pc_face: np.ndarray, to_fixed) -> np.ndarray | None:

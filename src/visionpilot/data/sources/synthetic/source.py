@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from visionpilot.data.frame import LABEL_KINDS, Boxes3D, CameraView, Frame, Lane
@@ -38,6 +39,7 @@ from visionpilot.geometry.rig import Rig, as_rig
 
 _EGO_FOOTPRINT = np.array([[-1.0, 1.0], [-1.0, -1.0], [3.9, -1.0], [3.9, 1.0]])  # rear axle origin, ~4.9 m car
 _PLATE = np.array([240.0, 240, 235])
+GROUND_SCALE = 3  # the ground is shaded at 1/GROUND_SCALE resolution, then upsampled (see ground.py)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class RenderOutput:
     """A frame plus the renderer's by-products used to test label/render agreement."""
 
     frame: Frame
-    instance_masks: np.ndarray  # (N, H, W) uint16: 0 background, k+1 = frame.boxes_3d row k... see actor_ids
+    instance_masks: np.ndarray  # (N, H, W) uint8/uint16: 0 background, scene actor ids (see actor_mask_ids)
     actor_mask_ids: list[np.ndarray]  # per camera: mask id of each 2D box row
     marking_masks: np.ndarray | None  # (N, H, W) uint8: 1 + lane type where paint covers the pixel
     surface_masks: np.ndarray | None  # (N, H, W) uint8: 1 on the paved road
@@ -136,7 +138,7 @@ class SyntheticSource(FrameSource):
     @property
     def geometry(self) -> RigGeometry:
         if self._geometry is None:
-            self._geometry = build_rig_geometry(self.intrinsics, self.extrinsics, self.image_size)
+            self._geometry = build_rig_geometry(self.intrinsics, self.extrinsics, self.image_size, scale=GROUND_SCALE)
         return self._geometry
 
     def load(self, index: int, with_images: bool = True) -> Frame:
@@ -214,17 +216,21 @@ class SyntheticSource(FrameSource):
         surface = np.zeros((n_cam, height, width), dtype=np.uint8) if debug and with_images else None
         if images is not None:
             render_ground_and_sky(scene, t, self.geometry, images, marking, surface)
-        masks = np.zeros((n_cam, height, width), dtype=np.uint16)
+        # Instance ids fit uint8 in almost every frame; OpenCV then counts pixels per id far faster than bincount.
+        small_ids = n_act + 2 <= 256
+        masks = np.zeros((n_cam, height, width), dtype=np.uint8 if small_ids else np.uint16)
 
         per_cam = []
+        all_boxes, all_ok = project_hexahedra_bounds(part_corners, self.intrinsics, self.extrinsics, self.image_size)
         for c in range(n_cam):
             painted = np.zeros(n_act + 1, dtype=np.int64)
             draw_solids(batch, self.intrinsics[c], self.extrinsics[c], images[c] if images is not None else None,
                         masks[c], painted)
-            visible_px = np.bincount(masks[c].ravel(), minlength=n_act + 2)[: n_act + 1]
-            boxes, box_ok = project_hexahedra_bounds(part_corners, self.intrinsics[c], self.extrinsics[c],
-                                                     self.image_size)
-            obj_boxes, obj_ok = group_bounds(boxes, box_ok, owners, n_act)
+            if small_ids:
+                visible_px = cv2.calcHist([masks[c]], [0], None, [256], [0, 256]).ravel()[: n_act + 1].astype(np.int64)
+            else:
+                visible_px = np.bincount(masks[c].ravel(), minlength=n_act + 2)[: n_act + 1]
+            obj_boxes, obj_ok = group_bounds(all_boxes[c], all_ok[c], owners, n_act)
             vis = visible_px[1:] / np.maximum(painted[1:], 1)
             wh = obj_boxes[:, 2:] - obj_boxes[:, :2]
             ok = obj_ok & (painted[1:] > 0) & (vis >= self.min_visibility) & (wh.min(axis=1) >= self.min_box_px)

@@ -1,0 +1,1 @@
+"""Thin Hydra entry points (console scripts); each calls a plain library function."""

@@ -1,0 +1,231 @@
+"""The LightningModule: wires the network, its weighted losses, the evaluator and the optimiser. Thin on purpose.
+
+Metric names: ``train/loss`` and ``train/<head>.<term>`` per step, ``val/loss``, ``val/<metric>`` and
+``val/<region>/<metric>`` per validation (see evaluation/evaluator.py for the metric names).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from visionpilot.evaluation.evaluator import PerceptionEvaluator
+
+#: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
+NAN_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf."""
+
+
+class PerceptionModule(L.LightningModule):
+    """Trains a :class:`~visionpilot.models.net.HydraNet` from batches of the batch contract.
+
+    Args:
+        net: the network (a plain ``nn.Module``).
+        optimizer: factory taking the parameter groups (Hydra ``_partial_`` of ``torch.optim.AdamW``).
+        warmup_steps: linear warm-up length; a float in (0, 1) is a fraction of the total steps.
+        min_lr_ratio: the cosine schedule decays to ``min_lr_ratio * lr``.
+        loss_weights: weight per loss term (``"lanes_2d.position"``) or per head (``"lanes_2d"``); default 1.
+        lane_cameras: camera names the 2D lane head is trained and evaluated on (None: all). Row-anchor lanes are
+            defined for forward/rearward views, not for side cameras that see lanes edge-on.
+        regions: region codes for per-region metrics (None: the datamodule's selection).
+        nan_policy: ``raise`` or ``skip`` (see :data:`NAN_POLICIES`).
+        compile: wrap the network in ``torch.compile``.
+        weight_decay_norm: apply weight decay to norm layers and biases too (off: the usual exclusion).
+    """
+
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 warmup_steps: float = 0.05, min_lr_ratio: float = 0.05,
+                 loss_weights: Mapping[str, float] | None = None, lane_cameras: Sequence[str] | None = None,
+                 regions: Sequence[str] | None = None, nan_policy: str = "raise", compile: bool = False,
+                 weight_decay_norm: bool = False) -> None:
+        super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {list(NAN_POLICIES)}, found '{nan_policy}'")
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.loss_weights = dict(loss_weights or {})
+        self.lane_cameras = list(lane_cameras) if lane_cameras else None
+        self.nan_policy = nan_policy
+        self.skipped_batches = 0
+        self.evaluator: PerceptionEvaluator | None = None
+        self.camera_names: list[str] | None = None
+        self.image_size: tuple[int, int] | None = None
+        self.val_examples: list[tuple[dict[str, Any], dict[str, Tensor]]] = []  # for prediction images
+        self.num_val_examples = 4
+        self._compiled = False
+
+    # --- setup -------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.camera_names = list(dm.camera_names)
+            self.image_size = tuple(dm.image_size) if getattr(dm, "image_size", None) else None
+        if self.hparams.compile and not self._compiled:
+            self.net = torch.compile(self.net)
+            self._compiled = True
+
+    def build_evaluator(self, regions: Sequence[str]) -> PerceptionEvaluator:
+        """An evaluator for this network's tasks on images of the configured size and cameras."""
+        net = getattr(self.net, "_orig_mod", self.net)
+        tasks = [name for name in self._heads() if name in ("lanes_2d", "objects_2d")]
+        grid, line_width = None, 1.0
+        if getattr(net, "bev", None) is not None:
+            grid = net.bev.grid
+            heads = net.bev.heads
+            if "objects" in heads:
+                tasks.append("objects_3d")
+            if "lanes" in heads:
+                tasks.append("lanes_bev")
+                line_width = float(heads["lanes"].line_width) * float(grid.cell_size)
+        return PerceptionEvaluator(regions, self.image_size or (0, 0), self.camera_names or [],
+                                   lane_cameras=self.lane_cameras, tasks=tasks, bev_grid=grid,
+                                   bev_line_width=line_width).to(self.device)
+
+    def _heads(self) -> list[str]:
+        net = getattr(self.net, "_orig_mod", self.net)
+        names = list(getattr(net, "heads", {}).keys())
+        if getattr(net, "bev", None) is not None:
+            names.append("bev")
+        return names
+
+    def _with_lane_cameras(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.lane_cameras is None or self.camera_names is None:
+            return batch
+        unknown = sorted(set(self.lane_cameras) - set(self.camera_names))
+        if unknown:
+            raise ValueError(f"model.lane_cameras {unknown} are not cameras of the data; valid choices: "
+                             f"{self.camera_names}")
+        mask = torch.tensor([c in self.lane_cameras for c in self.camera_names], device=batch["camera_mask"].device)
+        return {**batch, "lanes_2d_camera_mask": batch["camera_mask"] & mask[None]}
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.net(batch["images"], batch["intrinsics"], batch["extrinsics"])
+
+    def weight(self, term: str) -> float:
+        if term in self.loss_weights:
+            return float(self.loss_weights[term])
+        return float(self.loss_weights.get(term.split(".")[0], 1.0))
+
+    def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(self.weight(k) * v for k, v in losses.items() if self.weight(k) != 0.0)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        batch = self._with_lane_cameras(batch)
+        outputs = self(batch)
+        losses = self.net.loss(outputs, batch)
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        if bad:
+            values = ", ".join(f"'{k}' = {losses[k].detach().float().cpu().item():.4g}" for k in bad)
+            if self.nan_policy == "raise":
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
+                    f"{values}; frames {list(batch['frame_id'])}. Lower the learning rate, check the data, or set "
+                    f"model.nan_policy=skip to skip such batches")
+            self.skipped_batches += 1
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
+            return None
+        loss = self._total_loss(losses)
+        bs = batch["images"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, batch_size=bs)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        regions = self.hparams.regions or getattr(self.trainer.datamodule, "selected_regions", None)
+        if not regions:
+            regions = sorted({r for ref in self.trainer.datamodule.datasets["val"].refs for r in [ref.region]})
+        self.evaluator = self.build_evaluator(regions)
+        self.val_examples = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        batch = self._with_lane_cameras(batch)
+        outputs = self(batch)
+        losses = self.net.loss(outputs, batch)
+        bs = batch["images"].shape[0]
+        self.log("val/loss", self._total_loss(losses), on_epoch=True, batch_size=bs, sync_dist=True)
+        decoded = self.net.decode(outputs, batch["images"].shape[-2:])
+        self.evaluator.update(batch, decoded)
+        if len(self.val_examples) < self.num_val_examples:
+            self.val_examples.append(({k: (v[:1].cpu() if isinstance(v, Tensor) else v[:1]) for k, v in batch.items()},
+                                      {k: v[:1].detach().cpu() for k, v in decoded.items()}))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()
+        for key, value in metrics.items():
+            if not math.isnan(value):
+                self.log(f"val/{key}", value, sync_dist=False)
+
+    # --- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for param in self.net.parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if (param.ndim <= 1 and not self.hparams.weight_decay_norm) else decay).append(param)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = self.hparams.warmup_steps
+        warm = int(warm * total) if isinstance(warm, float) and warm < 1 else int(warm)
+        schedule = warmup_cosine(total, warm, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["visionpilot"] = {
+            "model_signature": model_signature(self.net),
+            "camera_names": self.camera_names,
+            "image_size": list(self.image_size) if self.image_size else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("visionpilot", {}).get("model_signature")
+        if saved is None:
+            return
+        check_signature(saved, model_signature(self.net))
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def model_signature(net: nn.Module) -> dict[str, list[int]]:
+    """Parameter and buffer names with their shapes: what a checkpoint must match to load into ``net``."""
+    net = getattr(net, "_orig_mod", net)
+    return {k: list(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_signature(saved: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]]) -> None:
+    """Raise a readable error when a checkpoint was trained with another model configuration."""
+    missing = sorted(set(current) - set(saved))
+    unexpected = sorted(set(saved) - set(current))
+    shapes = sorted(k for k in set(saved) & set(current) if list(saved[k]) != list(current[k]))
+    if not (missing or unexpected or shapes):
+        return
+    lines = ["the checkpoint was trained with a different model configuration than this run:"]
+    if shapes:
+        lines.append(f"  {len(shapes)} tensors differ in shape, e.g. " + "; ".join(
+            f"{k}: checkpoint {list(saved[k])}, this model {list(current[k])}" for k in shapes[:3]))
+    if missing:
+        lines.append(f"  {len(missing)} tensors of this model are not in the checkpoint, e.g. {missing[:3]}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} tensors of the checkpoint are not in this model, e.g. {unexpected[:3]}")
+    lines.append("Use the model config the checkpoint was trained with (its .hydra/config.yaml), or start without "
+                 "ckpt_path.")
+    raise ValueError("\n".join(lines))
