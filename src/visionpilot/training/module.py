@@ -60,6 +60,7 @@ class PerceptionModule(L.LightningModule):
         self.camera_names: list[str] | None = None
         self.image_size: tuple[int, int] | None = None
         self.val_examples: list[tuple[dict[str, Any], dict[str, Tensor]]] = []  # for prediction images
+        self.run_config: dict[str, Any] | None = None  # the resolved Hydra config, stored in checkpoints
         self.num_val_examples = 4
         self._compiled = False
 
@@ -182,10 +183,19 @@ class PerceptionModule(L.LightningModule):
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Everything needed to rebuild and describe the network from this file alone (training/checkpoints.py).
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        facts: dict[str, Any] = {}
+        if dm is not None and getattr(dm, "manifest", None) is not None:
+            facts = {"regions": list(dm.selected_regions), "frame_counts": dm.frame_counts.get("train", {}),
+                     "manifest_sha256": dm.manifest.sha256}
         checkpoint["visionpilot"] = {
+            **dict(checkpoint.get("visionpilot") or {}),
+            "config": self.run_config,
             "model_signature": model_signature(self.net),
             "camera_names": self.camera_names,
             "image_size": list(self.image_size) if self.image_size else None,
+            **facts,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

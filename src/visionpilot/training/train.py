@@ -32,6 +32,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
+    # Stored in every checkpoint, so fine-tuning, evaluation and export can rebuild the network from the file.
+    module.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,107 @@
+"""Checkpoints that stand alone: every Lightning checkpoint carries the resolved run config and the data facts,
+so fine-tuning, evaluation and export rebuild the network from the file alone (no run directory needed).
+
+The ``visionpilot`` entry of a checkpoint:
+    ``config``          the resolved Hydra config of the run (``model``, ``data``, ``rig``, ...)
+    ``model_signature`` parameter/buffer names and shapes (checked before loading weights)
+    ``camera_names``    camera slot order; ``image_size`` (H, W) of the network input
+    ``regions``         regions trained on; ``frame_counts`` train frames per region
+    ``manifest_sha256`` the split manifest's hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from visionpilot.training.module import check_signature, model_signature
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A network rebuilt from a checkpoint, with what the checkpoint says about itself."""
+
+    net: nn.Module
+    config: DictConfig
+    meta: dict[str, Any]
+    path: Path
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def camera_names(self) -> list[str]:
+        return list(self.meta.get("camera_names") or [])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.meta.get("image_size") or self.config.data.image_size
+        return int(size[0]), int(size[1])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def net_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's weights from a LightningModule state dict (``net.`` prefix, ``torch.compile``'s too)."""
+    out = {}
+    for key, value in state_dict.items():
+        if not key.startswith("net."):
+            continue
+        key = key[len("net."):]
+        if key.startswith("_orig_mod."):
+            key = key[len("_orig_mod."):]
+        out[key] = value
+    return out
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file (CPU) and check it is one of ours, with a clear message otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # corrupt or not a torch file
+        raise ValueError(f"could not read checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "visionpilot" not in ckpt:
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a visionpilot checkpoint: expected keys 'state_dict' and 'visionpilot', "
+                         f"found {found}")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, config_overrides: dict[str, Any] | None = None) -> LoadedCheckpoint:
+    """Rebuild the network of a checkpoint from its stored config and load its weights (eval mode, CPU).
+
+    Args:
+        path: a ``.ckpt`` written by ``visionpilot-train`` / ``visionpilot-finetune``.
+        config_overrides: dotted keys to change in the stored config before building (e.g. adapters).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    meta = dict(ckpt["visionpilot"])
+    if "config" not in meta:
+        raise ValueError(f"{path}: field 'visionpilot.config' missing; the checkpoint predates stand-alone "
+                         f"checkpoints, re-train or fine-tune to write a new one")
+    config = OmegaConf.create(meta["config"])
+    for key, value in (config_overrides or {}).items():
+        OmegaConf.update(config, key, value, force_add=True)
+    net = hydra.utils.instantiate(config.model.net)
+    state = net_state_dict(ckpt["state_dict"])
+    check_signature({k: list(v.shape) for k, v in state.items()}, model_signature(net))
+    net.load_state_dict(state)
+    net.eval()
+    return LoadedCheckpoint(net=net, config=config, meta=meta, path=path, sha256=file_sha256(path))
