@@ -1,7 +1,10 @@
-"""``visionpilot-data``: preview, statistics (and later conversion) of a dataset and its region splits.
+"""``visionpilot-data``: preview, statistics, dump and export of a dataset and its region splits.
 
     visionpilot-data action=preview rig=nuscenes6 region=gb hydra.run.dir=out/preview
     visionpilot-data action=stats region=global hydra.run.dir=out/stats
+    visionpilot-data action=stats data=nuscenes data.root=/data/nuscenes split=all
+    visionpilot-data action=dump data=culane data.root=/data/culane split=val     # frames.jsonl
+    visionpilot-data action=export format=nuscenes data.regions=[us,sg]           # synthetic -> <run dir>/nuscenes
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.paths import config_dir
 
 log = logging.getLogger(__name__)
-ACTIONS = ("preview", "stats")
+ACTIONS = ("preview", "stats", "dump", "export")
+#: Regions each export format can hold (nuScenes: its locations; CULane and TuSimple: where they were recorded).
+FORMAT_REGIONS: dict[str, tuple[str, ...]] = {"nuscenes": ("sg", "us"), "culane": ("cn",), "tusimple": ("us",)}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -26,22 +31,58 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     action = cfg.get("action")
     if action not in ACTIONS:
         raise ValueError(f"unknown action '{action}'; valid choices: {list(ACTIONS)}")
+    if action == "export" and cfg.get("format") not in FORMAT_REGIONS:
+        raise ValueError(f"action=export: unknown format '{cfg.get('format')}'; valid choices: {list(FORMAT_REGIONS)}")
     out_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     manifest = datamodule.build_splits()
     regions = manifest.select_regions(datamodule.regions)
     manifest_path = manifest.write(out_dir / "splits.json")
-    refs = select_refs(datamodule.refs, manifest, cfg.split, regions)
     source = datamodule.source
+    if action == "export":
+        return _export(cfg, source, datamodule.refs, manifest, regions, out_dir)
+    refs = select_refs(datamodule.refs, manifest, cfg.split, regions)
     if action == "preview":
         paths = write_previews(source, refs, out_dir / "previews", int(cfg.frames_per_region))
         print(f"wrote {len(paths)} preview images under {out_dir / 'previews'} (split manifest: {manifest_path})")
         return {"previews": paths, "manifest": manifest_path}
+    if action == "dump":
+        from visionpilot.data.dump import write_frames_jsonl
+
+        n = write_frames_jsonl(source, refs, out_dir / "frames.jsonl")
+        print(f"wrote {n} frames ({cfg.split} split, regions {regions}) to {out_dir / 'frames.jsonl'}")
+        return {"frames": out_dir / "frames.jsonl", "count": n, "manifest": manifest_path}
+    extra = {"skipped": source.skipped} if hasattr(source, "skipped") else {}
     stats = write_stats(source, refs, out_dir / "stats.json", split=cfg.split, regions_selected=regions,
-                        manifest_sha256=manifest.sha256)
+                        manifest_sha256=manifest.sha256, **extra)
     print(format_stats_table(stats))
     print(f"wrote {out_dir / 'stats.json'} (split manifest: {manifest_path})")
     return {"stats": stats, "manifest": manifest_path}
+
+
+def _export(cfg: DictConfig, source: Any, refs: list, manifest: Any, regions: list[str], out_dir: Path
+            ) -> dict[str, Any]:
+    """Write every frame of the selected regions that the format can hold, with the splits of the manifest."""
+    from visionpilot.data.writers import WRITERS
+
+    fmt = str(cfg.format)
+    allowed = FORMAT_REGIONS[fmt]
+    keep = [r for r in regions if r in allowed]
+    if not keep:
+        raise ValueError(f"action=export format={fmt}: the format holds regions {list(allowed)}, but the selection "
+                         f"has {regions}; select one of them (e.g. region={allowed[0]} or data.regions=[...])")
+    chosen = [r for r in refs if r.region in keep]
+    options = {k: v for k, v in (OmegaConf.to_container(cfg.export, resolve=True) or {}).items() if v is not None}
+    if fmt == "nuscenes":
+        options.pop("camera", None)  # nuScenes takes every camera
+        options.pop("image_size", None)  # images keep the source's size; sample_data records it
+    else:
+        options["splits"] = {scene: split for (region, scene), split in manifest.scene_splits().items()}
+    root = out_dir / fmt
+    frames = (source.load(r.index) for r in chosen)  # streamed: the writers write images as they come
+    WRITERS[fmt](frames, root, **options)
+    print(f"wrote {len(chosen)} frames of regions {keep} in {fmt} format under {root}")
+    return {"root": root, "frames": len(chosen), "regions": keep}
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="data")

@@ -106,6 +106,8 @@ class PerceptionModule(L.LightningModule):
             raise ValueError(f"model.lane_cameras {unknown} are not cameras of the data; valid choices: "
                              f"{self.camera_names}")
         mask = torch.tensor([c in self.lane_cameras for c in self.camera_names], device=batch["camera_mask"].device)
+        n = batch["camera_mask"].shape[1]  # collate pads camera slots only up to the widest frame of the batch
+        mask = torch.cat([mask, mask.new_zeros(max(n - len(mask), 0))])[:n]
         return {**batch, "lanes_2d_camera_mask": batch["camera_mask"] & mask[None]}
 
     # --- steps -------------------------------------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Replay: mix a fixed share of other-region frames into every training batch of a fine-tune.
+
+Fine-tuning on one country forgets the others; replaying a little of the global training data in every batch
+limits that. :class:`ReplayDataModule` is the datamodule with one addition: its train split holds the target
+regions' train frames plus a *replay pool* (the train frames of the replay regions, so never a val/test scene of
+any region), and its train loader builds every batch from ``batch_size - k`` target frames and ``k`` replay frames,
+``k = round(replay_fraction * batch_size)`` (at least 1 when the fraction is positive). An epoch visits every
+target frame once; replay frames are drawn without replacement, cycling through the pool. Validation and test hold
+the target regions only.
+
+The source must hold the replay regions too (``data.source.regions``); ``visionpilot-finetune`` sets that up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from visionpilot.data.collate import collate_frames
+from visionpilot.data.datamodule import EpochSampler, FrameDataset, VisionPilotDataModule, _plain
+from visionpilot.data.frame import Frame
+from visionpilot.data.regions import GLOBAL
+
+log = logging.getLogger(__name__)
+
+
+class ReplayMixDataset(Dataset):
+    """Target frames at indices ``[0, n_target)``, replay frames after them; items ``(epoch, index)``."""
+
+    def __init__(self, target: FrameDataset, replay: FrameDataset) -> None:
+        self.target, self.replay = target, replay
+
+    def __len__(self) -> int:
+        return len(self.target) + len(self.replay)
+
+    @property
+    def refs(self) -> list[Any]:
+        return [*self.target.refs, *self.replay.refs]
+
+    def __getitem__(self, item: tuple[int, int]) -> Frame:
+        epoch, index = item
+        n = len(self.target)
+        return self.target[(epoch, index)] if index < n else self.replay[(epoch, index - n)]
+
+
+class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``batch_size - replay_per_batch`` target and ``replay_per_batch`` replay indices.
+
+    Deterministic per ``(seed, epoch)``. Lightning calls ``set_epoch`` on :attr:`sampler` (the target order).
+
+    Args:
+        num_target: target frames (indices ``[0, num_target)`` of :class:`ReplayMixDataset`).
+        num_replay: replay frames (the indices after them).
+        batch_size: frames per batch.
+        replay_per_batch: replay frames per batch, in ``[0, batch_size)``.
+        seed: shuffling seed.
+        drop_last: drop the last batch when it would have fewer target frames than the others.
+    """
+
+    def __init__(self, num_target: int, num_replay: int, batch_size: int, replay_per_batch: int, seed: int = 0,
+                 drop_last: bool = True) -> None:
+        if not 0 <= replay_per_batch < batch_size:
+            raise ValueError(f"MixedBatchSampler: replay_per_batch must be in [0, {batch_size}), "
+                             f"found {replay_per_batch}")
+        if replay_per_batch and num_replay == 0:
+            raise ValueError("MixedBatchSampler: replay frames requested but the replay pool is empty")
+        self.sampler = EpochSampler(num_target, shuffle=True, seed=seed)
+        self.num_target, self.num_replay = int(num_target), int(num_replay)
+        self.batch_size, self.k = int(batch_size), int(replay_per_batch)
+        self.seed, self.drop_last = int(seed), drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        per = self.batch_size - self.k
+        if self.drop_last and self.num_target >= per:
+            return self.num_target // per
+        return math.ceil(self.num_target / per)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        target = [i for _, i in self.sampler]
+        per, batches = self.batch_size - self.k, len(self)
+        rng = np.random.default_rng([self.seed, epoch, 1])  # another stream than the target order's
+        need = batches * self.k
+        replay = (np.concatenate([rng.permutation(self.num_replay) for _ in range(math.ceil(need / self.num_replay))])
+                  if need else np.zeros(0, dtype=np.int64))
+        for b in range(batches):
+            ids = target[b * per:(b + 1) * per] + [self.num_target + int(i) for i in replay[b * self.k:(b + 1) * self.k]]
+            yield [(epoch, i) for i in ids]
+
+
+class ReplayDataModule(VisionPilotDataModule):
+    """:class:`~visionpilot.data.datamodule.VisionPilotDataModule` whose train batches mix in replay frames.
+
+    Args:
+        *args, **kwargs: as for the base datamodule (``regions`` are the fine-tune's target regions).
+        replay_regions: ``"global"`` (every other region of the source), a list of codes, or None / ``[]`` (off).
+            Target regions in the list are ignored.
+        replay_fraction: share of every train batch taken from the replay pool, in [0, 1).
+    """
+
+    def __init__(self, *args: Any, replay_regions: str | Sequence[str] | None = None, replay_fraction: float = 0.25,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= float(replay_fraction) < 1.0:
+            raise ValueError(f"ReplayDataModule: field 'replay_fraction' must be in [0, 1), found {replay_fraction}")
+        self.replay_regions = _plain(replay_regions)
+        self.replay_fraction = float(replay_fraction)
+        self.selected_replay: list[str] = []
+
+    @property
+    def replay_per_batch(self) -> int:
+        if self.replay_fraction <= 0 or not self.selected_replay:
+            return 0
+        return min(max(1, round(self.replay_fraction * self.batch_size)), self.batch_size - 1)
+
+    def _resolve_replay(self) -> list[str]:
+        assert self.manifest is not None
+        spec = self.replay_regions
+        if spec is None or spec == [] or spec == "":
+            return []
+        if isinstance(spec, str) and spec.lower() == GLOBAL:
+            chosen = self.manifest.regions
+        else:
+            chosen = self.manifest.select_regions(spec)  # raises, naming the valid codes, if the source lacks one
+        return [r for r in chosen if r not in self.selected_regions]
+
+    def build_dataset(self, split: str) -> Dataset:
+        target = super().build_dataset(split)
+        if split != "train":
+            return target
+        self.selected_replay = self._resolve_replay()
+        if not self.selected_replay or self.replay_fraction <= 0:
+            return target
+        assert self.manifest is not None
+        refs = self.manifest.select(self.refs, "train", self.selected_replay)
+        # Another augmentation seed than the target frames': the two datasets share item indices.
+        replay = FrameDataset(self.source, refs, self.train_transform, seed=self.seed + 7919)
+        log.info("replay: %d frames of %s, %d of every %d frames per batch", len(refs), self.selected_replay,
+                 self.replay_per_batch, self.batch_size)
+        return ReplayMixDataset(target, replay)  # type: ignore[arg-type]
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets.get("train")
+        if not isinstance(ds, ReplayMixDataset):
+            return super().train_dataloader()
+        sampler = MixedBatchSampler(len(ds.target), len(ds.replay), self.batch_size, self.replay_per_batch,
+                                    seed=self.seed, drop_last=self.drop_last)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_frames,
+                          pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+
+    @property
+    def replay_frame_counts(self) -> dict[str, int]:
+        """Train frames per replay region (after ``setup``)."""
+        if self.manifest is None or not self.selected_replay or self.replay_fraction <= 0:
+            return {}
+        return self.manifest.frame_counts("train", self.selected_replay)

@@ -1,0 +1,224 @@
+"""TuSimple lane detection as a :class:`FrameSource`: one front camera, 2D lane lines only, region US.
+
+On disk (``root``, as the TuSimple archives unpack):
+
+    label_data_0313.json label_data_0531.json label_data_0601.json   train set labels
+    test_label.json                                                  test set labels (released after the challenge)
+    clips/<date>/<clip>/<n>.jpg                                      1280x720 images; the 20th frame is labelled
+
+Each label file holds one JSON object per text line::
+
+    {"lanes": [[-2, -2, 632, 625, ...], ...], "h_samples": [240, 250, ..., 710], "raw_file": "clips/0313-1/6040/20.jpg"}
+
+``lanes[i][j]`` is the x pixel of lane ``i`` at image row ``h_samples[j]``; ``-2`` (any negative value) = no point.
+Test labels may carry ``run_time``; it is ignored.
+
+Frames: ``frame_id`` is ``raw_file`` without ``clips/`` and the suffix, ``scene_id`` the clip folder. Official
+splits: frames of ``test_label.json`` are ``test``; the train files have none (their clips are split by hash).
+
+Labels: ``lanes_2d`` only, each lane the polyline through its points top to bottom, typed ``lane_type`` (TuSimple has
+no line types; ``meta['lane_types'] = 'unknown'``). ``meta['tusimple']`` keeps ``h_samples`` and the raw ``lanes``
+so the official accuracy / FP / FN can be computed exactly (:class:`~visionpilot.evaluation.tusimple.TuSimpleMetric`).
+The camera, named ``CAM_FRONT``, has no published calibration (see
+:func:`~visionpilot.data.sources._common.uncalibrated_camera`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionpilot.data.frame import CameraView, Frame, Lane
+from visionpilot.data.regions import get_region
+from visionpilot.data.sources._common import FormatError, SkipLog, check_on_error, read_rgb, uncalibrated_camera
+from visionpilot.data.sources.base import FrameRef, FrameSource
+from visionpilot.data.vocab import lane_type_index
+
+#: TuSimple's image size (height, width).
+TUSIMPLE_IMAGE_SIZE: tuple[int, int] = (720, 1280)
+TEST_FILE = "test_label.json"
+
+
+@dataclass(frozen=True)
+class _Label:
+    file: str
+    line: int
+    raw_file: str
+    h_samples: tuple[float, ...]
+    lanes: tuple[tuple[float, ...], ...]
+
+
+def parse_label_line(text: str, where: str) -> _Label | None:
+    """One label line -> :class:`_Label` (None for a blank line); errors name ``where`` (file and line) and field."""
+    if not text.strip():
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{where}: malformed JSON at column {e.colno} ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    raw = obj.get("raw_file")
+    if not isinstance(raw, str) or not raw:
+        raise FormatError(f"{where}: field 'raw_file' must be an image path, found {raw!r}")
+    h = obj.get("h_samples")
+    if not isinstance(h, list) or not h or not all(_is_num(v) for v in h):
+        raise FormatError(f"{where}: field 'h_samples' must be a non-empty list of numbers, found {_short(h)}")
+    lanes = obj.get("lanes")
+    if not isinstance(lanes, list):
+        raise FormatError(f"{where}: field 'lanes' must be a list of lanes, found {_short(lanes)}")
+    for i, lane in enumerate(lanes):
+        if not isinstance(lane, list) or len(lane) != len(h) or not all(_is_num(v) for v in lane):
+            found = f"{len(lane)} values" if isinstance(lane, list) else _short(lane)
+            raise FormatError(f"{where}: field 'lanes[{i}]' must hold one number per h_sample ({len(h)}), "
+                              f"found {found}")
+    return _Label("", 0, raw, tuple(float(v) for v in h),
+                  tuple(tuple(float(v) for v in lane) for lane in lanes))
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def label_lanes(label: _Label) -> list[np.ndarray]:
+    """(P, 2) pixel polylines (x, y) through each lane's present points; lanes with fewer than 2 points dropped."""
+    h = np.asarray(label.h_samples)
+    out = []
+    for lane in label.lanes:
+        x = np.asarray(lane)
+        ok = x >= 0  # -2 marks "no point"
+        if ok.sum() >= 2:
+            out.append(np.column_stack([x[ok], h[ok]]))
+    return out
+
+
+class TuSimpleSource(FrameSource):
+    """TuSimple images and lanes (see the module docstring).
+
+    Args:
+        root: the dataset folder (holding the label files and ``clips/``).
+        label_files: label files to read, relative to ``root``; None: every ``label_data_*.json`` and
+            ``test_label.json`` found there.
+        image_size: (height, width) every image must have.
+        lane_type: the lane type given to every (untyped) TuSimple lane.
+        region: region code of the data (TuSimple was recorded on US highways).
+        official_splits: put ``test_label.json`` frames in the test split.
+        on_error: ``raise`` or ``skip`` (drop and report bad lines and frames whose image is missing).
+        camera_name: the camera's name in frames.
+    """
+
+    name = "tusimple"
+
+    def __init__(self, root: str | Path, label_files: Sequence[str] | None = None,
+                 image_size: Sequence[int] = TUSIMPLE_IMAGE_SIZE, lane_type: str = "white_dashed",
+                 region: str = "us", official_splits: bool = True, on_error: str = "raise",
+                 camera_name: str = "CAM_FRONT") -> None:
+        self.root = Path(root)
+        self.label_files = None if label_files is None else [str(f) for f in label_files]
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.lane_type = lane_type_index(lane_type)
+        self.region = get_region(region).code
+        self.official_splits = bool(official_splits)
+        self.on_error = check_on_error(on_error, "TuSimple source")
+        self.camera_name = camera_name
+        self.skips = SkipLog(self.name)
+        self._labels: list[_Label] | None = None
+        self._test_scenes: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [self.camera_name]
+
+    def index(self) -> list[FrameRef]:
+        return [FrameRef(i, _frame_id(lb.raw_file), _scene_id(lb.raw_file), self.region)
+                for i, lb in enumerate(self._all())]
+
+    def official_split(self, scene_id: str) -> str | None:
+        return "test" if self.official_splits and scene_id in self._test_scenes else None
+
+    def _files(self) -> list[Path]:
+        if self.label_files is not None:
+            return [self.root / f for f in self.label_files]
+        found = sorted(self.root.glob("label_data_*.json")) + sorted(self.root.glob(TEST_FILE))
+        if not found:
+            raise FormatError(f"TuSimple source: no label_data_*.json or {TEST_FILE} under root '{self.root}'")
+        return found
+
+    def _all(self) -> list[_Label]:
+        if self._labels is None:
+            self._labels = self._read()
+            self.skips.report(len(self._labels) + len(self.skips))
+        return self._labels
+
+    def _read(self) -> list[_Label]:
+        labels, seen = [], set()
+        for path in self._files():
+            if not path.is_file():
+                raise FormatError(f"TuSimple label file {path} not found")
+            for n, text in enumerate(path.read_text().splitlines(), start=1):
+                where = f"{path}: line {n}"
+                try:
+                    label = parse_label_line(text, where)
+                    if label is None or label.raw_file in seen:
+                        continue
+                    if not (self.root / label.raw_file).is_file():
+                        raise FormatError(f"{where}: field 'raw_file': image file {self.root / label.raw_file} "
+                                          f"not found")
+                except FormatError as e:
+                    if self.on_error == "raise":
+                        raise
+                    self.skips.add(f"{path.name} line {n}", e)
+                    continue
+                seen.add(label.raw_file)
+                labels.append(_Label(path.name, n, label.raw_file, label.h_samples, label.lanes))
+                if path.name == TEST_FILE:
+                    self._test_scenes.add(_scene_id(label.raw_file))
+        return labels
+
+    def load(self, index: int, with_images: bool = True) -> Frame:
+        labels = self._all()
+        if not 0 <= index < len(labels):
+            raise IndexError(f"TuSimple source: index {index} out of range [0, {len(labels)})")
+        lb = labels[index]
+        path = self.root / lb.raw_file
+        k, ext = uncalibrated_camera(self.image_size)
+        image = read_rgb(path, self.image_size, f"TuSimple {lb.file} line {lb.line}") if with_images else None
+        view = CameraView(name=self.camera_name, intrinsics=k, extrinsics=ext, image_size=self.image_size,
+                          image=image, lanes_2d=[Lane(p, self.lane_type) for p in label_lanes(lb)])
+        stem = Path(lb.raw_file).stem
+        meta = {"label_file": lb.file, "line": lb.line, "raw_file": lb.raw_file, "lane_types": "unknown",
+                "calibrated": False,
+                "tusimple": {"h_samples": list(lb.h_samples), "lanes": [list(x) for x in lb.lanes]}}
+        frame = Frame(frame_id=_frame_id(lb.raw_file), scene_id=_scene_id(lb.raw_file), source=self.name,
+                      region=self.region, driving_side=get_region(self.region).driving_side,
+                      timestamp=(int(stem) - 1) / 20.0 if stem.isdigit() else 0.0, cameras=[view],
+                      labels=frozenset({"lanes_2d"}), meta=meta)
+        return frame.validate(f"TuSimple {lb.file} line {lb.line}")
+
+    @property
+    def skipped(self) -> dict[str, Any]:
+        return self.skips.summary(len(self._all()) + len(self.skips))
+
+
+def _frame_id(raw_file: str) -> str:
+    p = Path(raw_file)
+    parts = p.with_suffix("").parts
+    return "/".join(parts[1:] if parts and parts[0] == "clips" else parts)
+
+
+def _scene_id(raw_file: str) -> str:
+    parts = Path(raw_file).parent.parts
+    return "/".join(parts[1:] if parts and parts[0] == "clips" else parts)
