@@ -5,6 +5,8 @@
     visionpilot-data action=stats data=nuscenes data.root=/data/nuscenes split=all
     visionpilot-data action=dump data=culane data.root=/data/culane split=val     # frames.jsonl
     visionpilot-data action=export format=nuscenes data.regions=[us,sg]           # synthetic -> <run dir>/nuscenes
+    visionpilot-data action=shard data=nuscenes data.root=/data/nuscenes out=s3://bucket/shards/nuscenes
+                                                                                  # litdata shards, a prefix per region
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from visionpilot.paths import config_dir
 
 log = logging.getLogger(__name__)
-ACTIONS = ("preview", "stats", "dump", "export")
+ACTIONS = ("preview", "stats", "dump", "export", "shard")
 #: Regions each export format can hold (nuScenes: its locations; CULane and TuSimple: where they were recorded).
 FORMAT_REGIONS: dict[str, tuple[str, ...]] = {"nuscenes": ("sg", "us"), "culane": ("cn",), "tusimple": ("us",)}
 
@@ -31,6 +33,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     action = cfg.get("action")
     if action not in ACTIONS:
         raise ValueError(f"unknown action '{action}'; valid choices: {list(ACTIONS)}")
+    if action == "shard" and not cfg.get("out"):
+        raise ValueError("action=shard: field 'out' is required: a folder or object-store URL for the shards, "
+                         "e.g. out=/data/shards/synthetic or out=s3://bucket/shards")
     if action == "export" and cfg.get("format") not in FORMAT_REGIONS:
         raise ValueError(f"action=export: unknown format '{cfg.get('format')}'; valid choices: {list(FORMAT_REGIONS)}")
     out_dir = Path(cfg.paths.output_dir)
@@ -41,6 +46,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     source = datamodule.source
     if action == "export":
         return _export(cfg, source, datamodule.refs, manifest, regions, out_dir)
+    if action == "shard":
+        return _shard(cfg, source, datamodule.refs, manifest, regions)
     refs = select_refs(datamodule.refs, manifest, cfg.split, regions)
     if action == "preview":
         paths = write_previews(source, refs, out_dir / "previews", int(cfg.frames_per_region))
@@ -83,6 +90,20 @@ def _export(cfg: DictConfig, source: Any, refs: list, manifest: Any, regions: li
     WRITERS[fmt](frames, root, **options)
     print(f"wrote {len(chosen)} frames of regions {keep} in {fmt} format under {root}")
     return {"root": root, "frames": len(chosen), "regions": keep}
+
+
+def _shard(cfg: DictConfig, source: Any, refs: list, manifest: Any, regions: list[str]) -> dict[str, Any]:
+    """Write the selected regions' frames as litdata shards under ``cfg.out`` (data/shards.py)."""
+    from visionpilot.data.shards import write_shards
+
+    options = OmegaConf.to_container(cfg.get("shard") or {}, resolve=True) or {}
+    meta = write_shards(source, refs, manifest, regions, str(cfg.out), **options)
+    for region, splits in meta["frames"].items():
+        print(f"{region}: " + ", ".join(f"{split} {n}" for split, n in splits.items()) + " frames")
+    total = sum(n for splits in meta["frames"].values() for n in splits.values())
+    print(f"wrote {total} frames of regions {regions} as {meta['image_format']} shards under {cfg.out} "
+          f"(train with: visionpilot-train data=streaming data.root={cfg.out})")
+    return {"root": str(cfg.out), "frames": total, "regions": regions, "meta": meta}
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="data")

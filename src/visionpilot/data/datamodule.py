@@ -7,17 +7,24 @@ model's training set.
 Augmentation is deterministic per ``(seed, epoch, index)``: :class:`EpochSampler` yields ``(epoch, index)`` pairs,
 and Lightning calls its ``set_epoch`` at every epoch start. Carrying the epoch inside the index (rather than in the
 dataset object) keeps it right in persistent workers, which never see later changes to the dataset object.
+
+Loaders are resumable mid-epoch: :class:`ResumableDataLoader` counts the frames it has handed out and implements
+Lightning's stateful-loader interface (``state_dict`` / ``load_state_dict``), so a checkpoint taken mid-epoch records
+the sampler's epoch and position and a restart continues with the next unseen frame of the same permutation. Under
+DDP the sampler gives every rank its own slice of the permutation (docs/scale_out.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -68,22 +75,95 @@ class FrameDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, index)``; shuffled by ``(seed, epoch)`` when ``shuffle``. Lightning calls ``set_epoch``."""
+    """Yields ``(epoch, index)``; shuffled by ``(seed, epoch)`` when ``shuffle``. Lightning calls ``set_epoch``.
 
-    def __init__(self, length: int, shuffle: bool = False, seed: int = 0) -> None:
+    Args:
+        length: frames in the dataset.
+        shuffle: permute by ``(seed, epoch)``.
+        seed: permutation seed.
+        distributed: when ``torch.distributed`` is initialised, yield only this rank's slice ``order[rank::world]``
+            (checked at iteration time, so one sampler serves a single process and DDP alike).
+        pad: with ``distributed``, repeat the first frames so every rank gets the same count (training needs equal
+            step counts on all ranks; evaluation does not, and is exact without padding).
+
+    Resumable: :meth:`load_state_dict` makes the next iteration start ``consumed`` frames into this rank's order of
+    the saved epoch (see :class:`ResumableDataLoader`).
+    """
+
+    def __init__(self, length: int, shuffle: bool = False, seed: int = 0, distributed: bool = False,
+                 pad: bool = True) -> None:
         self.length, self.shuffle, self.seed = int(length), shuffle, int(seed)
+        self.distributed, self.pad = distributed, pad
         self.epoch = 0
+        self._start = 0  # frames of this epoch already consumed before a restart (set by load_state_dict)
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self._start = 0  # a restored position belongs to its own epoch only
         self.epoch = int(epoch)
 
+    def replicas(self) -> tuple[int, int]:
+        """(world size, rank) this sampler shards over: (1, 0) unless ``distributed`` under torch.distributed."""
+        if self.distributed and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
     def __len__(self) -> int:
-        return self.length
+        world, rank = self.replicas()
+        if world == 1:
+            return self.length
+        if self.pad:
+            return math.ceil(self.length / world)
+        return len(range(rank, self.length, world))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
-        return iter([(self.epoch, int(i)) for i in order])
+        world, rank = self.replicas()
+        if world > 1:
+            if self.pad and self.length:
+                order = np.resize(order, math.ceil(self.length / world) * world)  # wraps around, as DistributedSampler
+            order = order[rank::world]
+        start, self._start = self._start, 0
+        return iter([(self.epoch, int(i)) for i in order[start:]])
+
+    def state_dict(self, consumed: int = 0) -> dict[str, int]:
+        """The sampler's epoch and ``consumed`` frames of it (this rank's)."""
+        return {"epoch": self.epoch, "consumed": int(consumed)}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self._start = int(state["consumed"])
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose position within the epoch is saved in Lightning checkpoints.
+
+    Lightning saves ``state_dict()`` of every train loader that has one and calls ``load_state_dict`` before the
+    first batch of a restarted fit. The state is the sampler's epoch and the frames handed out so far this epoch,
+    counted where batches leave the loader (not where workers prefetch them). Lightning does not prefetch ahead of
+    a loader with a length, so every counted batch is one the model trained on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._consumed = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.sampler
+        self._consumed = getattr(sampler, "_start", 0)  # a restored epoch starts where the saved one stopped
+        for batch in super().__iter__():
+            self._consumed += self.batch_size or 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if not hasattr(self.sampler, "state_dict"):
+            return {}
+        return {"sampler": self.sampler.state_dict(consumed=self._consumed)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "sampler" in state and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
 
 
 class VisionPilotDataModule(L.LightningDataModule):
@@ -179,10 +259,10 @@ class VisionPilotDataModule(L.LightningDataModule):
                                f"(splits: {list(self.datasets)})")
         ds = self.datasets[split]
         n = len(ds)  # type: ignore[arg-type]
-        return DataLoader(
+        return ResumableDataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochSampler(n, shuffle=train, seed=self.seed),
+            sampler=EpochSampler(n, shuffle=train, seed=self.seed, distributed=True, pad=train),
             num_workers=self.num_workers,
             collate_fn=collate_frames,
             pin_memory=self.pin_memory,

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.training.callbacks import Throughput
+from visionpilot.training.fault_tolerance import resolve_ckpt_path, with_previous_metrics
 from visionpilot.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     regions = cfg.data.regions
     log.info("training %s on regions %s", cfg.model.net.backbone.name,
              OmegaConf.to_container(regions) if OmegaConf.is_config(regions) else regions)
-    trainer.fit(objects["model"], objects["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+    # ckpt_path=auto: rerunning a command in the same run dir resumes from its newest checkpoint (fault_tolerance.py).
+    # weights_only=False: our checkpoints hold the run config and hyperparameters (optimizer partials), not just
+    # tensors, and come from this run dir or a path the user named.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    trainer.fit(objects["model"], objects["datamodule"], ckpt_path=ckpt_path, weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     for cb in objects["callbacks"]:
         if isinstance(cb, Throughput):
@@ -55,6 +60,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     metrics["train/skipped_batches"] = float(objects["model"].skipped_batches)
     metrics["train/steps"] = float(trainer.global_step)
     out_dir = Path(cfg.paths.output_dir)
+    if ckpt_path is not None:  # a resumed run keeps what it did not recompute (a finished run's rerun: everything)
+        metrics = with_previous_metrics(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
     write_json_atomic(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
     ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     log.info("metrics written to %s; best checkpoint %s", out_dir / "metrics.json", ckpt or "(none)")

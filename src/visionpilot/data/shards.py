@@ -1,0 +1,272 @@
+"""Sharded frames for streaming: any source written as litdata chunks, one prefix per region and split.
+
+``visionpilot-data action=shard data=<source> out=<dir or URL>`` writes
+
+    <out>/visionpilot.json                 format, source, camera names, image format, frames per region and split,
+                                           and the split manifest the shards were cut with
+    <out>/<region>/<split>/index.json      litdata's index of the chunks
+    <out>/<region>/<split>/chunk-*.bin     the frames, in source order
+    <out>/<region>/<split>/frames.json     ``{"frames": [[frame_id, scene_id], ...]}`` in chunk order
+
+``<out>`` is a local folder or an object-store URL (``s3://``, ``gs://``, ``azure://``; litdata uploads the chunks).
+A region's frames live under its own prefix only, so a region's data can stay in its own bucket or jurisdiction and
+a run on one region reads nothing else (``data=streaming data.regions=[gb]``). Splits are by scene, decided once
+when sharding (the manifest is stored, so every run reads the same scenes as the same split).
+
+Why litdata (and not WebDataset): its ``StreamingDataLoader`` saves and restores the position within an epoch,
+which fault-tolerant training needs and WebDataset's tar streams do not offer; it assigns chunks to DDP ranks and
+loader workers itself, shuffles chunks then items within a window, downloads chunks ahead into a bounded local
+cache, and its ``optimize`` writes in parallel straight to a bucket. It is Lightning's own library, like the trainer.
+
+One record per frame, three fields (a fixed structure, as litdata requires):
+    ``header``  JSON: ids, region, driving side, timestamp, label kinds, lat/lon, meta, cameras (name, image size,
+                encoded image length, 2D lane types), 3D lane types
+    ``arrays``  an ``.npz`` of every numeric array (calibration, boxes, lanes) with its exact dtype and shape
+    ``images``  the cameras' encoded images back to back: PNG (lossless, default), JPEG (smaller, lossy) or raw
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from visionpilot.data.frame import Boxes3D, CameraView, Frame, Lane
+from visionpilot.data.sources.base import FrameRef, FrameSource
+from visionpilot.data.splits import SplitManifest
+
+log = logging.getLogger(__name__)
+
+FORMAT = "visionpilot-shards"
+VERSION = 1
+META_FILE = "visionpilot.json"
+FRAMES_FILE = "frames.json"
+IMAGE_FORMATS = ("png", "jpeg", "raw")
+_URL_SCHEMES = ("s3://", "gs://", "azure://", "r2://", "hf://")
+
+
+# -- one frame <-> one record --------------------------------------------------------------------------------------
+
+
+def _encode_image(image: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:
+    if image_format == "raw":
+        return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 1]) if image_format == "png" else \
+        (".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)  # files hold BGR, as viewers expect
+    if not ok:
+        raise ValueError(f"could not encode an image of shape {image.shape} as {image_format}")
+    return buf.tobytes()
+
+
+def _decode_image(data: memoryview | bytes, image_format: str, size: Sequence[int]) -> np.ndarray:
+    h, w = int(size[0]), int(size[1])
+    if image_format == "raw":
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3).copy()
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (h, w, 3):
+        raise ValueError(f"shard record: image does not decode to ({h}, {w}, 3), found "
+                         f"{None if bgr is None else bgr.shape}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"frame field 'meta' must be JSON-serialisable, found {type(obj).__name__}")
+
+
+def encode_frame(frame: Frame, image_format: str = "png", jpeg_quality: int = 95) -> dict[str, Any]:
+    """One frame as a shard record (see the module docstring); label-only frames store no image bytes."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"shard image format must be one of {list(IMAGE_FORMATS)}, found '{image_format}'")
+    arrays: dict[str, np.ndarray] = {}
+    images: list[bytes] = []
+    cameras = []
+    for i, cam in enumerate(frame.cameras):
+        for name in ("intrinsics", "extrinsics", "boxes_2d", "classes_2d", "box_ids_2d", "visibility_2d"):
+            arrays[f"cam{i}.{name}"] = np.asarray(getattr(cam, name))
+        for j, lane in enumerate(cam.lanes_2d):
+            arrays[f"cam{i}.lane{j}"] = lane.points
+        data = b"" if cam.image is None else _encode_image(cam.image, image_format, jpeg_quality)
+        images.append(data)
+        cameras.append({"name": cam.name, "image_size": [int(v) for v in cam.image_size], "image_bytes": len(data),
+                        "lane_types": [int(ln.type) for ln in cam.lanes_2d]})
+    b = frame.boxes_3d
+    for name in ("centers", "sizes", "yaws", "classes", "track_ids", "velocities"):
+        arrays[f"boxes_3d.{name}"] = np.asarray(getattr(b, name))
+    for j, lane in enumerate(frame.lanes_3d):
+        arrays[f"lane3d.{j}"] = lane.points
+    header = {
+        "version": VERSION, "frame_id": frame.frame_id, "scene_id": frame.scene_id, "source": frame.source,
+        "region": frame.region, "driving_side": frame.driving_side, "timestamp": float(frame.timestamp),
+        "labels": sorted(frame.labels), "latlon": None if frame.latlon is None else [float(v) for v in frame.latlon],
+        "meta": frame.meta, "image_format": image_format, "cameras": cameras,
+        "lanes_3d_types": [int(ln.type) for ln in frame.lanes_3d],
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # uncompressed: the arrays are small; images carry the bytes
+    return {"header": json.dumps(header, default=_json_default), "arrays": buf.getvalue(), "images": b"".join(images)}
+
+
+def decode_frame(record: Mapping[str, Any], with_images: bool = True) -> Frame:
+    """The :class:`Frame` of a shard record (``with_images=False`` skips image decoding: images are None)."""
+    header = json.loads(str(record["header"]))
+    if header.get("version") != VERSION:
+        raise ValueError(f"shard record '{header.get('frame_id')}': field 'version' must be {VERSION}, found "
+                         f"{header.get('version')}; re-shard with this visionpilot version")
+    with np.load(io.BytesIO(bytes(record["arrays"])), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    blob = memoryview(bytes(record["images"])) if with_images else None
+    offset, cameras = 0, []
+    for i, cam in enumerate(header["cameras"]):
+        n = int(cam["image_bytes"])
+        image = None
+        if blob is not None and n:
+            image = _decode_image(blob[offset:offset + n], header["image_format"], cam["image_size"])
+        offset += n
+        cameras.append(CameraView(
+            name=cam["name"], intrinsics=arrays[f"cam{i}.intrinsics"], extrinsics=arrays[f"cam{i}.extrinsics"],
+            image_size=tuple(cam["image_size"]), image=image, boxes_2d=arrays[f"cam{i}.boxes_2d"],
+            classes_2d=arrays[f"cam{i}.classes_2d"], box_ids_2d=arrays[f"cam{i}.box_ids_2d"],
+            visibility_2d=arrays[f"cam{i}.visibility_2d"],
+            lanes_2d=[Lane(arrays[f"cam{i}.lane{j}"], t) for j, t in enumerate(cam["lane_types"])]))
+    boxes = Boxes3D(**{k: arrays[f"boxes_3d.{k}"] for k in ("centers", "sizes", "yaws", "classes", "track_ids",
+                                                             "velocities")})
+    return Frame(frame_id=header["frame_id"], scene_id=header["scene_id"], source=header["source"],
+                 region=header["region"], driving_side=header["driving_side"], timestamp=header["timestamp"],
+                 cameras=cameras, boxes_3d=boxes,
+                 lanes_3d=[Lane(arrays[f"lane3d.{j}"], t) for j, t in enumerate(header["lanes_3d_types"])],
+                 labels=frozenset(header["labels"]),
+                 latlon=None if header["latlon"] is None else tuple(header["latlon"]), meta=header["meta"])
+
+
+# -- where things live: local folders and object-store URLs --------------------------------------------------------
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """An object-store URL (litdata's schemes), as opposed to a local path."""
+    return str(path).startswith(_URL_SCHEMES)
+
+
+def join(root: str | os.PathLike[str], *parts: str) -> str:
+    """``root/part/...`` for a folder or a URL (no ``os.path`` on URLs: it would mangle ``s3://``)."""
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def _provider(url: str, storage_options: Mapping[str, Any] | None) -> Any:
+    # litdata's own object-store client (boto3 / google-cloud-storage / azure), already configured by the same
+    # storage_options as its chunk uploads and downloads; a private module, so it is used in this one place only.
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    return _get_fs_provider(url, dict(storage_options or {}))
+
+
+def write_json(path: str, obj: Any, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write JSON to a local file (atomically) or an object-store URL."""
+    text = json.dumps(obj, indent=1) + "\n"
+    if not is_url(path):
+        from visionpilot.utils.io import write_text_atomic
+
+        write_text_atomic(path, text)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        Path(local).write_text(text)
+        _provider(path, storage_options).upload_file(local, path)
+
+
+def read_json(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Read JSON from a local file or an object-store URL."""
+    if not is_url(path):
+        with open(path) as f:
+            return json.load(f)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(path))
+        _provider(path, storage_options).download_file(path, local)
+        with open(local) as f:
+            return json.load(f)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+
+def _record(source: FrameSource, image_format: str, jpeg_quality: int, index: int) -> dict[str, Any]:
+    return encode_frame(source.load(index), image_format, jpeg_quality)
+
+
+def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitManifest, regions: Sequence[str],
+                 out: str | os.PathLike[str], *, image_format: str = "png", jpeg_quality: int = 95,
+                 chunk_bytes: str | int = "64MB", num_workers: int = 1, start_method: str | None = "fork",
+                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the frames of ``regions`` as litdata chunks under ``out/<region>/<split>/``; return the metadata.
+
+    Args:
+        source: the frame source; ``refs`` its index (``source.index()``).
+        manifest: the scene splits (stored in the metadata; readers use it as is).
+        regions: the regions to write (each under its own prefix).
+        out: a local folder or an object-store URL.
+        image_format: ``png`` (lossless), ``jpeg`` (lossy, ``jpeg_quality``) or ``raw``.
+        chunk_bytes: target chunk size; larger chunks mean fewer requests to an object store.
+        num_workers: encoding processes per prefix (litdata ``optimize``; frames keep their source order).
+        start_method: multiprocessing start method; ``fork`` (the default on Linux, as the DataLoader's) starts
+            workers in milliseconds, ``spawn`` re-imports everything per worker (seconds).
+        storage_options: object-store client options (e.g. ``{"endpoint_url": ...}``).
+    """
+    import litdata
+
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"action=shard: field 'image_format' must be one of {list(IMAGE_FORMATS)}, "
+                         f"found '{image_format}'")
+    out = str(out)
+    if not is_url(out):
+        out = str(Path(out).resolve())
+    parts: dict[str, dict[str, int]] = {}
+    encode = partial(_record, source, image_format, int(jpeg_quality))
+    for region in regions:
+        parts[region] = {}
+        for split in manifest.splits:
+            chosen = manifest.select(refs, split, [region])
+            parts[region][split] = len(chosen)
+            if not chosen:
+                continue
+            prefix = join(out, region, split)
+            litdata.optimize(fn=encode, inputs=[r.index for r in chosen], output_dir=prefix, chunk_bytes=chunk_bytes,
+                             num_workers=max(1, min(int(num_workers), len(chosen))), mode="overwrite",
+                             keep_data_ordered=True, reorder_files=False, verbose=False, start_method=start_method,
+                             storage_options=dict(storage_options or {}))
+            write_json(join(prefix, FRAMES_FILE), {"frames": [[r.frame_id, r.scene_id] for r in chosen]},
+                       storage_options)
+            log.info("sharded %d %s frames of region %s to %s", len(chosen), split, region, prefix)
+    meta = {"format": FORMAT, "version": VERSION, "source": source.name, "camera_names": list(source.camera_names),
+            "image_format": image_format, "regions": list(regions), "frames": parts, "manifest": manifest.to_dict()}
+    write_json(join(out, META_FILE), meta, storage_options)
+    return meta
+
+
+def read_meta(root: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata of a shard root, checked (a clear message for a folder that holds no shards)."""
+    path = join(root, META_FILE)
+    try:
+        meta = read_json(path, storage_options)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: data.root must be the 'out' of visionpilot-data action=shard "
+                                f"(the folder or URL holding {META_FILE} and one prefix per region)") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"{path}: fields 'format'/'version' must be '{FORMAT}'/{VERSION}, found "
+                         f"'{meta.get('format')}'/{meta.get('version')}; re-shard with this visionpilot version")
+    missing = [k for k in ("camera_names", "regions", "frames", "manifest") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}; the file was truncated or edited, re-shard")
+    return meta

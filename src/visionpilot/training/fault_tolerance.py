@@ -1,0 +1,221 @@
+"""Training that survives faults: atomic checkpoint files, periodic step checkpoints, and automatic resume.
+
+Three parts, each small:
+
+- :class:`AtomicCheckpointIO` writes every checkpoint of the trainer to a temporary file in the target folder,
+  ``fsync``\\ s it and renames it over the target (``os.replace``), so a process killed mid-write leaves the previous
+  file intact and at worst a ``.tmp`` leftover that nothing reads. (Lightning's default writer streams through an
+  fsspec transaction whose temporary file lives in the system temp folder, so its final move can be a copy across
+  file systems that a crash cuts short, and it never ``fsync``\\ s.)
+- :class:`PeriodicCheckpoint` is Lightning's ``ModelCheckpoint`` writing ``last.ckpt`` every ``every_n_train_steps``
+  optimizer steps, at every epoch end and when training ends. It puts :class:`AtomicCheckpointIO` into the trainer
+  when the trainer still has the plain default writer. Lightning stores the loop counters, optimizer and scheduler
+  state, callbacks' state and the train loader's position (``ResumableDataLoader`` / litdata's
+  ``StreamingDataLoader``) in it, and ``PerceptionModule.on_save_checkpoint`` adds the ``visionpilot`` entry that
+  keeps the file loadable on its own (``training/checkpoints.py``).
+- :func:`resolve_ckpt_path` turns the config's ``ckpt_path`` into what ``Trainer.fit`` takes: ``auto`` (the default)
+  resumes from the newest readable checkpoint in ``<run dir>/checkpoints`` (or a SLURM ``hpc_ckpt_*.ckpt`` in the run
+  dir), so rerunning the same command with the same ``hydra.run.dir`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+#: ``ckpt_path`` values that mean "find the newest checkpoint of this run dir, if any".
+AUTO = "auto"
+#: ``ckpt_path`` values that mean "start fresh even if the run dir has checkpoints".
+NEVER = ("never", "none", "null", "")
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _is_url(path: str | os.PathLike[str]) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename: the directory entry must reach the disk too (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``.<name>.<random>.tmp`` beside the target, ``fsync``, then ``os.replace`` (atomic on POSIX).
+
+    Object-store URLs go through Lightning's writer (an object PUT is already all-or-nothing).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
+                        storage_options: Any | None = None) -> None:
+        if _is_url(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO.save_checkpoint: storage_options are not supported for local files, "
+                            f"found {storage_options!r}")
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def install_atomic_io(trainer: L.Trainer) -> bool:
+    """Give ``trainer`` an :class:`AtomicCheckpointIO` if it has Lightning's plain default writer; True if changed.
+
+    Strategies with their own writers (FSDP's sharded checkpoints, user plugins) are left alone.
+    """
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+        return True
+    return False
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimizer steps, at each epoch end and at the end.
+
+    Args:
+        dirpath: checkpoint folder (``<run dir>/checkpoints``: where ``ckpt_path=auto`` looks).
+        every_n_train_steps: steps between saves; the work lost to a crash is at most this many steps.
+        atomic: install :class:`AtomicCheckpointIO` in the trainer (on unless the trainer has its own writer).
+        **kwargs: other ``ModelCheckpoint`` arguments.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str], every_n_train_steps: int = 500, atomic: bool = True,
+                 **kwargs: Any) -> None:
+        if int(every_n_train_steps) < 1:
+            raise ValueError(f"PeriodicCheckpoint: field 'every_n_train_steps' must be >= 1, "
+                             f"found {every_n_train_steps}")
+        # save_top_k=0 + save_last: one file, last.ckpt, replaced in place; monitor=None: no metric needed.
+        kwargs = {"save_top_k": 0, "save_last": True, "monitor": None, **kwargs}
+        kwargs.setdefault("enable_version_counter", False)  # last.ckpt is overwritten, never last-v1.ckpt
+        super().__init__(dirpath=dirpath, every_n_train_steps=int(every_n_train_steps), **kwargs)
+        self.atomic = atomic
+
+    @property
+    def state_key(self) -> str:
+        # Distinct from a ModelCheckpoint with the same arguments, so both can restore their own state.
+        return f"PeriodicCheckpoint{{every_n_train_steps={self._every_n_train_steps}}}"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.atomic and install_atomic_io(trainer):
+            log.debug("checkpoints are written atomically (AtomicCheckpointIO)")
+
+    def _save_last_now(self, trainer: L.Trainer) -> None:
+        if self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, sanity check, or already saved this step
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_now(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # ModelCheckpoint would rewrite last.ckpt after validation; the epoch-end save covers that step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The final state too: rerunning a finished command then resumes at max_steps and stops at once.
+        self._save_last_now(trainer)
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The ``global_step`` stored in a checkpoint, or None if the file cannot be read as a checkpoint.
+
+    Memory-maps the file, so only the small metadata is read, not the weights.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # truncated, not a zip, not a torch file
+        log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+        return None
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
+        log.warning("ignoring %s: not a Lightning checkpoint (no field 'global_step')", path)
+        return None
+    return int(ckpt["global_step"])
+
+
+def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest readable checkpoint of a run: highest ``global_step``, ``last.ckpt`` first among equals.
+
+    Looks at ``<run_dir>/checkpoints/*.ckpt`` and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt``; temporary files of an
+    interrupted write (``.*.tmp``) are never candidates, and unreadable files are skipped with a warning.
+    """
+    run_dir = Path(run_dir)
+    candidates = sorted((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    best: tuple[int, bool, float] | None = None
+    chosen: Path | None = None
+    for path in candidates:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        step = checkpoint_step(path)
+        if step is None:
+            continue
+        key = (step, path.name == "last.ckpt", path.stat().st_mtime)
+        if best is None or key > best:
+            best, chosen = key, path
+    return chosen
+
+
+def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str]) -> str | None:
+    """What ``Trainer.fit(ckpt_path=...)`` gets for the config's ``ckpt_path``.
+
+    ``auto``: the newest checkpoint of ``run_dir`` (:func:`find_resume_checkpoint`), None for a fresh run dir.
+    None / ``never``: start fresh. Anything else (a path, or Lightning's ``last`` / ``hpc``) is passed through.
+    """
+    if ckpt_path is None or str(ckpt_path).lower() in NEVER:
+        return None
+    if str(ckpt_path).lower() != AUTO:
+        return str(ckpt_path)
+    found = find_resume_checkpoint(run_dir)
+    if found is None:
+        log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", Path(run_dir) / CHECKPOINT_DIR)
+        return None
+    log.info("ckpt_path=auto: resuming from %s", found)
+    return str(found)
+
+
+def with_previous_metrics(path: str | os.PathLike[str], metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` on top of those already in ``path`` (a resumed run's earlier ``metrics.json``), if any.
+
+    Rerunning a finished command resumes at its last step and trains and validates nothing, so the metrics it
+    computes are only the step counters; the validation metrics of the run stay those it wrote when it finished.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return metrics
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s: %s", path, err)
+        return metrics
+    return {**{k: v for k, v in previous.items() if isinstance(v, int | float)}, **metrics}

@@ -1,0 +1,73 @@
+"""visionpilot-data: stats and previews for every rig and region, composed from the real configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+from hydra import compose, initialize_config_dir
+
+from visionpilot.cli.data import run
+from visionpilot.data.regions import REGIONS
+from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
+from visionpilot.paths import config_dir
+
+SMALL = ["data.image_size=[64,176]", "data.source.scenes_per_region=3", "data.source.frames_per_scene=2",
+         "data.num_workers=0"]
+
+
+def _compose(tmp_path: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="data", overrides=[f"paths.output_dir={tmp_path}", *SMALL, *overrides])
+
+
+@pytest.mark.parametrize("rig", ["front1", "nuscenes6", "surround8"])
+def test_stats_every_region(tmp_path: Path, rig: str) -> None:
+    out = run(_compose(tmp_path, ["action=stats", f"rig={rig}", "region=global", "split=all"]))
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert sorted(stats["regions"]) == sorted(REGIONS)
+    manifest = json.loads((tmp_path / "splits.json").read_text())
+    for code, r in stats["regions"].items():
+        assert r["frames"] == 6 and r["scenes"] == 3  # 3 scenes x 2 frames, every split
+        assert set(r["objects_3d"]) == set(OBJECT_CLASSES) and set(r["lanes_3d"]) == set(LANE_TYPES)
+        assert sum(r["lanes_3d"].values()) > 0
+        assert sum(len(manifest["splits"][s].get(code, [])) for s in manifest["splits"]) == 3
+    assert stats["camera_names"] == out["stats"]["camera_names"]
+    assert len(stats["camera_names"]) == {"front1": 1, "nuscenes6": 6, "surround8": 8}[rig]
+
+
+@pytest.mark.parametrize("rig", ["front1", "nuscenes6", "surround8"])
+def test_preview_every_region(tmp_path: Path, rig: str) -> None:
+    out = run(_compose(tmp_path, ["action=preview", f"rig={rig}", "region=global", "split=all",
+                                  "frames_per_region=1"]))
+    paths = sorted(out["previews"])
+    assert {p.parent.name for p in paths} == set(REGIONS)
+    image = cv2.imread(str(paths[0]))
+    assert image is not None and image.shape[0] > 64 and image.shape[1] > 176
+
+
+def test_one_region_and_a_region_list(tmp_path: Path) -> None:
+    run(_compose(tmp_path / "gb", ["action=stats", "region=gb", "split=all"]))
+    assert list(json.loads((tmp_path / "gb" / "stats.json").read_text())["regions"]) == ["gb"]
+    run(_compose(tmp_path / "two", ["action=stats", "data.regions=[us,de]", "split=all"]))
+    assert sorted(json.loads((tmp_path / "two" / "stats.json").read_text())["regions"]) == ["de", "us"]
+
+
+def test_bad_action_and_region_name_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown action 'nope'.*'preview'.*'stats'"):
+        run(_compose(tmp_path, ["action=nope"]))
+    with pytest.raises(Exception, match=r"unknown region 'xx'.*valid choices"):
+        run(_compose(tmp_path, ["action=stats", "data.regions=[xx]"]))
+
+
+def test_console_script_with_hydra_run_dir(tmp_path: Path) -> None:
+    """The installed entry point, as a user types it."""
+    exe = Path(sys.executable).parent / "visionpilot-data"
+    subprocess.run([str(exe), "action=stats", "region=jp", "rig=front1", f"hydra.run.dir={tmp_path}", *SMALL],
+                   check=True, capture_output=True, text=True)
+    assert json.loads((tmp_path / "stats.json").read_text())["regions"]["jp"]["frames"] > 0
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()

@@ -1,0 +1,118 @@
+"""visionpilot-train end to end on tiny settings: every model config and backbone, overfitting, NaN losses, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from visionpilot.paths import config_dir
+from visionpilot.training.module import NonFiniteLossError
+from visionpilot.training.train import build, train
+
+TINY = ["data.image_size=[64,176]", "data.source.scenes_per_region=3", "data.source.frames_per_scene=2",
+        "data.num_workers=0", "data.persistent_workers=false", "data.batch_size=2", "logger=csv"]
+
+
+def _cfg(tmp_path: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"paths.output_dir={tmp_path}", *TINY, *overrides])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "small", "base"])
+def test_every_model_config_runs_fast_dev_run(tmp_path: Path, model: str) -> None:
+    metrics, objects = train(_cfg(tmp_path, [f"model={model}", "model/bev=tiny", "rig=front1", "region=de",
+                                             "debug=fdr"]))
+    assert metrics["train/steps"] == 1 and "val/loss" in metrics
+    # Decode shapes are fixed: the same for two different batches (different object and lane counts).
+    net = objects["model"].net.eval()
+    dm = objects["datamodule"]
+    shapes = []
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):  # two different scenes
+        batch = next(iter(loader))
+        with torch.no_grad():
+            decoded = net.decode(net(batch["images"], batch["intrinsics"], batch["extrinsics"]), (64, 176))
+        shapes.append({k: tuple(v.shape[1:]) for k, v in decoded.items()})
+    assert shapes[0] == shapes[1]
+    assert {"lanes_2d.points", "objects_2d.boxes", "bev.objects_boxes", "bev.lanes_points"} <= set(shapes[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["regnety_400mf", "regnety_800mf", "resnet18", "resnet34", "resnet50",
+                                      "efficientnet_b0", "mobilenet_v3_large"])
+def test_every_backbone_runs_fast_dev_run(tmp_path: Path, backbone: str) -> None:
+    metrics, _ = train(_cfg(tmp_path, [f"model/backbone={backbone}", "rig=front1", "region=de", "debug=fdr"]))
+    assert metrics["train/steps"] == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+class _LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.history.append({k[len("train/"):]: float(v) for k, v in trainer.callback_metrics.items()
+                             if k.startswith("train/") and "." in k and not k.endswith(("_step", "_epoch"))})
+
+
+@pytest.mark.slow
+def test_overfit_four_frames_reduces_every_loss_term_tenfold(tmp_path: Path) -> None:
+    """debug=overfit: 4 fixed frames, one batch; every loss term of every head (2D and BEV) falls >= 10x."""
+    cfg = _cfg(tmp_path, ["debug=overfit", "rig=front1", "model/bev=tiny", "data.image_size=[64,176]",
+                          "trainer.max_steps=300"])
+    objects = build(cfg)
+    recorder = _LossRecorder()
+    objects["trainer"].callbacks.append(recorder)
+    objects["trainer"].fit(objects["model"], objects["datamodule"])
+    first, last = recorder.history[0], recorder.history[-10:]
+    assert len(first) >= 12, f"expected every head's terms, found {sorted(first)}"
+    ratios = {k: first[k] / max(sum(h[k] for h in last) / len(last), 1e-12) for k in first}
+    slow = {k: round(r, 1) for k, r in ratios.items() if r < 10 and first[k] > 1e-3}
+    assert not slow, f"loss terms that fell less than 10x: {slow} (all ratios {ratios})"
+
+
+def _poison(module, term: str, at_step: int) -> None:  # noqa: ANN001
+    """Make ``term`` NaN from step ``at_step`` on (monkeypatching the net's loss)."""
+    original = module.net.loss
+
+    def loss(outputs, batch):  # noqa: ANN001, ANN202
+        losses = original(outputs, batch)
+        if module.global_step >= at_step:
+            losses[term] = losses[term] * float("nan")
+        return losses
+
+    module.net.loss = loss
+
+
+def test_nan_loss_stops_with_step_and_term(tmp_path: Path) -> None:
+    objects = build(_cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=5", "trainer.max_epochs=-1",
+                                    "trainer.limit_val_batches=0"]))
+    _poison(objects["model"], "objects_2d.heatmap", 2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*'objects_2d.heatmap' = nan"):
+        objects["trainer"].fit(objects["model"], objects["datamodule"])
+
+
+def test_nan_loss_skip_policy_counts_and_continues(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=4", "trainer.max_epochs=-1",
+                          "trainer.limit_val_batches=0", "model.nan_policy=skip"])
+    objects = build(cfg)
+    _poison(objects["model"], "lanes_2d.exist", 0)
+    objects["trainer"].fit(objects["model"], objects["datamodule"])
+    assert objects["model"].skipped_batches >= 4
+
+
+def test_train_writes_metrics_and_resume_refuses_another_model(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics, _ = train(_cfg(run, ["rig=front1", "region=de", "trainer.max_steps=2", "trainer.max_epochs=-1"]))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["train/steps"] == 2 and "train/loss" in saved
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    other = _cfg(tmp_path / "other", ["rig=front1", "region=de", "model.net.neck.out_channels=16",
+                                      f"ckpt_path={ckpt}", "trainer.max_steps=4", "trainer.max_epochs=-1"])
+    with pytest.raises(ValueError, match=r"(?s)different model configuration.*differ in shape"):
+        train(other)
