@@ -51,7 +51,9 @@ class ReplayMixDataset(Dataset):
 class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``batch_size - replay_per_batch`` target and ``replay_per_batch`` replay indices.
 
-    Deterministic per ``(seed, epoch)``. Lightning calls ``set_epoch`` on :attr:`sampler` (the target order).
+    Deterministic per ``(seed, epoch)``. Lightning calls ``set_epoch`` on :attr:`sampler` (the target order). Under
+    ``torch.distributed`` every rank takes its slice of the target order (padded to equal lengths) and draws its own
+    replay frames. Not resumable mid-epoch (fine-tunes are short; a restart repeats the epoch).
 
     Args:
         num_target: target frames (indices ``[0, num_target)`` of :class:`ReplayMixDataset`).
@@ -69,7 +71,7 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
                              f"found {replay_per_batch}")
         if replay_per_batch and num_replay == 0:
             raise ValueError("MixedBatchSampler: replay frames requested but the replay pool is empty")
-        self.sampler = EpochSampler(num_target, shuffle=True, seed=seed)
+        self.sampler = EpochSampler(num_target, shuffle=True, seed=seed, distributed=True, pad=True)
         self.num_target, self.num_replay = int(num_target), int(num_replay)
         self.batch_size, self.k = int(batch_size), int(replay_per_batch)
         self.seed, self.drop_last = int(seed), drop_last
@@ -78,16 +80,17 @@ class MixedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        per = self.batch_size - self.k
-        if self.drop_last and self.num_target >= per:
-            return self.num_target // per
-        return math.ceil(self.num_target / per)
+        per, n = self.batch_size - self.k, len(self.sampler)  # this rank's target frames
+        if self.drop_last and n >= per:
+            return n // per
+        return math.ceil(n / per)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch = self.sampler.epoch
         target = [i for _, i in self.sampler]
         per, batches = self.batch_size - self.k, len(self)
-        rng = np.random.default_rng([self.seed, epoch, 1])  # another stream than the target order's
+        rank = self.sampler.replicas()[1]
+        rng = np.random.default_rng([self.seed, epoch, 1, rank])  # another stream than the target order's
         need = batches * self.k
         replay = (np.concatenate([rng.permutation(self.num_replay) for _ in range(math.ceil(need / self.num_replay))])
                   if need else np.zeros(0, dtype=np.int64))

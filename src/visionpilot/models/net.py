@@ -88,9 +88,9 @@ class HydraNet(nn.Module):
         out: dict[str, Tensor] = {}
         for name, head in self.heads.items():
             for key, value in head(feats).items():
-                out[f"{name}.{key}"] = value.unflatten(0, (b, n))  # (B, N, ...)
+                out[f"{name}.{key}"] = _unfold_cameras(value, b, n)  # (B, N, ...)
         if self.bev is not None:
-            cam_feats = {k: v.unflatten(0, (b, n)) for k, v in feats.items()}  # (B, N, C, h, w)
+            cam_feats = {k: _unfold_cameras(v, b, n) for k, v in feats.items()}  # (B, N, C, h, w)
             for key, value in self.bev(cam_feats, intrinsics, extrinsics, (height, width)).items():
                 out[f"{BEV}.{key}"] = value
         return out
@@ -123,6 +123,13 @@ class HydraNet(nn.Module):
         if self.bev is not None:
             branches.append((BEV, self.bev))
         return branches
+
+
+def _unfold_cameras(x: Tensor, b: int, n: int) -> Tensor:
+    """(B*N, ...) -> (B, N, ...). A reshape, not ``unflatten``: the TorchScript ONNX exporter gives ``unflatten``'s
+    output a static shape, so every later ``.shape`` read is folded to the traced batch size and a graph exported
+    with a dynamic batch axis fails at any other batch size."""
+    return x.reshape(b, n, *x.shape[1:])
 
 
 def _select(outputs: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:

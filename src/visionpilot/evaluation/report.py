@@ -1,0 +1,205 @@
+"""Reports of the cross-region matrix: ``eval.json``, ``eval.md`` (tables), ``cross_region.png`` (heatmaps), and
+the gains table of the region workflow.
+
+``eval.json`` (stable fields; more may be added)::
+
+    {"models": [...], "regions": [...], "results": {model: {region: {metric: value}}},
+     "overall": {model: {metric: value}}, "split": "val", "frames": {region: n}, "primary_metrics": [...],
+     "model_info": {model: {...}}, "gains": [...], "baseline": "global"}
+
+Metric names are those of ``metrics.json`` without ``val/`` (``lane_f1``, ``det_map50``, ...), values in [0, 1].
+Tables and plots show them in points (x100). A fine-tuned model's *target* region comes from its delta or
+checkpoint (``finetune.region``), else from its name ``<strategy>-<region>`` (``adapter-gb``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from visionpilot.utils.io import write_json_atomic, write_text_atomic
+
+#: The headline metric of each task, in display order (heatmap panels, gains).
+PRIMARY_METRICS: tuple[str, ...] = ("lane_f1", "det_map50", "bev_map", "bev_lane_iou")
+LABELS = {"lane_f1": "lane F1", "det_map50": "2D mAP@0.5", "det_map": "2D mAP", "bev_map": "BEV mAP",
+          "bev_lane_iou": "BEV lane IoU", "bev_lane_f1": "BEV lane F1"}
+
+Results = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+def _value(results: Results, model: str, region: str, metric: str) -> float:
+    value = results.get(model, {}).get(region, {}).get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def _pts(value: float, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
+def present_metrics(results: Results, wanted: Sequence[str] = PRIMARY_METRICS) -> list[str]:
+    """The metrics of ``wanted`` that some model has on some region, in ``wanted`` order."""
+    have = {m for per_region in results.values() for values in per_region.values() for m in values}
+    return [m for m in wanted if m in have]
+
+
+def target_region(name: str, info: Mapping[str, Any] | None, regions: Sequence[str]) -> str | None:
+    """The region a model was fine-tuned on: recorded in its file, else parsed from ``<strategy>-<region>``."""
+    region = (info or {}).get("region")
+    if region:
+        return str(region).lower()
+    head, _, tail = name.rpartition("-")
+    return tail.lower() if head and tail.lower() in regions else None
+
+
+def gains_table(results: Results, regions: Sequence[str], baseline: str, targets: Mapping[str, str | None],
+                metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Per fine-tuned model and metric: the gain on its target over ``baseline`` (zero-shot), and the change on
+    every other region. Changes in the metric's units (x100 for points).
+
+    Returns:
+        rows ``{"model", "region", "metric", "baseline", "value", "gain", "changes": {region: change},
+        "worst_other": min change over the other regions}``.
+    """
+    rows = []
+    if baseline not in results:
+        return rows
+    for model, target in targets.items():
+        if model == baseline or not target or target not in regions:
+            continue
+        for metric in metrics:
+            changes = {r: _value(results, model, r, metric) - _value(results, baseline, r, metric) for r in regions}
+            others = [v for r, v in changes.items() if r != target and not math.isnan(v)]
+            rows.append({"model": model, "region": target, "metric": metric,
+                         "baseline": _value(results, baseline, target, metric),
+                         "value": _value(results, model, target, metric), "gain": changes[target],
+                         "changes": changes, "worst_other": min(others) if others else float("nan")})
+    return rows
+
+
+def build_report(results: Results, regions: Sequence[str], *, models: Sequence[str] | None = None,
+                 overall: Mapping[str, Mapping[str, float]] | None = None, split: str = "val",
+                 frames: Mapping[str, int] | None = None, model_info: Mapping[str, Mapping[str, Any]] | None = None,
+                 baseline: str | None = "global", metrics: Sequence[str] = PRIMARY_METRICS,
+                 **extra: Any) -> dict[str, Any]:
+    """The ``eval.json`` document (see the module docstring)."""
+    models = list(models or results)
+    regions = [str(r).lower() for r in regions]
+    info = {m: dict((model_info or {}).get(m, {})) for m in models}
+    primary = present_metrics(results, metrics)
+    targets = {m: target_region(m, info[m], regions) for m in models}
+    gains = gains_table(results, regions, baseline, targets, primary) if baseline else []
+    return {"models": models, "regions": regions, "results": {m: dict(results[m]) for m in models},
+            "overall": dict(overall or {}), "split": split, "frames": dict(frames or {}),
+            "primary_metrics": primary, "model_info": info, "baseline": baseline if baseline in results else None,
+            "targets": targets, "gains": gains, **extra}
+
+
+def format_markdown(report: Mapping[str, Any]) -> str:
+    """``eval.md``: one model x region table per primary metric, then the gains table."""
+    models, regions, results = report["models"], report["regions"], report["results"]
+    frames = report.get("frames") or {}
+    lines = [f"# Cross-region evaluation ({report.get('split', 'val')} split)", "",
+             "Values in points (metric x 100). Frames per region: "
+             + ", ".join(f"{r} {frames.get(r, '?')}" for r in regions) + ".", ""]
+    for metric in report["primary_metrics"]:
+        lines += [f"## {LABELS.get(metric, metric)} (`{metric}`)", "",
+                  "| model | " + " | ".join(regions) + " |", "| --- |" + " ---: |" * len(regions)]
+        for model in models:
+            target = (report.get("targets") or {}).get(model)
+            cells = [(f"**{_pts(_value(results, model, r, metric))}**" if r == target else
+                      _pts(_value(results, model, r, metric))) for r in regions]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("gains"):
+        lines += gains_markdown(report["gains"], regions, report.get("baseline") or "baseline")
+    info = report.get("model_info") or {}
+    if info:
+        lines += ["## Models", "", "| model | kind | strategy | region | file | MB |", "| --- | --- | --- | --- | --- | ---: |"]
+        for model in models:
+            i = info.get(model, {})
+            size = f"{i['bytes'] / 1e6:.2f}" if i.get("bytes") else "—"
+            lines.append(f"| {model} | {i.get('kind', '—')} | {i.get('strategy') or '—'} | {i.get('region') or '—'} "
+                         f"| `{i.get('path', '')}` | {size} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gains_markdown(gains: Sequence[Mapping[str, Any]], regions: Sequence[str], baseline: str) -> list[str]:
+    """The gains table: zero-shot ``baseline`` vs fine-tuned on the target, and the change on every region."""
+    lines = [f"## Gains over `{baseline}` (points)", "",
+             f"Target: the region the model was fine-tuned on (zero-shot for `{baseline}`). Δ: fine-tuned minus "
+             f"`{baseline}` on each region; *worst other*: the largest loss on a region other than the target.", "",
+             f"| model | metric | target | {baseline} | fine-tuned | gain | worst other | "
+             + " | ".join(f"Δ{r}" for r in regions) + " |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(regions)]
+    for row in gains:
+        deltas = [(f"**{_pts(row['changes'][r], True)}**" if r == row["region"] else _pts(row["changes"][r], True))
+                  for r in regions]
+        lines.append(f"| {row['model']} | {row['metric']} | {row['region']} | {_pts(row['baseline'])} | "
+                     f"{_pts(row['value'])} | {_pts(row['gain'], True)} | {_pts(row['worst_other'], True)} | "
+                     + " | ".join(deltas) + " |")
+    return [*lines, ""]
+
+
+def plot_matrix(report: Mapping[str, Any], path: str | Path) -> Path:
+    """``cross_region.png``: one heatmap (model x evaluation region) per primary metric; targets outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models, regions, results = report["models"], report["regions"], report["results"]
+    metrics = list(report["primary_metrics"]) or ["lane_f1"]
+    targets = report.get("targets") or {}
+    width = 1.2 + 0.75 * len(regions)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 1.3 + 0.45 * len(models)),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        grid = np.array([[100 * _value(results, m, r, metric) for r in regions] for m in models])
+        finite = grid[np.isfinite(grid)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                          aspect="auto")
+        for i, model in enumerate(models):
+            for j, region in enumerate(regions):
+                value = grid[i, j]
+                text = "—" if not np.isfinite(value) else f"{value:.1f}"
+                light = np.isfinite(value) and value < vmin + 0.6 * (vmax - vmin)
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
+                if targets.get(model) == region:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.set_xticks(range(len(regions)), regions)
+        ax.set_yticks(range(len(models)), models)
+        ax.set_xlabel("evaluation region")
+        ax.set_title(f"{LABELS.get(metric, metric)} (x100)")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"Cross-region matrix ({report.get('split', 'val')} split; red: fine-tuning target)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_report(out_dir: str | Path, report: Mapping[str, Any]) -> dict[str, Path]:
+    """Write ``eval.json``, ``eval.md`` and ``cross_region.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    return {"json": write_json_atomic(out_dir / "eval.json", report),
+            "markdown": write_text_atomic(out_dir / "eval.md", format_markdown(report)),
+            "png": plot_matrix(report, out_dir / "cross_region.png")}

@@ -1,0 +1,282 @@
+"""``export(cfg)``: the plain function behind ``visionpilot-export``.
+
+checkpoint (+ region delta) -> full fp32 graph (decoded + raw outputs) -> fp16 / int8 variant -> parity on real
+frames of the target region -> shipped graph (decoded outputs only, metadata) -> ``model.onnx`` + ``export.json``.
+A parity failure writes ``export.json`` (``parity.passed: false``) and the graph as ``<name>.failed.onnx`` for
+inspection, then raises :class:`~visionpilot.export.parity.ParityError`; no ``model.onnx`` is written (with
+``parity.fail=false`` it is, and the failure is a warning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import onnx
+import onnxruntime as ort
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import visionpilot
+from visionpilot.data.collate import collate_frames
+from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
+from visionpilot.export.onnx_export import (
+    check_onnx,
+    export_onnx,
+    graph_io,
+    save_onnx_atomic,
+    set_metadata,
+    strip_raw_outputs,
+)
+from visionpilot.export.parity import check_parity, failures, raise_on_failure, tolerance_for
+from visionpilot.export.quantize import quantize_int8, to_fp16
+from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from visionpilot.utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# --- inputs ------------------------------------------------------------------------------------------------------
+
+def merge_region_delta(net: nn.Module, delta_path: str | Path, base_sha256: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Merge a region delta (``visionpilot-finetune``) into ``net``; return the net and what the delta says.
+
+    Uses ``visionpilot.training.finetune`` (``merge_delta`` checks that the delta was made from this base and
+    inserts its adapters first).
+    """
+    try:
+        finetune = importlib.import_module("visionpilot.training.finetune")  # owned by visionpilot-finetune
+    except ModuleNotFoundError as err:
+        if err.name != "visionpilot.training.finetune":
+            raise
+        raise ImportError(f"delta_path={delta_path}: region deltas need visionpilot.training.finetune "
+                          f"(visionpilot-finetune), which this installation does not have") from err
+    if not Path(delta_path).is_file():
+        raise FileNotFoundError(f"delta_path: region delta file not found: {delta_path}")
+    meta = finetune.read_delta_metadata(delta_path) if hasattr(finetune, "read_delta_metadata") else {}
+    merged = finetune.merge_delta(net, delta_path, base_sha256)
+    info = {"path": str(delta_path), "sha256": file_sha256(delta_path), "region": meta.get("region"),
+            "strategy": meta.get("strategy"), "frame_counts": meta.get("frame_counts"), "adapter": meta.get("adapter")}
+    return (merged if isinstance(merged, nn.Module) else net), info
+
+
+def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size: int) -> Any:
+    """The checkpoint's own datamodule (its stored ``data`` config) restricted to ``regions``, set up, no workers,
+    writing no split manifest (the splits are rebuilt exactly as in training: same source, seed, fractions)."""
+    data_cfg = OmegaConf.create(OmegaConf.to_container(ckpt.config.data, resolve=True))
+    dm = hydra.utils.instantiate(data_cfg, regions=list(regions), num_workers=0, persistent_workers=False,
+                                 manifest_path=None, batch_size=batch_size)
+    dm.setup()
+    return dm
+
+
+def collect_batches(dm: Any, splits: Sequence[str], frames: int, batch_size: int) -> list[dict[str, Any]]:
+    """``frames`` frames spread over the scenes of ``splits`` (taken in order until enough), deterministic,
+    resized by the val transform (no augmentation: calibration should see what the car sees), collated."""
+    items = []
+    for split in splits:
+        if split not in dm.datasets:
+            raise ValueError(f"split '{split}' does not exist; the datamodule has {sorted(dm.datasets)}")
+        refs = dm.datasets[split].refs
+        take = min(frames - len(items), len(refs))
+        if take <= 0:
+            continue
+        picks = np.unique(np.linspace(0, len(refs) - 1, take).round().astype(int))  # spread over scenes
+        items += [dm.val_transform(dm.source.load(refs[i].index), 0) for i in picks]
+    if not items:
+        raise ValueError(f"no frames in splits {list(splits)} for regions {dm.selected_regions}; pick other "
+                         f"splits or regions")
+    if len(items) < frames:
+        log.warning("asked for %d frames, splits %s of regions %s hold %d", frames, list(splits),
+                    dm.selected_regions, len(items))
+    return [collate_frames(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def graph_feeds(model: onnx.ModelProto, batches: Sequence[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
+    """The batches as graph-input dicts (only the inputs the graph has)."""
+    dtypes = {"images": np.uint8, "intrinsics": np.float32, "extrinsics": np.float32}
+    names = [i.name for i in model.graph.input]
+    return [{n: np.ascontiguousarray(b[n].numpy(), dtype=dtypes[n]) for n in names} for b in batches]
+
+
+# --- facts -------------------------------------------------------------------------------------------------------
+
+def code_version() -> str:
+    """``visionpilot <version>`` plus the git commit (and ``-dirty``) of a source checkout."""
+    version = f"visionpilot {visionpilot.__version__}"
+    root = Path(visionpilot.__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version  # an installed wheel: no repository
+    return f"{version}+g{sha}{'-dirty' if dirty else ''}" if sha else version
+
+
+def config_sha256(config: DictConfig) -> str:
+    """Hash of the canonical JSON of a resolved config."""
+    text = json.dumps(OmegaConf.to_container(config, resolve=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_metadata(ckpt: LoadedCheckpoint, net: nn.Module, model: onnx.ModelProto, precision: str, opset: int,
+                   delta: Mapping[str, Any] | None, calibration_regions: Sequence[str] | None) -> dict[str, Any]:
+    """The ``metadata_props`` of the shipped graph: everything a vehicle integration must know."""
+    mean = (net.mean.flatten() / 255.0).tolist()
+    std = (net.std.flatten() / 255.0).tolist()
+    bev = getattr(net, "bev", None)
+    grid = None
+    if bev is not None:
+        g = bev.grid
+        grid = {"x_range": list(g.x_range), "y_range": list(g.y_range), "z_range": list(g.z_range),
+                "cell_size": g.cell_size, "z_levels": g.z_levels, "layout": "(X, Y): rows ego +x, columns ego +y"}
+    return {
+        "object_classes": list(OBJECT_CLASSES),
+        "lane_types": list(LANE_TYPES),
+        "camera_names": ckpt.camera_names,
+        "input_size": list(ckpt.image_size),
+        "input_format": "images uint8 RGB (B, N, 3, H, W), cameras in camera_names order; intrinsics (B, N, 3, 3) "
+                        "for the input pixels; extrinsics (B, N, 4, 4) camera -> ego",
+        "normalization": {"mean": [round(v, 6) for v in mean], "std": [round(v, 6) for v in std],
+                          "scale": "(x / 255 - mean) / std, inside the graph"},
+        "inputs": [i.name for i in model.graph.input],
+        "outputs": [o.name for o in model.graph.output],
+        "bev_grid": grid,
+        "regions": list(ckpt.meta.get("regions") or []),
+        "frame_counts": dict(ckpt.meta.get("frame_counts") or {}),
+        "manifest_sha256": ckpt.meta.get("manifest_sha256"),
+        "base_sha256": ckpt.sha256,
+        "delta_sha256": delta["sha256"] if delta else None,
+        "delta_file": Path(delta["path"]).name if delta else None,
+        "delta_region": delta.get("region") if delta else None,
+        "delta_strategy": delta.get("strategy") if delta else None,
+        "delta_frame_counts": delta.get("frame_counts") if delta else None,
+        "config_sha256": config_sha256(ckpt.config),
+        "code_version": code_version(),
+        "precision": precision,
+        "opset": opset,
+        "calibration_regions": list(calibration_regions) if calibration_regions else None,
+    }
+
+
+# --- the job -----------------------------------------------------------------------------------------------------
+
+def session_for(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt_path`` at ``cfg.precision``; write ``model.onnx`` and ``export.json``; return the report."""
+    start = time.perf_counter()
+    precision = str(cfg.precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, found '{precision}'")
+    if cfg.get("ckpt_path") in (None, "", "???"):
+        raise ValueError("ckpt_path is required: visionpilot-export ckpt_path=runs/demo/checkpoints/last.ckpt")
+    out_dir = Path(cfg.paths.output_dir)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    net = ckpt.net
+    delta = None
+    if cfg.get("delta_path"):
+        net, delta = merge_region_delta(net, cfg.delta_path, ckpt.sha256)
+        net = net.eval()
+    if not ckpt.camera_names:
+        raise ValueError(f"{cfg.ckpt_path}: field 'visionpilot.camera_names' is empty; the export needs the camera "
+                         f"order the model was trained with")
+    # Parity and calibration frames: the regions asked for (region=gb or data.regions=[...], as for every command),
+    # else the delta's region, else the regions the checkpoint was trained on.
+    asked = (cfg.get("data") or {}).get("regions")
+    region = OmegaConf.to_container(asked) if OmegaConf.is_config(asked) else asked
+    region = region or (delta or {}).get("region")
+    regions = [region] if isinstance(region, str) else list(region or ckpt.meta.get("regions") or ["global"])
+    tol = tolerance_for(precision, OmegaConf.to_container(cfg.parity.tolerance) if cfg.parity.tolerance else None)
+
+    dm = build_datamodule(ckpt, regions, int(cfg.parity.batch_size))
+    parity_batches = collect_batches(dm, list(cfg.parity.splits), int(cfg.parity.frames), int(cfg.parity.batch_size))
+    log.info("exporting %s (%s) for %d cameras at %s", cfg.ckpt_path, precision, len(ckpt.camera_names),
+             ckpt.image_size)
+    full = export_onnx(net, ckpt.image_size, len(ckpt.camera_names), opset=int(cfg.opset), raw_outputs=True)
+    calibration = None
+    if precision == "fp16":
+        full = to_fp16(full)
+    elif precision == "int8":
+        c = cfg.calibration
+        calib_batches = collect_batches(dm, list(c.splits), int(c.frames), int(cfg.parity.batch_size))
+        full = quantize_int8(full, graph_feeds(full, calib_batches), activation_type=c.activation_type,
+                             weight_type=c.weight_type, per_channel=bool(c.per_channel),
+                             reduce_range=bool(c.reduce_range), calibrate_method=c.method,
+                             op_types=list(c.op_types) if c.get("op_types") else None,
+                             keep_output_layers=bool(c.get("keep_output_layers", True)))
+        calibration = {"frames": sum(len(b["frame_id"]) for b in calib_batches), "regions": dm.selected_regions,
+                       "splits": list(c.splits), **{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                                                    for k, v in c.items() if k not in ("frames", "splits")}}
+    shipped = strip_raw_outputs(full)
+    shipped.producer_name, shipped.producer_version = "visionpilot", visionpilot.__version__
+    shipped.doc_string = "visionpilot HydraNet: camera frames + calibration -> lanes and objects (docs/deployment.md)"
+    metadata = model_metadata(ckpt, net, shipped, precision, int(cfg.opset), delta,
+                              dm.selected_regions if precision == "int8" else None)
+    set_metadata(shipped, metadata)
+    check_onnx(shipped)
+
+    threads = cfg.get("intra_op_threads")
+    report = check_parity(net, session_for(shipped, threads), parity_batches, ckpt.image_size, tol,
+                          raw_session=session_for(full, threads))
+    report["regions"] = dm.selected_regions
+    ok = report["passed"]
+    name = str(cfg.get("output") or "model.onnx")
+    # A failed graph is kept for inspection under another name, unless the user accepted it (parity.fail=false).
+    path = out_dir / (name if ok or not cfg.parity.fail else f"{Path(name).stem}.failed.onnx")
+    save_onnx_atomic(shipped, path)
+    io_info = graph_io(shipped)
+    result = {
+        "precision": precision,
+        "opset": int(cfg.opset),
+        "model": path.name,
+        "size_mb": path.stat().st_size / 2**20,
+        "sha256": file_sha256(path),
+        "inputs": io_info["inputs"],
+        "outputs": io_info["outputs"],
+        "parity": report,
+        "checkpoint": {"path": str(cfg.ckpt_path), "sha256": ckpt.sha256},
+        "delta": delta,
+        "calibration": calibration,
+        "metadata": metadata,
+        "seconds": time.perf_counter() - start,
+    }
+    write_json_atomic(out_dir / "export.json", result)
+    if cfg.parity.fail and not ok:
+        raise_on_failure(report, f"{precision} export of {cfg.ckpt_path} (graph kept at {path})")
+    if not ok:
+        log.warning("parity beyond tolerance (parity.fail=false): %s", "; ".join(failures(report)))
+    return result
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    """A few lines for the console: file, size, parity."""
+    p = result["parity"]
+    worst = sorted(p["agreement"].items(), key=lambda kv: kv[1])[:3]
+    raw = p.get("max_abs_diff_raw")
+    lines = [
+        f"{result['precision']} ONNX: {result['model']} ({result['size_mb']:.1f} MB, opset {result['opset']}, "
+        f"inputs {[i['name'] for i in result['inputs']]}, {len(result['outputs'])} outputs)",
+        f"parity on {p['frames']} frames of {p['regions']}: raw max abs diff "
+        f"{'n/a' if raw is None else f'{raw:.2e}'} (gate {p['tolerance']['raw_max_abs']}), decoded agree: "
+        f"{p['decoded_agree']} (lowest agreement: " + ", ".join(f"{k} {v:.3f}" for k, v in worst) + ")",
+        f"{'PASSED' if p['passed'] else 'FAILED'} in {result['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)

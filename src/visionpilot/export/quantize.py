@@ -1,0 +1,202 @@
+"""FP16 conversion and INT8 static quantisation of the exported graph, with onnxruntime's own tools.
+
+Both keep two *float islands* in fp32, found by the TorchScript exporter's scope names:
+
+- the decode (every node outside ``/net/``: sigmoid, top-k, arg-max, box and lane arithmetic): 8-bit box corners
+  would be 0.7 px steps on a 176 px image and 0.4 m steps on a +-50 m grid, and its cost is negligible;
+- the view transform's geometry (nodes directly in ``/net/bev/view_transform/``, not in its conv submodules): the
+  projection of every voxel through the calibration, ``GridSample`` and the camera average. Sampling
+  coordinates need more than 8 bits, and this is where the calibration inputs enter the graph.
+
+INT8 also keeps the *output layers* in float: the layers that produce the raw head outputs (the heads' last 1x1
+convs and the lane head's last linear layer), found by walking back from each ``raw/`` output through reshapes.
+Their inputs are still int8 activations; only their own outputs — logits, box sizes, offsets, which the decode
+reads directly — are not rounded to 256 levels. They are a few thin 1x1 convs, a negligible share of the time.
+
+Everything else — backbone, neck, head trunks, BEV encoder: the convolutions, where the time goes — is quantised.
+
+INT8 settings and why (x86 CPUs, onnxruntime's CPU execution provider):
+
+- QDQ format: onnxruntime fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` into its integer kernels (the
+  recommended format since ORT 1.11); the file stays a standard ONNX graph any runtime can read.
+- activations ``QUInt8`` (asymmetric), weights ``QInt8`` (symmetric, per output channel): the U8S8 pair is what
+  x86 integer dot products take natively (``VPMADDUBSW``, and ``VPDPBUSD`` with VNNI multiply unsigned by
+  signed bytes), and asymmetric uint8 spends all 256 levels on post-ReLU activations, which are non-negative.
+  Per-channel weights keep thin BatchNorm-folded channels from being rounded to zero by a wide neighbour.
+- ``reduce_range`` (7-bit weights): off by default. Without VNNI (AVX2 / AVX-512 before Cascade Lake),
+  ``VPMADDUBSW`` adds pairs of u8 x s8 products into int16 and can saturate; 7-bit weights avoid that. Turn it on
+  when the vehicle's CPU lacks VNNI (``grep -o 'avx512_vnni\\|avx_vnni' /proc/cpuinfo`` prints nothing).
+- calibration: MinMax over frames of the target region (the datamodule of the checkpoint's config).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from visionpilot.export.onnx_export import RAW_PREFIX
+
+log = logging.getLogger(__name__)
+
+#: Scope of the network inside the exported wrapper (onnx_export.ExportWrapper.net).
+NET_SCOPE = "/net/"
+#: Scope whose own nodes (not its submodules') are the calibration geometry.
+GEOMETRY_SCOPE = "/net/bev/view_transform/"
+
+QUANT_TYPES = {"QUInt8": QuantType.QUInt8, "QInt8": QuantType.QInt8}
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+
+
+def float_islands(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that stay fp32 (decode and calibration geometry; see the module docstring)."""
+    names = [n.name for n in model.graph.node]
+    if not any(name.startswith(NET_SCOPE) for name in names):
+        raise ValueError(f"no node is named under '{NET_SCOPE}': the graph was not exported by "
+                         f"visionpilot.export.onnx_export (its scope names tell the decode from the network)")
+    return [name for name in names if not name.startswith(NET_SCOPE)
+            or (name.startswith(GEOMETRY_SCOPE) and "/" not in name[len(GEOMETRY_SCOPE):])]
+
+
+#: Ops that only move data; walking back from an output through them finds the layer that computed it.
+_LAYOUT_OPS = {"Reshape", "Split", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Concat"}
+
+
+def output_layers(model: onnx.ModelProto, prefix: str = RAW_PREFIX) -> list[str]:
+    """Names of the nodes that compute the ``raw/`` outputs (through layout-only ops), e.g. the heads' last convs."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    stack = [o.name for o in model.graph.output if o.name.startswith(prefix)]
+    seen: set[str] = set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in _LAYOUT_OPS:
+            stack.extend(node.input[:1])  # the data input (the others are shapes / split sizes / indices)
+        elif node.op_type != "Constant":
+            found.append(node.name)
+    return found
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and activations, fp32 graph inputs and outputs, float islands kept fp32.
+
+    Uses onnxruntime's converter (``onnxruntime.transformers.float16``) with its default block list of ops that
+    have no fp16 kernels or lose too much in fp16, then repairs two things it leaves: a tensor read by several
+    fp32 nodes gets one identical ``Cast`` per reader (same node and output name: invalid ONNX), and the casts
+    are appended at the end of the node list (not topologically sorted, which ``onnx.checker`` requires).
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+                                    node_block_list=float_islands(model))
+    _drop_duplicate_nodes(half.graph)
+    OnnxModel.graph_topological_sort(half.graph, is_deterministic=True)
+    return half
+
+
+def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes), and repeated
+    ``value_info`` entries."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    infos, names = [], set()
+    for info in graph.value_info:
+        if info.name not in names:
+            names.add(info.name)
+            infos.append(info)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+class FrameReader(CalibrationDataReader):
+    """Feeds calibration batches (graph input name -> array) to onnxruntime's calibrator."""
+
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]) -> None:
+        self._feeds = list(feeds)
+        self._it = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        item = next(self._it, None)
+        return None if item is None else dict(item)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], *,
+                  activation_type: str = "QUInt8", weight_type: str = "QInt8", per_channel: bool = True,
+                  reduce_range: bool = False, calibrate_method: str = "minmax",
+                  op_types: Sequence[str] | None = None, keep_output_layers: bool = True,
+                  extra_options: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+    """Static QDQ INT8 quantisation calibrated on ``feeds``.
+
+    Args:
+        model: the fp32 graph from :func:`~visionpilot.export.onnx_export.export_onnx`.
+        feeds: calibration batches as graph-input dicts (``images`` uint8, calibration float32).
+        activation_type, weight_type: ``QUInt8`` / ``QInt8`` (see the module docstring for the x86 choice).
+        per_channel: per-output-channel weight scales.
+        reduce_range: 7-bit weights, for CPUs without VNNI.
+        calibrate_method: ``minmax``, ``entropy`` or ``percentile``.
+        op_types: op types to quantise (None: every type onnxruntime can quantise).
+        keep_output_layers: keep the layers that produce the raw outputs in float (see the module docstring).
+        extra_options: passed to ``quantize_static`` (e.g. ``{"CalibMovingAverage": True}``).
+    """
+    if not feeds:
+        raise ValueError("INT8 calibration needs at least one batch of frames, found none")
+    for name, table in (("activation_type", QUANT_TYPES), ("weight_type", QUANT_TYPES),
+                        ("calibrate_method", CALIBRATION_METHODS)):
+        value = {"activation_type": activation_type, "weight_type": weight_type,
+                 "calibrate_method": calibrate_method}[name]
+        if value not in table:
+            raise ValueError(f"quantize: field '{name}' must be one of {sorted(table)}, found '{value}'")
+    with tempfile.TemporaryDirectory(prefix="vp-quant-") as tmp:
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        onnx.save_model(model, src)
+        # Shape inference (symbolic + ONNX) so the quantiser knows every tensor's type and rank. No graph
+        # optimisation here: it would rename and fuse nodes and lose the scope names the float islands rely on.
+        quant_pre_process(str(src), str(pre), skip_optimization=True)
+        prepared = onnx.load(str(pre))
+        islands = float_islands(prepared)
+        heads = output_layers(prepared) if keep_output_layers else []
+        options = {"ActivationSymmetric": False, "WeightSymmetric": True, **dict(extra_options or {})}
+        with warnings.catch_warnings():
+            # The calibrator also measures tensors of excluded nodes, e.g. the decode's all -inf mask fill, whose
+            # scale is then 0 / 0; those parameters are never used (no QuantizeLinear is inserted there).
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnxruntime\.quantization")
+            quantize_static(
+                str(pre), str(dst), FrameReader(feeds), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types) if op_types else None, per_channel=per_channel,
+                reduce_range=reduce_range, activation_type=QUANT_TYPES[activation_type],
+                weight_type=QUANT_TYPES[weight_type], nodes_to_exclude=islands + heads,
+                calibrate_method=CALIBRATION_METHODS[calibrate_method], extra_options=options,
+            )
+        quantized = onnx.load(str(dst))
+    log.info("INT8: %d nodes kept in fp32 (decode, geometry), %d output layers in fp32, %d QuantizeLinear nodes",
+             len(islands), len(heads), sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node))
+    return quantized

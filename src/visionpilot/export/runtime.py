@@ -1,0 +1,250 @@
+"""The inference API for exported models: open the ONNX file, check inputs, get typed results.
+
+    from visionpilot.export.runtime import VisionPilotRuntime
+
+    model = VisionPilotRuntime("runs/export-int8/model.onnx")
+    model.camera_names, model.image_size          # what to feed, from the file's metadata
+    pred = model(images, intrinsics, extrinsics)  # uint8 (B, N, 3, H, W), (B, N, 3, 3), (B, N, 4, 4)
+    pred.objects_3d.boxes                         # (B, K, 7) ego frame; pred.lanes_2d.points (B, N, S, R, 2) ...
+
+Inputs are checked against the file's metadata *before* onnxruntime sees them, so a wrong camera count, image
+size, dtype or calibration shape is an :class:`InputError` naming the expected and the found value rather than
+an onnxruntime shape error deep in the graph.
+
+For evaluation, :func:`onnx_decode` returns exactly what ``net.decode(net(...), image_size)`` returns (same keys,
+shapes and dtypes, as torch tensors), so ``PerceptionEvaluator.update(batch, decoded)`` runs unchanged on ONNX
+models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+class InputError(ValueError):
+    """An input does not match what the exported model takes."""
+
+
+@dataclass(frozen=True)
+class Lanes2D:
+    """Per-camera row-anchor lanes. S slots (ego-relative, left to right), R row anchors."""
+
+    exist: np.ndarray  #: (B, N, S) existence probability
+    types: np.ndarray  #: (B, N, S) int64 index into ``lane_types``
+    points: np.ndarray  #: (B, N, S, R, 2) (u, v) pixels of the input image
+    points_valid: np.ndarray  #: (B, N, S, R) bool
+
+
+@dataclass(frozen=True)
+class Objects2D:
+    """Per-camera top-K 2D detections, best first (padding: score 0, class -1)."""
+
+    scores: np.ndarray  #: (B, N, K)
+    classes: np.ndarray  #: (B, N, K) int64 index into ``object_classes``
+    boxes: np.ndarray  #: (B, N, K, 4) x1, y1, x2, y2 pixels
+
+
+@dataclass(frozen=True)
+class Objects3D:
+    """Top-K 3D detections in the ego frame, best first; threshold the scores downstream."""
+
+    boxes: np.ndarray  #: (B, K, 7) x, y, z, length, width, height, yaw (metres, radians)
+    scores: np.ndarray  #: (B, K)
+    classes: np.ndarray  #: (B, K) int64 index into ``object_classes``
+
+
+@dataclass(frozen=True)
+class LanesBEV:
+    """BEV lane lines as fixed slots of ego-frame polylines, plus the per-type segmentation."""
+
+    points: np.ndarray  #: (B, S, X, 3) ego frame, one point per BEV row
+    valid: np.ndarray  #: (B, S, X) bool
+    scores: np.ndarray  #: (B, S)
+    types: np.ndarray  #: (B, S) int64 index into ``lane_types``
+    seg_prob: np.ndarray  #: (B, T, X, Y) probability per lane type on the BEV grid (metadata ``bev_grid``)
+
+
+#: Typed views: attribute of :class:`Predictions` -> (output-key prefix, dataclass).
+_GROUPS: dict[str, tuple[str, type]] = {
+    "lanes_2d": ("lanes_2d.", Lanes2D),
+    "objects_2d": ("objects_2d.", Objects2D),
+    "objects_3d": ("bev.objects_", Objects3D),
+    "lanes_bev": ("bev.lanes_", LanesBEV),
+}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One batch of results. ``outputs`` holds every graph output by name (the ``net.decode`` keys); the typed
+    views are None when the model has no such head."""
+
+    outputs: dict[str, np.ndarray]
+    lanes_2d: Lanes2D | None = None
+    objects_2d: Objects2D | None = None
+    objects_3d: Objects3D | None = None
+    lanes_bev: LanesBEV | None = None
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> Predictions:
+        views = {}
+        for attr, (prefix, kind) in _GROUPS.items():
+            names = [f.name for f in fields(kind)]
+            if all(prefix + n in outputs for n in names):
+                views[attr] = kind(**{n: outputs[prefix + n] for n in names})
+        return cls(outputs=outputs, **views)
+
+
+def _numpy(value: ArrayLike) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+class VisionPilotRuntime:
+    """An exported visionpilot model in onnxruntime, with input checks and typed results.
+
+    Args:
+        model: path of the ``.onnx`` file, or an open ``onnxruntime.InferenceSession`` of one.
+        providers: onnxruntime execution providers (default: CPU).
+        threads: intra-op threads (None: onnxruntime's default, all cores).
+    """
+
+    def __init__(self, model: str | Path | ort.InferenceSession, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
+        if isinstance(model, ort.InferenceSession):
+            self.session, self.name = model, "ONNX model"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model not found: {path}")
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = int(threads)
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+            self.name = str(path)
+        self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        if "images" not in self.inputs:
+            raise ValueError(f"{self.name}: expected a graph input 'images', found {sorted(self.inputs)}; not a "
+                             f"visionpilot export")
+        shape = self.inputs["images"].shape  # ['batch', N, 3, H, W]
+        names = self.metadata.get("camera_names")
+        self.camera_names: list[str] = list(names) if names else [f"cam{i}" for i in range(int(shape[1]))]
+        size = self.metadata.get("input_size") or shape[3:5]
+        self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.object_classes: list[str] = list(self.metadata.get("object_classes") or [])
+        self.lane_types: list[str] = list(self.metadata.get("lane_types") or [])
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.camera_names)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the graph reads intrinsics/extrinsics (models with a BEV branch)."""
+        return "intrinsics" in self.inputs or "extrinsics" in self.inputs
+
+    def check_inputs(self, images: ArrayLike, intrinsics: ArrayLike | None = None,
+                     extrinsics: ArrayLike | None = None) -> dict[str, np.ndarray]:
+        """The onnxruntime feed, or an :class:`InputError` listing every mismatch (expected vs found)."""
+        imgs = _numpy(images)
+        n, (h, w) = self.num_cameras, self.image_size
+        problems = []
+        if imgs.ndim != 5:
+            problems.append(f"images: expected 5 dims (B, N, 3, H, W) = (B, {n}, 3, {h}, {w}), found "
+                            f"{imgs.ndim} dims {_shape(imgs.shape)}")
+        else:
+            if imgs.shape[1] != n:
+                problems.append(f"images: expected {n} cameras in dim 1 ({', '.join(self.camera_names)}), found "
+                                f"{imgs.shape[1]}")
+            if imgs.shape[2] != 3:
+                problems.append(f"images: expected 3 channels (RGB) in dim 2, found {imgs.shape[2]}")
+            if tuple(imgs.shape[3:]) != (h, w):
+                problems.append(f"images: expected H x W = {h} x {w} (the exported input size), found "
+                                f"{imgs.shape[3]} x {imgs.shape[4]}")
+        if imgs.dtype != np.uint8:
+            hint = (" (for 0..1 floats: (x * 255).round().clip(0, 255).astype(uint8))"
+                    if np.issubdtype(imgs.dtype, np.floating) else "")
+            problems.append(f"images: expected dtype uint8 (RGB 0..255; the graph normalises), found {imgs.dtype}"
+                            + hint)
+        feed = {"images": np.ascontiguousarray(imgs)}
+        batch = imgs.shape[0] if imgs.ndim == 5 else None
+        for name, value, size in (("intrinsics", intrinsics, 3), ("extrinsics", extrinsics, 4)):
+            if value is None:
+                if name in self.inputs:
+                    problems.append(f"{name}: this model has a BEV branch and needs calibration; expected "
+                                    f"(B, {n}, {size}, {size}) float32, found None")
+                continue
+            arr = _numpy(value)
+            expected = (batch if batch is not None else "B", n, size, size)
+            if arr.ndim != 4 or tuple(arr.shape[1:]) != (n, size, size) or (batch is not None and arr.shape[0] != batch):
+                problems.append(f"{name}: expected shape ({', '.join(map(str, expected))}), found {_shape(arr.shape)}")
+            elif not np.issubdtype(arr.dtype, np.floating):
+                problems.append(f"{name}: expected a float dtype (float32), found {arr.dtype}")
+            elif not np.isfinite(arr).all():
+                problems.append(f"{name}: expected finite values, found NaN or Inf")
+            if name in self.inputs:
+                feed[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        if problems:
+            raise InputError(f"{self.name}: inputs do not match the model:\n  " + "\n  ".join(problems))
+        return feed
+
+    def run(self, images: ArrayLike, intrinsics: ArrayLike | None = None,
+            extrinsics: ArrayLike | None = None) -> Predictions:
+        """Check the inputs, run the graph, return :class:`Predictions`.
+
+        Args:
+            images: (B, N, 3, H, W) uint8 RGB, cameras in :attr:`camera_names` order, size :attr:`image_size`.
+            intrinsics: (B, N, 3, 3) for the input pixels (required when :attr:`needs_calibration`).
+            extrinsics: (B, N, 4, 4) camera -> ego.
+        """
+        feed = self.check_inputs(images, intrinsics, extrinsics)
+        return Predictions.from_outputs(dict(zip(self.output_names, self.session.run(self.output_names, feed))))
+
+    __call__ = run
+
+
+def _decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def onnx_decode(model: VisionPilotRuntime | ort.InferenceSession | str | Path,
+                batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Decoded results of an exported model for a collated batch, as ``net.decode(net(...), image_size)`` gives
+    them: the same ``"<head>.<result>"`` keys, shapes and dtypes (bool masks, int64 classes), torch CPU tensors.
+
+    Args:
+        model: a runtime, an onnxruntime session of an exported file, or its path (opened per call: pass a
+            runtime when calling in a loop).
+        batch: the batch contract's ``images`` (uint8), ``intrinsics`` and ``extrinsics``.
+    """
+    runtime = model if isinstance(model, VisionPilotRuntime) else VisionPilotRuntime(model)
+    pred = runtime.run(batch["images"], batch.get("intrinsics"), batch.get("extrinsics"))
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pred.outputs.items()}
+
+
+def load_runtime(path: str | Path, threads: int | None = None) -> VisionPilotRuntime:
+    """Open an exported model once (for :func:`onnx_decode` in a loop)."""
+    return VisionPilotRuntime(path, threads=threads)

@@ -1,0 +1,550 @@
+"""Per-country fine-tuning: strategies (what trains), low-rank adapters, and region deltas.
+
+A global model is fine-tuned where a country's data lives and only weights travel back, so a fine-tune is described
+by *what it changed*. Strategies decide what trains (``requires_grad``); everything else is frozen, and frozen
+normalisation layers are kept in eval mode so their running statistics do not drift either:
+
+==========  =====================================================================================================
+``full``    every parameter (except backbone stages the model config freezes, ``backbone.frozen_stages``)
+``heads``   the neck, the image heads and the BEV branch; the backbone is frozen
+``norm``    every normalisation layer (affine weights, and BatchNorm statistics adapt) plus heads and BEV branch
+``adapter`` low-rank residual adapters after the backbone's tapped stages plus heads and BEV branch; the backbone
+            and the neck are frozen
+==========  =====================================================================================================
+
+A **region delta** is a safetensors file with only the tensors that differ from the base network (state-dict keys
+of the plain ``nn.Module``, adapters included) and, in its header metadata, the base checkpoint's SHA-256, the
+region, the strategy, the adapter settings and the frame counts. :func:`merge_delta` puts it back onto the base
+(and refuses any other base); :func:`load_model` loads a checkpoint, a delta, or ``base.ckpt+delta.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, fx, nn
+
+from visionpilot.data.regions import GLOBAL, resolve_regions
+from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from visionpilot.training.module import model_signature
+from visionpilot.utils.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("full", "heads", "norm", "adapter")
+#: ``format`` field of a region delta's metadata.
+DELTA_FORMAT = "visionpilot.region_delta/1"
+#: Normalisation layers the ``norm`` strategy trains (BatchNorm/InstanceNorm via ``_NormBase``, GroupNorm, LayerNorm).
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_HEAD_PREFIXES = ("heads.", "bev.")
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return getattr(net, "_orig_mod", net)  # torch.compile wrapper
+
+
+# --- adapters ----------------------------------------------------------------------------------------------------
+
+
+class ConvAdapter(nn.Module):
+    """Residual low-rank adapter on a feature map: ``x + up(act(down(x)))``, channels C -> rank -> C.
+
+    ``up`` starts at zero, so a freshly inserted adapter is the identity and fine-tuning starts exactly from the
+    global model (LoRA's initialisation, applied to feature maps as in conv adapters).
+
+    Args:
+        channels: channels of the adapted feature map.
+        rank: bottleneck width.
+        kernel_size: of the down-projection (1: per pixel; 3 adds spatial context for 9x the down weights).
+    """
+
+    def __init__(self, channels: int, rank: int = 8, kernel_size: int = 1) -> None:
+        super().__init__()
+        if rank < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"ConvAdapter: rank must be >= 1 and kernel_size odd, found rank={rank}, "
+                             f"kernel_size={kernel_size}")
+        self.down = nn.Conv2d(channels, rank, kernel_size, padding=kernel_size // 2, bias=False)
+        self.act = nn.ReLU(inplace=False)
+        self.up = nn.Conv2d(rank, channels, 1, bias=True)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(self.act(self.down(x)))  # (B, C, h, w)
+
+
+def _graphs(body: nn.Module) -> list[fx.Graph]:
+    """The fx graphs of a feature extractor (torchvision's DualGraphModule keeps one for train and one for eval)."""
+    if not isinstance(body, fx.GraphModule):
+        raise TypeError(f"adapters: the backbone's 'body' must be an fx GraphModule (torchvision feature extractor), "
+                        f"found {type(body).__name__}")
+    graphs = [getattr(body, "train_graph", None), getattr(body, "eval_graph", None)]
+    graphs = [g for g in graphs if g is not None]
+    return graphs or [body.graph]
+
+
+def adapter_config(net: nn.Module) -> dict[str, Any] | None:
+    """The adapter settings of a network (``rank``, ``kernel_size``, ``stages``), or None without adapters."""
+    return getattr(_unwrap(net).backbone, "adapter_config", None)
+
+
+def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None) -> nn.Module:
+    """Insert a :class:`ConvAdapter` after each tapped backbone stage, inside the backbone graph (in place).
+
+    Each adapter feeds both the neck and the following stage, so the adaptation propagates through the trunk.
+    The adapters are submodules ``backbone.body.adapter_<stage>`` (state-dict keys
+    ``backbone.body.adapter_s8.down.weight``, ...). Exports to ONNX like the rest of the graph (two 1x1 convs).
+
+    Args:
+        net: a HydraNet whose backbone is a :class:`~visionpilot.models.backbones.TorchvisionBackbone`.
+        rank: adapter bottleneck width.
+        kernel_size: of the down-projection.
+        stages: output names to adapt (``["s8", "s16", "s32"]``); default every output of the backbone.
+
+    Returns:
+        ``net`` (for Hydra: ``_target_: visionpilot.training.finetune.with_adapters``).
+    """
+    backbone = _unwrap(net).backbone
+    if adapter_config(net) is not None:
+        raise ValueError(f"add_adapters: the network already has adapters {adapter_config(net)}")
+    body = backbone.body
+    names = list(backbone.names)
+    stages = list(stages) if stages else names
+    unknown = [s for s in stages if s not in names]
+    if unknown:
+        raise ValueError(f"add_adapters: field 'stages' {unknown} are not backbone outputs; valid choices: {names}")
+    channels = dict(zip(names, backbone.channels))
+    for stage in stages:
+        body.add_submodule(f"adapter_{stage}", ConvAdapter(channels[stage], int(rank), int(kernel_size)))
+    for graph in _graphs(body):
+        taps = next(n for n in graph.nodes if n.op == "output").args[0]
+        for stage in stages:
+            node = taps[stage]
+            with graph.inserting_after(node):
+                new = graph.call_module(f"adapter_{stage}", (node,))
+            node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+        graph.lint()
+    # Re-assigning the active graph recompiles the module's forward.
+    body.graph = body.train_graph if hasattr(body, "train_graph") and body.training else \
+        getattr(body, "eval_graph", body.graph)
+    backbone.adapter_config = {"rank": int(rank), "kernel_size": int(kernel_size), "stages": stages}
+    return net
+
+
+def with_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None
+                  ) -> nn.Module:
+    """Hydra target wrapping a net config, so a fine-tuned adapter checkpoint rebuilds from its stored config."""
+    return add_adapters(net, rank, kernel_size, list(stages) if stages else None)
+
+
+# --- strategies --------------------------------------------------------------------------------------------------
+
+
+def _params_of(net: nn.Module, types: type | tuple[type, ...], recurse: bool) -> set[str]:
+    names = set()
+    for mname, module in net.named_modules():
+        if isinstance(module, types):
+            names.update(f"{mname}.{p}" if mname else p for p, _ in module.named_parameters(recurse=recurse))
+    return names
+
+
+def _model_frozen(net: nn.Module) -> set[str]:
+    """Parameters the model config itself freezes (``backbone.frozen_stages``); no strategy unfreezes them."""
+    prefixes = tuple(f"backbone.body.{p}" for p in getattr(net.backbone, "_frozen_prefixes", ()))
+    return {n for n, _ in net.named_parameters() if prefixes and n.startswith(prefixes)}
+
+
+def trainable_names(net: nn.Module, strategy: str) -> set[str]:
+    """Parameter names a strategy trains (see the module docstring)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown fine-tuning strategy '{strategy}'; valid choices: {list(STRATEGIES)}")
+    net = _unwrap(net)
+    names = {n for n, _ in net.named_parameters()}
+    heads = {n for n in names if n.startswith(_HEAD_PREFIXES)}
+    if strategy == "full":
+        chosen = names
+    elif strategy == "heads":
+        chosen = heads | {n for n in names if n.startswith("neck.")}
+    elif strategy == "norm":
+        chosen = heads | _params_of(net, NORM_TYPES, recurse=False)
+    else:
+        adapters = _params_of(net, ConvAdapter, recurse=True)
+        if not adapters:
+            raise ValueError("strategy 'adapter': the network has no adapters; call add_adapters(net) first")
+        chosen = heads | adapters
+    return chosen - _model_frozen(net)
+
+
+@dataclass
+class StrategyReport:
+    """What :func:`apply_strategy` did."""
+
+    strategy: str
+    trainable: list[str]
+    frozen_norms: list[nn.Module] = field(repr=False)
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def apply_strategy(net: nn.Module, strategy: str) -> StrategyReport:
+    """Set ``requires_grad`` for ``strategy`` (in place) and list the norm layers that must stay in eval mode.
+
+    A norm layer keeps updating its running statistics only if it trains: its affine parameters are trainable, or
+    (without affine parameters) the strategy is ``full`` or ``norm``.
+    """
+    chosen = trainable_names(net, strategy)
+    net = _unwrap(net)
+    for name, param in net.named_parameters():
+        param.requires_grad_(name in chosen)
+    frozen = []
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):  # the norm layers with running statistics
+            params = list(module.parameters())
+            trains = all(p.requires_grad for p in params) if params else strategy in ("full", "norm")
+            if not trains:
+                frozen.append(module)
+    params = dict(net.named_parameters())
+    return StrategyReport(strategy, sorted(chosen), frozen, sum(params[n].numel() for n in chosen),
+                          sum(p.numel() for p in params.values()))
+
+
+class FinetuneCallback(L.Callback):
+    """Keeps frozen norm layers in eval mode during training and stamps the fine-tune facts into checkpoints.
+
+    Lightning puts the whole module in train mode at the start of fitting and after every validation, so the
+    frozen layers are switched back before every training batch (a few dozen attribute writes).
+
+    Args:
+        frozen_norms: from :func:`apply_strategy`.
+        info: stored as ``checkpoint["visionpilot"]["finetune"]``.
+    """
+
+    def __init__(self, frozen_norms: Iterable[nn.Module], info: Mapping[str, Any]) -> None:
+        self.frozen_norms = list(frozen_norms)
+        self.info = dict(info)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        for module in self.frozen_norms:
+            module.eval()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("visionpilot", {})["finetune"] = self.info
+
+
+# --- region deltas -----------------------------------------------------------------------------------------------
+
+
+def changed_tensors(net: nn.Module, base_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """State-dict entries of ``net`` that are new or differ (bitwise) from ``base_state``."""
+    out = {}
+    for key, value in _unwrap(net).state_dict().items():
+        ref = base_state.get(key)
+        if ref is None or ref.shape != value.shape or ref.dtype != value.dtype or not torch.equal(ref, value):
+            out[key] = value.detach().cpu().contiguous().clone()
+    return out
+
+
+def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor], *, base_sha256: str,
+               region: str, strategy: str, frame_counts: Mapping[str, int] | None = None,
+               replay_frame_counts: Mapping[str, int] | None = None, base_path: str | Path | None = None,
+               extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the region delta of ``net`` against ``base_state`` (atomically) and return its path.
+
+    Args:
+        path: the ``.safetensors`` file to write.
+        net: the fine-tuned network.
+        base_state: the base network's state dict as loaded (before adapters were added).
+        base_sha256: SHA-256 of the base checkpoint file (:func:`~visionpilot.training.checkpoints.file_sha256`).
+        region: target region code.
+        strategy: one of :data:`STRATEGIES`.
+        frame_counts: train frames per target region.
+        replay_frame_counts: train frames per replay region.
+        base_path: where the base was read from (a hint for :func:`load_model`; the hash is what is checked).
+        extra: more metadata (JSON-encoded).
+    """
+    tensors = changed_tensors(net, base_state)
+    meta = {
+        "format": DELTA_FORMAT,
+        "base_sha256": base_sha256,
+        "base_path": str(Path(base_path).resolve()) if base_path else "",
+        "region": str(region).lower(),
+        "strategy": strategy,
+        "adapter": json.dumps(adapter_config(net)),
+        "frame_counts": json.dumps(dict(frame_counts or {})),
+        "replay_frame_counts": json.dumps(dict(replay_frame_counts or {})),
+        "num_tensors": str(len(tensors)),
+        "num_params": str(sum(t.numel() for t in tensors.values())),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "extra": json.dumps(dict(extra or {})),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_delta_metadata(path: str | Path) -> dict[str, Any]:
+    """A delta's header metadata, JSON fields decoded; checks that the file is a region delta."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"region delta not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as err:  # not a safetensors file
+        raise ValueError(f"could not read region delta {path}: {err}") from err
+    if meta.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{path}: field 'format' must be '{DELTA_FORMAT}' (a visionpilot region delta), found "
+                         f"{meta.get('format')!r}")
+    for key in ("adapter", "frame_counts", "replay_frame_counts", "extra"):
+        meta[key] = json.loads(meta.get(key) or "null")
+    return meta
+
+
+def merge_delta(net: nn.Module, delta_path: str | Path, base_sha256: str) -> nn.Module:
+    """Apply a region delta to ``net`` in place and return it.
+
+    ``net`` must hold the weights of the base checkpoint whose file hash is ``base_sha256`` (e.g.
+    ``load_checkpoint(base).net`` and ``.sha256``); a delta made from another base is refused. Adapters recorded
+    in the delta are inserted first when ``net`` has none.
+    """
+    path = Path(delta_path)
+    meta = read_delta_metadata(path)
+    if meta["base_sha256"] != base_sha256:
+        raise ValueError(
+            f"{path}: this delta was fine-tuned from base checkpoint sha256 {meta['base_sha256'][:16]}... "
+            f"({meta.get('base_path') or 'path unknown'}), but the base given has sha256 {base_sha256[:16]}...; "
+            f"merge it onto the checkpoint it was made from")
+    wanted = meta["adapter"]
+    have = adapter_config(net)
+    if wanted and have is None:
+        add_adapters(net, **wanted)
+    elif wanted and have != wanted:
+        raise ValueError(f"{path}: field 'adapter' is {wanted}, but the network has adapters {have}")
+    tensors = load_file(str(path))
+    state = _unwrap(net).state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    shapes = sorted(k for k in set(tensors) & set(state) if tuple(tensors[k].shape) != tuple(state[k].shape))
+    if unknown or shapes:
+        raise ValueError(f"{path}: the delta does not fit this network: {len(unknown)} tensors it lacks (e.g. "
+                         f"{unknown[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]})")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            state[key].copy_(value)  # state_dict() tensors share storage with the parameters and buffers
+    return net
+
+
+# --- loading fine-tuned models -----------------------------------------------------------------------------------
+
+
+def adapter_net_config(net_config: Any, adapter: Mapping[str, Any]) -> dict[str, Any]:
+    """A net config that rebuilds the network with adapters (wraps it in :func:`with_adapters`)."""
+    inner = OmegaConf.to_container(net_config, resolve=True) if OmegaConf.is_config(net_config) else dict(net_config)
+    return {"_target_": "visionpilot.training.finetune.with_adapters", "net": inner, **dict(adapter)}
+
+
+def load_model(spec: str | Path, base: str | Path | None = None) -> LoadedCheckpoint:
+    """Load a network for evaluation or export from any of:
+
+    - a checkpoint (``.ckpt``) written by ``visionpilot-train`` or ``visionpilot-finetune``;
+    - a region delta (``.safetensors``): merged onto ``base``, or onto the base path recorded in the delta;
+    - ``"base.ckpt+delta.safetensors"``.
+
+    For a delta, ``config`` is the base's with adapters (if any) in ``model.net``, ``meta["finetune"]`` the delta's
+    metadata, ``path`` / ``sha256`` those of the delta file.
+    """
+    text = str(spec)
+    if "+" in text and text.rsplit("+", 1)[1].endswith(".safetensors"):
+        base, text = text.rsplit("+", 1)
+    path = Path(text)
+    if path.suffix != ".safetensors":
+        return load_checkpoint(path)
+    meta = read_delta_metadata(path)
+    base = base or meta.get("base_path")
+    if not base or not Path(base).is_file():
+        raise FileNotFoundError(f"{path}: base checkpoint {base or '(not recorded)'} not found; give it as "
+                                f"'<base.ckpt>+{path}'")
+    loaded = load_checkpoint(base)
+    merge_delta(loaded.net, path, loaded.sha256)
+    config = loaded.config.copy()
+    if meta["adapter"]:
+        config.model.net = adapter_net_config(config.model.net, meta["adapter"])
+    return LoadedCheckpoint(net=loaded.net.eval(), config=config, meta={**loaded.meta, "finetune": meta},
+                            path=path, sha256=file_sha256(path), extra={"base": loaded.path})
+
+
+def write_checkpoint(path: str | Path, net: nn.Module, config: Any, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a stand-alone checkpoint (weights + stored config) that :func:`load_checkpoint` reads.
+
+    Used to materialise base + delta as one file, and by tests. ``meta`` adds fields of the ``visionpilot`` entry
+    (``camera_names``, ``image_size``, ``regions``, ...).
+    """
+    config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in _unwrap(net).state_dict().items()},
+            "visionpilot": {**dict(meta or {}), "config": config, "model_signature": model_signature(net)}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --- the fine-tune run -------------------------------------------------------------------------------------------
+
+
+def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig:
+    """The run config of a fine-tune: the checkpoint's stored model and data config, pointed at the target region
+    (with replay), with ``cfg.data`` / ``cfg.model`` merged on top and the fine-tune's trainer, callbacks, logger.
+
+    This is what the fine-tuned checkpoint stores, so it rebuilds like any other (adapters included).
+    """
+    wanted = _plain(cfg.data.get("regions"))
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
+    if len(wanted) != 1 or str(wanted[0]).lower() == GLOBAL:
+        raise ValueError(f"visionpilot-finetune: fine-tunes on exactly one region (region=gb or data.regions=[gb]), "
+                         f"found data.regions={wanted}")
+    region = resolve_regions(wanted)[0]
+    strategy = dict(OmegaConf.to_container(cfg.strategy, resolve=True))
+    name = strategy.get("name")
+    if name not in STRATEGIES:
+        raise ValueError(f"field 'strategy.name': expected one of {list(STRATEGIES)}, found {name!r}")
+    stored = base.config
+    base_regions = [str(r) for r in (base.meta.get("regions") or [])]
+    replay = _plain(cfg.replay.regions)
+    if isinstance(replay, str) and replay == "base":
+        if not base_regions:
+            raise ValueError(f"{base.path}: field 'visionpilot.regions' is missing, so replay.regions=base cannot "
+                             f"be resolved; give the replay regions, e.g. replay.regions=[us,de]")
+        replay = base_regions
+    if isinstance(replay, str) and replay.lower() != GLOBAL:
+        replay = [replay]
+    replay = [r for r in resolve_regions(replay) if r != region] if replay else []
+    if float(cfg.replay.fraction) <= 0:
+        replay = []
+    data = OmegaConf.merge(stored.data, {"regions": [region], "replay_regions": replay,
+                                         "replay_fraction": float(cfg.replay.fraction)}, _plain(cfg.get("data")) or {})
+    data._target_ = "visionpilot.data.replay.ReplayDataModule"
+    if "source" in data and "regions" in data.source:  # sources that render or filter regions need the replay ones
+        data.source.regions = sorted({region, *replay})
+    model = OmegaConf.merge(stored.model, _plain(cfg.get("model")) or {})
+    if model.optimizer.get("lr") is None:
+        model.optimizer.lr = float(stored.model.optimizer.lr) * float(strategy.get("lr_scale", 1.0))
+    if name == "adapter":
+        model.net = adapter_net_config(stored.model.net, _adapter_settings(strategy))
+    info = {"base_checkpoint": str(Path(base.path).resolve()), "base_sha256": base.sha256, "base_regions": base_regions,
+            "region": region, "strategy": name, "replay_regions": replay,
+            "replay_fraction": float(cfg.replay.fraction)}
+    return OmegaConf.create({
+        "task_name": cfg.get("task_name", "finetune"), "seed": cfg.get("seed"), "paths": _plain(cfg.paths),
+        "rig": stored.get("rig"), "data": data, "model": model, "trainer": _plain(cfg.trainer),
+        "callbacks": _plain(cfg.get("callbacks")), "logger": _plain(cfg.get("logger")), "finetune": info,
+        "strategy": strategy,
+    })
+
+
+def _plain(value: Any) -> Any:
+    """A resolved plain container for config nodes (other values unchanged)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _adapter_settings(strategy: Mapping[str, Any]) -> dict[str, Any]:
+    return {"rank": int(strategy.get("rank", 8)), "kernel_size": int(strategy.get("kernel_size", 1)),
+            "stages": list(strategy.get("stages") or []) or None}
+
+
+def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fine-tune ``cfg.ckpt_path`` on the region ``cfg.data.regions`` with ``cfg.strategy``; write the fine-tuned
+    checkpoint (``checkpoints/finetuned.ckpt``), the region delta, ``metrics.json`` and ``finetune.json``.
+
+    Returns:
+        the metrics and the objects (``datamodule``, ``model``, ``trainer``, ``report``, ``config``).
+    """
+    from visionpilot.training.callbacks import Throughput
+    from visionpilot.training.train import instantiate_list
+
+    if not cfg.get("ckpt_path"):
+        raise ValueError("visionpilot-finetune: field 'ckpt_path' is required (the global checkpoint), e.g. "
+                         "ckpt_path=runs/global/checkpoints/last.ckpt")
+    base = load_checkpoint(cfg.ckpt_path)
+    run_cfg = build_finetune_config(cfg, base)
+    if run_cfg.get("seed") is not None:
+        L.seed_everything(int(run_cfg.seed), workers=True)
+    torch.set_float32_matmul_precision("high")
+    torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # a COCO summary per validation drowns the log
+    strategy = run_cfg.strategy.name
+    net = base.net.train()
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    if strategy == "adapter":
+        add_adapters(net, **_adapter_settings(run_cfg.strategy))
+    datamodule = hydra.utils.instantiate(run_cfg.data)
+    module = hydra.utils.instantiate(run_cfg.model, net=net)
+    module.run_config = OmegaConf.to_container(run_cfg, resolve=True)
+    report = apply_strategy(net, strategy)
+    log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g, replay %s",
+             base.path, run_cfg.finetune.region, strategy, report.trainable_params, report.total_params,
+             100.0 * report.trainable_params / max(report.total_params, 1), run_cfg.model.optimizer.lr,
+             list(run_cfg.finetune.replay_regions) or "off")
+    info = OmegaConf.to_container(run_cfg.finetune, resolve=True)
+    callbacks = [*instantiate_list(run_cfg.get("callbacks")), FinetuneCallback(report.frozen_norms, info)]
+    loggers = instantiate_list(run_cfg.get("logger"))
+    trainer = hydra.utils.instantiate(run_cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule)
+
+    out_dir = Path(run_cfg.paths.output_dir)
+    ckpt_path = out_dir / "checkpoints" / "finetuned.ckpt"
+    trainer.save_checkpoint(ckpt_path)
+    replay_counts = getattr(datamodule, "replay_frame_counts", {})
+    delta_path = save_delta(out_dir / cfg.get("delta_file", "delta.safetensors"), net, base_state,
+                            base_sha256=base.sha256, region=run_cfg.finetune.region, strategy=strategy,
+                            frame_counts=datamodule.frame_counts.get("train", {}), replay_frame_counts=replay_counts,
+                            base_path=base.path, extra={"trainable_params": report.trainable_params,
+                                                        "steps": int(trainer.global_step)})
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    for cb in callbacks:
+        if isinstance(cb, Throughput):
+            metrics.update(cb.summary())
+    metrics.update({"train/steps": float(trainer.global_step),
+                    "finetune/trainable_params": float(report.trainable_params),
+                    "finetune/total_params": float(report.total_params),
+                    "finetune/delta_bytes": float(delta_path.stat().st_size),
+                    "finetune/checkpoint_bytes": float(ckpt_path.stat().st_size)})
+    write_json_atomic(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
+    summary = {**info, "checkpoint": str(ckpt_path), "delta": str(delta_path),
+               "delta_bytes": delta_path.stat().st_size, "checkpoint_bytes": ckpt_path.stat().st_size,
+               "trainable_params": report.trainable_params, "total_params": report.total_params,
+               "frame_counts": datamodule.frame_counts.get("train", {}), "replay_frame_counts": replay_counts,
+               "lr": float(run_cfg.model.optimizer.lr), "steps": int(trainer.global_step), "metrics": metrics}
+    write_json_atomic(out_dir / "finetune.json", summary)
+    log.info("fine-tuned checkpoint %s, region delta %s (%d bytes)", ckpt_path, delta_path, summary["delta_bytes"])
+    return metrics, {"datamodule": datamodule, "model": module, "trainer": trainer, "report": report,
+                     "config": run_cfg, "checkpoint": ckpt_path, "delta": delta_path, "summary": summary}

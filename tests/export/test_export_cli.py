@@ -1,0 +1,172 @@
+"""visionpilot-export end to end: checkpoint (+ delta) -> model.onnx + export.json, parity gate, metrics on ONNX."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from visionpilot.evaluation.evaluator import PerceptionEvaluator
+from visionpilot.export.onnx_export import RAW_PREFIX, read_metadata
+from visionpilot.export.parity import ParityError
+from visionpilot.export.pipeline import build_datamodule, collect_batches, export
+from visionpilot.export.runtime import load_runtime, onnx_decode
+from visionpilot.paths import config_dir
+from visionpilot.training.checkpoints import load_checkpoint
+from visionpilot.training.finetune import add_adapters, apply_strategy, save_delta, write_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# One forward camera, 64 x 176, two regions, 3 scenes each: frames render in milliseconds.
+TINY = ["rig=front1", "data.image_size=[64,176]", "data.source.scenes_per_region=3", "data.source.frames_per_scene=2",
+        "data.num_workers=0", "data.persistent_workers=false", "data.batch_size=2", "data.regions=[us,gb]",
+        "model/bev=tiny"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-alone checkpoint as visionpilot-train stores it (random weights, default BatchNorm statistics)."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp}", *TINY])
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(cfg.model.net)
+    meta = {"camera_names": ["CAM_FRONT"], "image_size": [64, 176], "regions": ["gb", "us"],
+            "frame_counts": {"gb": 4, "us": 4}, "manifest_sha256": "0" * 64}
+    return write_checkpoint(tmp / "last.ckpt", net.eval(), cfg, meta)
+
+
+def _cfg(out: Path, ckpt: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("export", overrides=[f"ckpt_path={ckpt}", f"paths.output_dir={out}", "parity.frames=2",
+                                            "parity.batch_size=2", "calibration.frames=4", *overrides])
+
+
+@pytest.fixture(scope="module")
+def fp32_export(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("fp32")
+    return out, export(_cfg(out, checkpoint))
+
+
+def test_fp32_export_writes_model_and_report(checkpoint: Path, fp32_export: tuple[Path, dict]) -> None:
+    tmp_path, result = fp32_export
+    report = json.loads((tmp_path / "export.json").read_text())
+    # The documented fields (shared/DESIGN.md), with the fp32 gate on raw outputs.
+    assert report["precision"] == "fp32" and report["opset"] == 17 and report["model"] == "model.onnx"
+    assert [i["name"] for i in report["inputs"]] == ["images", "intrinsics", "extrinsics"]
+    assert report["inputs"][0] == {"name": "images", "dtype": "uint8", "shape": ["batch", 1, 3, 64, 176]}
+    assert {o["name"] for o in report["outputs"]} >= {"lanes_2d.points", "objects_2d.boxes", "bev.objects_boxes",
+                                                       "bev.lanes_points", "bev.lanes_seg_prob"}
+    parity = report["parity"]
+    assert parity["decoded_agree"] is True and parity["passed"] is True and parity["frames"] == 2
+    assert parity["max_abs_diff_raw"] <= 1e-4
+    assert any(k.startswith(RAW_PREFIX) for k in parity["max_abs_diff"]) and "bev.lanes_seg_prob" in parity["max_abs_diff"]
+    assert result["parity"]["agreement"] == parity["agreement"]
+    # The shipped file: decoded outputs only, checked, with the metadata a vehicle integration needs.
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert not any(o.name.startswith(RAW_PREFIX) for o in model.graph.output)
+    meta = read_metadata(model)
+    ckpt = load_checkpoint(checkpoint)
+    assert meta["camera_names"] == ["CAM_FRONT"] and meta["input_size"] == [64, 176]
+    assert meta["object_classes"][0] == "car" and "white_dashed" in meta["lane_types"]
+    assert meta["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["regions"] == ["gb", "us"] and meta["frame_counts"] == {"gb": 4, "us": 4}
+    assert meta["base_sha256"] == ckpt.sha256 and meta["delta_sha256"] is None
+    assert len(meta["config_sha256"]) == 64 and meta["code_version"].startswith("visionpilot ")
+    assert meta["bev_grid"]["cell_size"] == 1.0 and meta["precision"] == "fp32" and meta["opset"] == 17
+
+
+def test_metrics_on_onnx_equal_metrics_on_pytorch(checkpoint: Path, fp32_export: tuple[Path, dict]) -> None:
+    tmp_path, _ = fp32_export
+    ckpt = load_checkpoint(checkpoint)
+    dm = build_datamodule(ckpt, ["gb", "us"], batch_size=2)
+    batches = collect_batches(dm, ["val", "test"], 4, 2)
+    runtime = load_runtime(tmp_path / "model.onnx")
+    net = ckpt.net
+
+    def evaluator() -> PerceptionEvaluator:
+        return PerceptionEvaluator(["gb", "us"], (64, 176), ["CAM_FRONT"], tasks=["lanes_2d", "objects_2d",
+                                   "objects_3d", "lanes_bev"], bev_grid=net.bev.grid)
+
+    on_torch, on_onnx = evaluator(), evaluator()
+    for batch in batches:
+        with torch.no_grad():
+            on_torch.update(batch, net.decode(net(batch["images"], batch["intrinsics"], batch["extrinsics"]),
+                                              (64, 176)))
+        on_onnx.update(batch, onnx_decode(runtime, batch))  # same keys, shapes, dtypes: the evaluator is unchanged
+    want, got = on_torch.compute(), on_onnx.compute()
+    assert set(got) == set(want) and {"lane_f1", "det_map50", "bev_map", "bev_lane_iou"} <= set(got)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.slow
+def test_int8_export_is_calibrated_on_the_target_region(checkpoint: Path, tmp_path: Path) -> None:
+    result = export(_cfg(tmp_path, checkpoint, "precision=int8", "region=gb"))
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert result["calibration"]["regions"] == ["gb"] and result["calibration"]["frames"] == 4
+    assert result["calibration"]["activation_type"] == "QUInt8" and result["calibration"]["per_channel"] is True
+    assert result["parity"]["regions"] == ["gb"] and result["parity"]["tolerance"]["raw_max_abs"] is None
+    assert read_metadata(model)["calibration_regions"] == ["gb"]
+
+
+def test_parity_failure_is_loud_and_ships_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ParityError, match=r"agreement 1\.000 < 1\.1") as err:
+        export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1"))
+    assert "model.failed.onnx" in str(err.value)
+    assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.failed.onnx").exists()
+    report = json.loads((tmp_path / "export.json").read_text())
+    assert report["parity"]["passed"] is False and report["model"] == "model.failed.onnx"
+
+
+def test_region_delta_is_merged_and_recorded(checkpoint: Path, tmp_path: Path) -> None:
+    base = load_checkpoint(checkpoint)
+    state = {k: v.clone() for k, v in base.net.state_dict().items()}
+    add_adapters(base.net, rank=4)
+    apply_strategy(base.net, "adapter")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # stand-in for fine-tuning: small random steps on what the strategy trains
+        for p in base.net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    delta = save_delta(tmp_path / "delta.safetensors", base.net, state, base_sha256=base.sha256, region="gb",
+                       strategy="adapter", frame_counts={"gb": 4})
+    result = export(_cfg(tmp_path / "out", checkpoint, f"delta_path={delta}"))
+    meta = result["metadata"]
+    assert meta["base_sha256"] == base.sha256 and meta["delta_sha256"] == result["delta"]["sha256"]
+    assert meta["delta_region"] == "gb" and meta["delta_strategy"] == "adapter"
+    assert result["parity"]["regions"] == ["gb"] and result["parity"]["passed"]  # against the merged network
+    assert any("adapter" in n.name for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node)
+
+
+def test_region_delta_without_the_finetune_module_is_a_clear_error(checkpoint: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "visionpilot.training.finetune", None)
+    with pytest.raises(ImportError, match="region deltas need visionpilot.training.finetune"):
+        export(_cfg(tmp_path, checkpoint, f"delta_path={tmp_path / 'delta.safetensors'}"))
+
+
+def test_bad_arguments_are_named(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'fp16', 'int8'\], found 'int4'"):
+        export(_cfg(tmp_path, checkpoint, "precision=int4"))
+    with pytest.raises(ValueError, match="parity tolerance: unknown fields"):
+        export(_cfg(tmp_path, checkpoint, "+parity.tolerance.max_diff=1"))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        export(_cfg(tmp_path, tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.slow  # a fresh interpreter: the console script as a user runs it
+def test_console_script(checkpoint: Path, tmp_path: Path) -> None:
+    out = subprocess.run([Path(sys.executable).parent / "visionpilot-export", f"ckpt_path={checkpoint}",
+                          f"hydra.run.dir={tmp_path}", "parity.frames=1"], capture_output=True, text=True, check=True)
+    assert "fp32 ONNX: model.onnx" in out.stdout and "PASSED" in out.stdout
+    assert (tmp_path / "model.onnx").exists() and (tmp_path / "export.json").exists()

@@ -1,0 +1,100 @@
+"""FP16 and INT8 variants: onnxruntime's tools, fp32 I/O, the decode and geometry kept in fp32, parity reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from visionpilot.export.onnx_export import RAW_PREFIX
+from visionpilot.export.parity import check_parity, onnx_outputs, tolerance_for, torch_outputs
+from visionpilot.export.pipeline import graph_feeds
+from visionpilot.export.quantize import float_islands, output_layers, quantize_int8, to_fp16
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _io_types(model: onnx.ModelProto) -> dict[str, int]:
+    return {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+
+
+def test_float_islands_are_the_decode_and_the_geometry(bev_model) -> None:
+    _, full = bev_model
+    islands = set(float_islands(full))
+    ops = {n.name: n.op_type for n in full.graph.node}
+    assert {ops[n] for n in islands} >= {"TopK", "ArgMax", "GridSample", "Atan"}  # decode + view transform
+    assert not any(ops[n] == "Conv" for n in islands)  # no layer of the network itself
+    layers = output_layers(full)
+    assert "/net/bev/objects/heatmap/Conv" in layers and "/net/lanes_2d/mlp/mlp.4/Gemm" in layers
+    assert all(ops[n] in ("Conv", "Gemm", "Einsum") for n in layers)
+
+
+def test_fp16_keeps_fp32_io_and_computes_the_same_function(bev_model, make_batch, hw) -> None:
+    net, full = bev_model
+    half = to_fp16(full)
+    onnx.checker.check_model(half, full_check=True)  # the converter's duplicate casts are repaired and sorted
+    assert _io_types(half) == _io_types(full)  # uint8 images, fp32 calibration, fp32/int64/bool outputs
+    weights = [t for t in half.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    batch = make_batch(2)
+    ref = torch_outputs(net, batch, hw)
+    got = onnx_outputs(_session(half), batch)
+    # The same function up to fp16 rounding, which a random-init net amplifies layer by layer (onnxruntime's
+    # x86 fp16 kernels: ~1% per RegNet block here). Decisions are not asserted on random weights (near-uniform
+    # lane logits flip their arg-max under any rounding); the demo model's fp16 parity is in docs/deployment.md.
+    for key in (k for k in ref if k.startswith(RAW_PREFIX)):
+        scale = float(np.abs(ref[key]).max())
+        assert np.abs(got[key] - ref[key]).max() <= 0.2 * scale + 1e-3, key
+
+
+def test_int8_is_static_qdq_u8s8_per_channel_with_float_decode(bev_model, make_batch, hw) -> None:
+    net, full = bev_model
+    feeds = graph_feeds(full, [make_batch(2, seed=s) for s in (5, 6)])
+    q = quantize_int8(full, feeds)
+    assert _io_types(q) == _io_types(full)
+    inits = {t.name: t for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    quant = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert quant and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in quant)  # U8 activations
+    # Weights: int8, one scale per output channel, symmetric (zero point 0).
+    deq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    conv_w = [n for n in deq if inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
+    assert conv_w
+    for n in conv_w:
+        scale, zero = numpy_helper.to_array(inits[n.input[1]]), numpy_helper.to_array(inits[n.input[2]])
+        assert scale.ndim == 1 and scale.size == inits[n.input[0]].dims[0] and not zero.any()
+    # The decode and the calibration geometry never see a quantised tensor; the output layers keep fp32 weights.
+    islands = set(float_islands(full))
+    for node in q.graph.node:
+        if node.name in islands and node.op_type in ("TopK", "GridSample", "Atan"):
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input)
+    head = next(n for n in q.graph.node if n.name == "/net/bev/objects/heatmap/Conv")
+    assert head.input[1] in inits and inits[head.input[1]].data_type == onnx.TensorProto.FLOAT
+    report = check_parity(net, _session(q), [make_batch(2)], hw, tolerance_for("int8"),
+                          raw_session=_session(q))
+    assert report["tolerance"]["raw_max_abs"] is None and report["max_abs_diff_raw"] > 0  # measured, not gated
+    assert set(report["agreement"]) >= {"lanes_2d.points", "objects_2d.boxes", "bev.objects_boxes"}
+
+
+def test_int8_reduce_range_uses_7_bit_weights(bev_model, make_batch) -> None:
+    _, full = bev_model
+    q = quantize_int8(full, graph_feeds(full, [make_batch(2)]), reduce_range=True, op_types=["Conv"])
+    inits = {t.name: t for t in q.graph.initializer}
+    weights = [numpy_helper.to_array(inits[n.input[0]]) for n in q.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+
+
+def test_int8_needs_calibration_frames_and_known_types(bev_model, make_batch) -> None:
+    _, full = bev_model
+    with pytest.raises(ValueError, match="at least one batch"):
+        quantize_int8(full, [])
+    with pytest.raises(ValueError, match=r"activation_type' must be one of \['QInt8', 'QUInt8'\], found 'int4'"):
+        quantize_int8(full, graph_feeds(full, [make_batch(2)]), activation_type="int4")

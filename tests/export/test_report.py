@@ -1,0 +1,43 @@
+"""The export comparison table: parity per export, metric deltas against the first one, matched by file path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from visionpilot.export.report import compare_exports, main
+
+
+def _export(folder: Path, precision: str, raw: float | None, low: float) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"")
+    report = {"precision": precision, "size_mb": 5.25, "model": "model.onnx",
+              "parity": {"max_abs_diff_raw": raw, "decoded_agree": True,
+                         "agreement": {"lanes_2d.points": 1.0, "objects_2d.boxes": low}}}
+    (folder / "export.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_table_has_parity_and_metric_deltas(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fp32 = _export(tmp_path / "fp32", "fp32", 1e-5, 1.0)
+    int8 = _export(tmp_path / "int8", "int8", None, 0.97)
+    evaluation = {"split": "val", "regions": ["gb", "us"],
+                  "model_info": {"a": {"path": str(fp32 / "model.onnx")}, "b": {"path": str(int8 / "model.onnx")},
+                                 "torch": {"path": "x.ckpt"}},
+                  "overall": {"a": {"lane_f1": 0.5, "det_map50": 0.25}, "b": {"lane_f1": 0.495, "det_map50": 0.26}}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    table = compare_exports([fp32, int8], tmp_path / "eval.json")
+    lines = table.splitlines()
+    assert lines[0].startswith("| precision | MB | raw max abs diff | decoded agree | lowest agreement | lane_f1 |")
+    assert lines[2].startswith("| fp32 | 5.2 | 1e-05 | True | 1.000 (lanes_2d.points) | 50.00 | 25.00 |")
+    assert "| int8 | 5.2 | n/a | True | 0.970 (objects_2d.boxes) | 49.50 (-0.50) | 26.00 (+1.00) |" in lines[3]
+    assert "deltas against fp32" in table
+    main([str(fp32), str(int8)])  # without an evaluation: parity only
+    assert "| fp32 |" in capsys.readouterr().out
+
+
+def test_missing_report_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="export report not found"):
+        compare_exports([tmp_path])

@@ -1,0 +1,105 @@
+"""The inference API: clear input errors before onnxruntime, typed results, and onnx_decode == net.decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from visionpilot.export.onnx_export import export_onnx, save_onnx_atomic, set_metadata, strip_raw_outputs
+from visionpilot.export.runtime import InputError, VisionPilotRuntime, load_runtime, onnx_decode
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SIX = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
+H, W = 64, 96  # the conftest's image size (fixture hw); needed at collection time by parametrize
+
+
+def _ship(net, cameras: list[str], path: Path) -> Path:
+    model = strip_raw_outputs(export_onnx(net, (H, W), num_cameras=len(cameras)))
+    set_metadata(model, {"camera_names": cameras, "input_size": [H, W], "object_classes": ["car"], "lane_types": []})
+    return save_onnx_atomic(model, path)
+
+
+@pytest.fixture(scope="module")
+def six_camera_model(tmp_path_factory: pytest.TempPathFactory, build_net, hw) -> VisionPilotRuntime:
+    """The tiny image-only model for a 6-camera rig (its graph takes images only)."""
+    assert hw == (H, W)
+    return VisionPilotRuntime(_ship(build_net("tiny"), SIX, tmp_path_factory.mktemp("six") / "model.onnx"))
+
+
+@pytest.fixture(scope="module")
+def bev_runtime(bev_model, tmp_path_factory: pytest.TempPathFactory) -> VisionPilotRuntime:
+    net, _ = bev_model
+    return load_runtime(_ship(net, ["CAM_A", "CAM_B"], tmp_path_factory.mktemp("bev") / "model.onnx"))
+
+
+def _images(b: int = 1, n: int = 6, h: int = H, w: int = W, dtype=np.uint8) -> np.ndarray:
+    return np.zeros((b, n, 3, h, w), dtype=dtype)
+
+
+@pytest.mark.parametrize(("images", "expected", "found"), [
+    (_images(n=5), "expected 6 cameras in dim 1 (CAM_FRONT_LEFT, CAM_FRONT", "found 5"),
+    (_images(dtype=np.float32), "expected dtype uint8", "found float32"),
+    (_images(h=96, w=256), f"expected H x W = {H} x {W}", "found 96 x 256"),
+    (np.zeros((6, 3, H, W), np.uint8), "expected 5 dims (B, N, 3, H, W) = (B, 6, 3, 64, 96)", "found 4 dims"),
+], ids=["five-cameras", "float-images", "wrong-resolution", "no-batch-axis"])
+def test_wrong_images_name_expected_and_found(six_camera_model, images, expected, found) -> None:
+    with pytest.raises(InputError) as err:
+        six_camera_model(images)
+    message = str(err.value)
+    assert expected in message and found in message and "model.onnx" in message
+
+
+def test_calibration_is_checked_before_onnxruntime(bev_runtime, make_batch) -> None:
+    images = _images(b=2, n=2)
+    k, e = make_batch(2)["intrinsics"].numpy(), make_batch(2)["extrinsics"].numpy()
+    assert bev_runtime.needs_calibration
+    with pytest.raises(InputError, match=r"intrinsics: this model has a BEV branch and needs calibration"):
+        bev_runtime(images)
+    with pytest.raises(InputError, match=r"extrinsics: expected shape \(2, 2, 4, 4\), found \(2, 2, 3, 4\)"):
+        bev_runtime(images, k, e[..., :3, :])
+    with pytest.raises(InputError, match=r"intrinsics: expected shape \(2, 2, 3, 3\), found \(1, 2, 3, 3\)"):
+        bev_runtime(images, k[:1], e)  # batch differs from the images'
+    bad = k.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="intrinsics: expected finite values"):
+        bev_runtime(images, bad, e)
+    with pytest.raises(InputError, match="expected a float dtype"):
+        bev_runtime(images, k.astype(np.int64), e)
+
+
+def test_typed_results_and_onnx_decode_match_net_decode(bev_model, bev_runtime, make_batch) -> None:
+    net, _ = bev_model
+    batch = make_batch(2, batch=3)
+    with torch.no_grad():
+        want = net.decode(net(batch["images"], batch["intrinsics"], batch["extrinsics"]), (H, W))
+    pred = bev_runtime(batch["images"], batch["intrinsics"], batch["extrinsics"])  # torch tensors accepted
+    assert pred.lanes_2d.points.shape == (3, 2, 4, 12, 2) and pred.objects_2d.boxes.shape[:2] == (3, 2)
+    assert pred.objects_3d.boxes.shape[-1] == 7 and pred.lanes_bev.seg_prob.shape[:2] == (3, 6)
+    assert pred.objects_3d.classes.dtype == np.int64 and pred.lanes_bev.valid.dtype == np.bool_
+    session = ort.InferenceSession(str(bev_runtime.name), providers=["CPUExecutionProvider"])
+    for model in (bev_runtime, session):  # a runtime or a bare onnxruntime session
+        got = onnx_decode(model, batch)
+        assert list(got) == list(want)
+        for key, value in want.items():
+            assert got[key].shape == value.shape and got[key].dtype == value.dtype, key
+        torch.testing.assert_close(got["lanes_2d.exist"], want["lanes_2d.exist"], atol=1e-4, rtol=0)
+        # 1e-3: the random BEV branch's fp32 noise floor (tests/export/conftest.py: fp32_gate)
+        torch.testing.assert_close(got["bev.lanes_seg_prob"], want["bev.lanes_seg_prob"], atol=1e-3, rtol=0)
+
+
+def test_image_only_model_takes_no_calibration_but_checks_it(six_camera_model) -> None:
+    assert not six_camera_model.needs_calibration and six_camera_model.camera_names == SIX
+    pred = six_camera_model(_images(b=2))
+    assert pred.objects_3d is None and pred.lanes_bev is None and pred.objects_2d.scores.shape[:2] == (2, 6)
+    with pytest.raises(InputError, match=r"intrinsics: expected shape \(2, 6, 3, 3\)"):
+        six_camera_model(_images(b=2), np.zeros((2, 6, 3, 4), np.float32), None)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        VisionPilotRuntime(tmp_path / "nope.onnx")

@@ -1,0 +1,215 @@
+"""Fine-tuning: what each strategy freezes, adapters, region deltas (save -> merge is exact), replay, and the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from torch import nn
+
+import visionpilot.cli.finetune  # noqa: F401  (registers the open config node finetune.yaml uses)
+from visionpilot.data.replay import MixedBatchSampler, ReplayDataModule
+from visionpilot.data.sources.synthetic import SyntheticSource
+from visionpilot.paths import config_dir
+from visionpilot.training.checkpoints import load_checkpoint
+from visionpilot.training.finetune import (
+    STRATEGIES,
+    FinetuneCallback,
+    add_adapters,
+    apply_strategy,
+    finetune,
+    load_model,
+    merge_delta,
+    read_delta_metadata,
+    save_delta,
+    write_checkpoint,
+)
+
+TINY = ["rig=front1", "data.image_size=[64,176]", "data.source.scenes_per_region=3", "data.source.frames_per_scene=2",
+        "data.num_workers=0", "data.persistent_workers=false", "data.batch_size=2", "data.regions=[us,gb]"]
+
+
+def _train_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path}", *TINY, *overrides])
+
+
+def _base(tmp_path: Path, *overrides: str) -> Path:
+    """A stand-alone base checkpoint (random weights) as visionpilot-train would store it."""
+    cfg = _train_cfg(tmp_path / "base", *overrides)
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(cfg.model.net)
+    meta = {"camera_names": ["CAM_FRONT"], "image_size": [64, 176], "regions": ["us"], "frame_counts": {"us": 4}}
+    return write_checkpoint(tmp_path / "base.ckpt", net, cfg, meta)
+
+
+def _inputs(b: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    k = torch.tensor([[100.0, 0, 88], [0, 100.0, 26], [0, 0, 1]])
+    ext = torch.eye(4)
+    ext[:3, :3] = torch.tensor([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])  # camera looking along ego +x
+    ext[2, 3] = 1.5
+    return (torch.randint(0, 256, (b, 1, 3, 64, 176), dtype=torch.uint8, generator=g),
+            k.expand(b, 1, 3, 3).clone(), ext.expand(b, 1, 4, 4).clone())
+
+
+def _perturb_trainable(net: nn.Module, frozen_norms: list[nn.Module]) -> None:
+    """Stand-in for training: move every trainable tensor and run a train-mode forward (BatchNorm statistics)."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    net.train()
+    FinetuneCallback(frozen_norms, {}).on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
+    net(*_inputs())
+
+
+def _expected(net: nn.Module, name: str, strategy: str) -> bool:
+    owner = net.get_submodule(name.rsplit(".", 1)[0])
+    head = name.startswith(("heads.", "bev."))
+    return {"full": True, "heads": head or name.startswith("neck."),
+            "norm": head or isinstance(owner, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm),
+            "adapter": head or ".adapter_" in name}[strategy]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_freezes_exactly_what_it_says(tmp_path: Path, strategy: str) -> None:
+    cfg = _train_cfg(tmp_path, "model/bev=tiny")
+    net = hydra.utils.instantiate(cfg.model.net)
+    if strategy == "adapter":
+        add_adapters(net, rank=4)
+    report = apply_strategy(net, strategy)
+    wrong = [n for n, p in net.named_parameters() if p.requires_grad != _expected(net, n, strategy)]
+    assert not wrong, f"{strategy}: requires_grad wrong for {wrong[:5]}"
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == set(report.trainable) and any(n.startswith("bev.") for n in trainable)
+    # Frozen norm layers keep their statistics through a train-mode forward (the callback puts them in eval).
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running_mean" in k}
+    net.train()
+    FinetuneCallback(report.frozen_norms, {}).on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
+    net(*_inputs())
+    after = net.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    backbone_moved = {k for k in moved if k.startswith("backbone.")}
+    assert bool(backbone_moved) == (strategy in ("full", "norm")), sorted(backbone_moved)[:3]
+    assert any(k.startswith("bev.") for k in moved)  # trainable norm layers still adapt their statistics
+
+
+def test_adapters_start_as_identity_and_apply_strategy_rejects_missing_adapters(tmp_path: Path) -> None:
+    net = hydra.utils.instantiate(_train_cfg(tmp_path).model.net).eval()
+    with pytest.raises(ValueError, match="no adapters"):
+        apply_strategy(net, "adapter")
+    with torch.no_grad():
+        before = net(*_inputs())
+        add_adapters(net, rank=4)
+        after = net(*_inputs())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="already has adapters"):
+        add_adapters(net)
+    with pytest.raises(ValueError, match="unknown fine-tuning strategy 'bias'"):
+        apply_strategy(net, "bias")
+
+
+@pytest.mark.parametrize("strategy", ["adapter", "norm"])
+def test_delta_save_then_merge_reproduces_the_finetuned_outputs_exactly(tmp_path: Path, strategy: str) -> None:
+    base_path = _base(tmp_path)
+    base = load_checkpoint(base_path)
+    net = base.net
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    if strategy == "adapter":
+        add_adapters(net, rank=4)
+    report = apply_strategy(net, strategy)
+    _perturb_trainable(net, report.frozen_norms)
+    delta = save_delta(tmp_path / "delta.safetensors", net, base_state, base_sha256=base.sha256, region="gb",
+                       strategy=strategy, frame_counts={"gb": 4}, replay_frame_counts={"us": 4}, base_path=base_path)
+    meta = read_delta_metadata(delta)
+    assert meta["base_sha256"] == base.sha256 and meta["region"] == "gb" and meta["strategy"] == strategy
+    assert meta["frame_counts"] == {"gb": 4} and meta["replay_frame_counts"] == {"us": 4}
+    with safe_open(str(delta), framework="pt") as f:
+        keys = set(f.keys())
+    changed = {k for k, v in net.state_dict().items() if k not in base_state or not torch.equal(v, base_state[k])}
+    assert keys == changed and all(k.startswith(("heads.", "backbone.body.adapter_", "backbone.", "neck."))
+                                   for k in keys)
+    if strategy == "adapter":  # only adapters and heads travel
+        assert all(k.startswith(("heads.", "backbone.body.adapter_")) for k in keys)
+    net.eval()
+    with torch.no_grad():
+        expected = net(*_inputs())
+        for merged in (merge_delta(load_checkpoint(base_path).net, delta, base.sha256).eval(),
+                       load_model(f"{base_path}+{delta}").net, load_model(delta).net):
+            got = merged(*_inputs())
+            assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_merge_refuses_a_delta_of_another_base(tmp_path: Path) -> None:
+    base_path = _base(tmp_path)
+    base = load_checkpoint(base_path)
+    state = {k: v.clone() for k, v in base.net.state_dict().items()}
+    _perturb_trainable(base.net, apply_strategy(base.net, "heads").frozen_norms)
+    delta = save_delta(tmp_path / "d.safetensors", base.net, state, base_sha256=base.sha256, region="gb",
+                       strategy="heads")
+    with pytest.raises(ValueError, match=r"fine-tuned from base checkpoint sha256 .* but the base given has sha256"):
+        merge_delta(load_checkpoint(base_path).net, delta, "0" * 64)
+    (tmp_path / "other.safetensors").write_bytes(b"not a delta")
+    with pytest.raises(ValueError, match="could not read region delta"):
+        merge_delta(base.net, tmp_path / "other.safetensors", base.sha256)
+
+
+def test_mixed_batch_sampler_puts_the_replay_share_in_every_batch() -> None:
+    sampler = MixedBatchSampler(num_target=10, num_replay=7, batch_size=4, replay_per_batch=1, seed=3)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 3  # 10 target frames, 3 per batch, last partial batch dropped
+        assert all(sum(i >= 10 for _, i in b) == 1 and len(b) == 4 and all(e == epoch for e, _ in b) for b in batches)
+        targets = [i for b in batches for _, i in b if i < 10]
+        assert len(set(targets)) == 9  # each target frame at most once per epoch
+    assert list(sampler) == batches  # deterministic per (seed, epoch)
+    with pytest.raises(ValueError, match="replay_per_batch"):
+        MixedBatchSampler(10, 7, 4, 4)
+
+
+def test_replay_datamodule_mixes_other_regions_into_train_batches_only() -> None:
+    source = SyntheticSource(rig="front1", regions=["de", "gb", "us"], scenes_per_region=3, frames_per_scene=2,
+                             image_size=(64, 176))
+    dm = ReplayDataModule(source, regions=["gb"], replay_regions=["us", "gb"], replay_fraction=0.25, batch_size=4,
+                          image_size=(64, 176), train_transform={"flip": "off", "photometric_p": 0.0})
+    dm.setup("fit")
+    assert dm.selected_replay == ["us"] and dm.replay_per_batch == 1
+    assert dm.replay_frame_counts == {"us": dm.manifest.frame_counts("train", ["us"])["us"]}
+    for batch in dm.train_dataloader():
+        assert sorted(batch["region"]).count("us") == 1 and set(batch["region"]) <= {"gb", "us"}
+    assert {r for b in dm.val_dataloader() for r in b["region"]} == {"gb"}
+    with pytest.raises(ValueError, match="replay_fraction"):
+        ReplayDataModule(source, regions=["gb"], replay_fraction=1.0)
+
+
+@pytest.mark.slow
+def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> None:
+    base_path = _base(tmp_path)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("finetune", overrides=[
+            f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}", "region=gb", "strategy=adapter",
+            "strategy.rank=4", "trainer.max_steps=2", "trainer.limit_val_batches=1", "data.num_workers=0",
+            "data.persistent_workers=false", "callbacks.progress_bar=null", "logger=csv"])
+    metrics, objects = finetune(cfg)
+    out = tmp_path / "ft"
+    summary = json.loads((out / "finetune.json").read_text())
+    assert metrics["train/steps"] == 2 and "val/gb/lane_f1" in json.loads((out / "metrics.json").read_text())
+    assert summary["region"] == "gb" and summary["replay_regions"] == ["us"] and summary["strategy"] == "adapter"
+    assert summary["delta_bytes"] < 0.1 * summary["checkpoint_bytes"]
+    assert objects["config"].model.optimizer.lr == pytest.approx(0.5 * 2e-3)  # strategy lr_scale x base lr
+    # The fine-tuned checkpoint rebuilds from its own stored config (adapters included) and equals base + delta.
+    tuned = load_checkpoint(out / "checkpoints" / "finetuned.ckpt")
+    assert tuned.meta["finetune"]["base_sha256"] == load_checkpoint(base_path).sha256
+    merged = load_model(out / "delta.safetensors").net
+    with torch.no_grad():
+        a, b = tuned.net(*_inputs()), merged(*_inputs())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert OmegaConf.select(tuned.config, "model.net._target_").endswith("with_adapters")
