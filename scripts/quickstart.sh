@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The main job on the embedded synthetic multi-region world (nothing to download):
+# The main job on the embedded synthetic multi-region world (nothing to download), end to end:
 #   1. look at the data: labelled previews and label statistics for every region
-#   2. train the global demo model (6 cameras, every region, image heads + bird's-eye-view branch)
-# and print where every result is. Budget: <= 20 minutes on 2 CPU cores.
+#   2. train the global demo model (6 cameras, image heads + bird's-eye view) on six regions; Japan is held out
+#   3. fine-tune it on Japan with a low-rank adapter (+ replay of the other regions): a 1 MB region delta
+#   4. evaluate both models on every region: the cross-region matrix and the gains
+#   5. export the global model to ONNX (fp32 and int8, parity-checked) and compare their metrics
+# and print where every result is. Budget: <= 20 minutes on 2 CPU cores once the environment is installed.
 #   bash scripts/quickstart.sh                 # results under runs/quickstart
 #   OUT=/tmp/qs bash scripts/quickstart.sh     # elsewhere
 set -euo pipefail
@@ -11,21 +14,40 @@ OUT="${OUT:-runs/quickstart}"
 mkdir -p "$OUT"
 START=$(date +%s)
 step() { printf '\n== [%s] %s (%ds)\n' "$(date +%H:%M:%S)" "$1" "$(( $(date +%s) - START ))"; }
+QUIET=(callbacks.progress_bar=null)
 
-step "1/2 data: previews and label statistics for every region"
+step "1/5 data: previews and label statistics for every region"
 visionpilot-data action=preview region=global split=val frames_per_region=2 hydra.run.dir="$OUT/data/preview"
 visionpilot-data action=stats region=global split=all hydra.run.dir="$OUT/data/stats"
 
-step "2/2 train the global demo model (experiment=demo)"
-visionpilot-train experiment=demo hydra.run.dir="$OUT/train"
+step "2/5 train the global demo model (experiment=demo; JP held out)"
+visionpilot-train experiment=demo "${QUIET[@]}" hydra.run.dir="$OUT/train"
+GLOBAL="$OUT/train/checkpoints/last.ckpt"
+
+step "3/5 fine-tune on JP: adapter strategy with replay"
+visionpilot-finetune ckpt_path="$GLOBAL" region=jp strategy=adapter trainer.max_steps=60 "${QUIET[@]}" \
+  hydra.run.dir="$OUT/finetune/adapter-jp"
+
+step "4/5 cross-region matrix: global vs adapter-jp on every region"
+visionpilot-eval "models={global: '$GLOBAL', adapter-jp: '$OUT/finetune/adapter-jp/delta.safetensors'}" \
+  regions=global split=val hydra.run.dir="$OUT/eval"
+
+step "5/5 export to ONNX (fp32, int8) and compare"
+visionpilot-export ckpt_path="$GLOBAL" precision=fp32 hydra.run.dir="$OUT/export/fp32"
+visionpilot-export ckpt_path="$GLOBAL" precision=int8 hydra.run.dir="$OUT/export/int8"
+visionpilot-eval "models={pytorch: '$GLOBAL', onnx-fp32: '$OUT/export/fp32/model.onnx', onnx-int8: '$OUT/export/int8/model.onnx'}" \
+  regions=global split=val reference=pytorch baseline=null limit_batches=10 hydra.run.dir="$OUT/export/eval"
+python -m visionpilot.export.report "$OUT/export/fp32" "$OUT/export/int8" --eval "$OUT/export/eval/eval.json"
 
 step "done"
 cat <<TXT
 Results ($(( $(date +%s) - START )) s):
   data previews (all cameras + BEV, labels drawn)  $OUT/data/preview/previews/<region>/*.png
-  label statistics per region                     $OUT/data/stats/stats.json
-  split manifest (scene-level, per region)        $OUT/data/stats/splits.json
-  demo training metrics (overall and per region)  $OUT/train/metrics.json
+  label statistics per region, split manifest     $OUT/data/stats/stats.json, splits.json
+  global demo model: metrics (overall, per region) $OUT/train/metrics.json
   prediction images (dashed = predicted)          $OUT/train/plots/
-  checkpoints                                     $OUT/train/checkpoints/
+  JP fine-tune: region delta, metrics             $OUT/finetune/adapter-jp/delta.safetensors, metrics.json
+  cross-region matrix and gains                   $OUT/eval/eval.md, eval.json, cross_region.png
+  ONNX models, parity reports                     $OUT/export/{fp32,int8}/model.onnx, export.json
+  ONNX metrics (pytorch vs fp32 vs int8)          $OUT/export/eval/eval.md
 TXT

@@ -39,13 +39,18 @@ class PredictionImages(L.Callback):
         for k, (batch, decoded) in enumerate(getattr(pl_module, "val_examples", [])):
             path = self.dirpath / f"val_e{trainer.current_epoch:03d}_{k}.png"
             save_rgb(str(path), render_prediction(batch, decoded, pl_module.camera_names or [],
-                                                  self.score_threshold, self.lane_threshold))
+                                                  self.score_threshold, self.lane_threshold,
+                                                  getattr(pl_module, "lane_cameras", None)))
             self.written.append(path)
 
 
 def render_prediction(batch: dict[str, Any], decoded: dict[str, torch.Tensor], camera_names: list[str],
-                      score_threshold: float = 0.3, lane_threshold: float = 0.5) -> np.ndarray:
-    """Predictions (dashed) against labels (solid) for the first frame of a batch, as one RGB image."""
+                      score_threshold: float = 0.3, lane_threshold: float = 0.5,
+                      lane_cameras: list[str] | None = None) -> np.ndarray:
+    """Predictions (dashed) against labels (solid) for the first frame of a batch, as one RGB image.
+
+    2D lane predictions are drawn on ``lane_cameras`` only (None: all): the lane head is trained there.
+    """
     images = batch["images"][0].permute(0, 2, 3, 1).numpy().copy()  # (N, H, W, 3)
     tiles = []
     for n in range(images.shape[0]):
@@ -57,7 +62,8 @@ def render_prediction(batch: dict[str, Any], decoded: dict[str, torch.Tensor], c
         draw_lanes_2d(img, [lane for lane in gt if len(lane.points) >= 2], thickness=1)
         m = batch["boxes_2d_mask"][0, n]
         draw_boxes_2d(img, batch["boxes_2d"][0, n][m].numpy(), batch["boxes_2d_classes"][0, n][m].numpy())
-        if "lanes_2d.points" in decoded:
+        lane_camera = lane_cameras is None or (n < len(camera_names) and camera_names[n] in lane_cameras)
+        if "lanes_2d.points" in decoded and lane_camera:
             pts, ok = decoded["lanes_2d.points"][0, n], decoded["lanes_2d.points_valid"][0, n]
             ex, ty = decoded["lanes_2d.exist"][0, n], decoded["lanes_2d.types"][0, n]
             pred = [Lane(pts[s][ok[s]].numpy(), int(ty[s])) for s in range(len(ex))
