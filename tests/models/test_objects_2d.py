@@ -83,6 +83,28 @@ def test_targets_put_a_unit_peak_at_each_centre() -> None:
     assert 0 < heat[0, 3, 4] < 1  # the gaussian spreads to neighbours
 
 
+def test_colliding_centres_regress_only_the_largest_box() -> None:
+    head = _head()
+    # A near car (40x32 px) and a far one (10x8 px) straight behind it: both centres fall in cell (5, 3).
+    near, far, elsewhere = [20.0, 10.0, 60.0, 42.0], [36.0, 24.0, 46.0, 32.0], [100.0, 20.0, 110.0, 40.0]
+    t = head.targets(_batch([[(far, 0), (near, 0), (elsewhere, 4)]]), (8, 20))
+    assert t["index"][0, 0, 0] == t["index"][0, 0, 1]
+    assert t["box_mask"][0, 0].tolist() == [True, True, True]
+    assert t["regress_mask"][0, 0].tolist() == [False, True, True]
+    # The heatmap still marks both classes' centres; with equal areas the first box wins.
+    assert t["heatmap"][0, 0, 0, 3, 5] == 1
+    tie = head.targets(_batch([[(near, 0), (near, 1)]]), (8, 20))
+    assert tie["regress_mask"][0, 0].tolist() == [True, False]
+    # So a head that predicts the near box exactly at that cell has zero size loss.
+    out = {k: torch.zeros(1, 1, *v.shape[1:]) for k, v in head({"s8": torch.zeros(1, 16, 8, 20)}).items()}
+    out["size"][0, 0, :, 3, 5] = torch.tensor([5.0, 4.0]).log()
+    out["size"][0, 0, :, 3, 13] = torch.tensor([10 / 8, 20 / 8]).log()
+    out["offset"][0, 0, :, 3, 5] = torch.tensor([0.0, 0.25])
+    out["offset"][0, 0, :, 3, 13] = torch.tensor([0.125, 0.75])
+    losses = head.loss(out, _batch([[(far, 0), (near, 0), (elsewhere, 4)]]))
+    assert losses["size"].item() < 1e-6 and losses["offset"].item() < 1e-6
+
+
 def test_loss_is_masked_by_presence() -> None:
     head = _head()
     boxes = [[([20.0, 10.0, 60.0, 42.0], 0)], [([100.0, 20.0, 110.0, 40.0], 4)]]

@@ -76,7 +76,8 @@ class CenterNetHead(nn.Module):
 
         Returns:
             ``image_mask`` (B, N) labelled images; ``heatmap`` (B, N, C, h, w) gaussian-splatted centres (1 at
-            each centre cell); per box: ``box_mask`` (B, N, M) usable box, ``index`` (B, N, M) flat cell
+            each centre cell); per box: ``box_mask`` (B, N, M) usable box, ``regress_mask`` (B, N, M) usable and
+            the largest box of its centre cell, ``index`` (B, N, M) flat cell
             ``y * w + x``, ``size`` (B, N, M, 2) log size in cells, ``offset`` (B, N, M, 2).
         """
         boxes, classes = batch["boxes_2d"], batch["boxes_2d_classes"]
@@ -104,11 +105,22 @@ class CenterNetHead(nn.Module):
             reduce="amax", include_self=True,
         ).view(b, n, self.num_classes, h, w)
         eps = torch.finfo(boxes.dtype).tiny
+        index = (iy * w + ix).long()
+        # Size and offset maps hold one box per cell: when centres collide (a far car straight behind a near one,
+        # common at stride 8 on small images) regress only the largest box, as decode can only return one box
+        # there; two boxes pulling one cell towards different targets would be an irreducible loss floor.
+        area = torch.where(box_mask, bw * bh, -1.0)
+        order = torch.arange(m, device=boxes.device)
+        same = (index[..., :, None] == index[..., None, :]) & box_mask[..., None, :]  # (B, N, M, M')
+        beaten = (area[..., None, :] > area[..., :, None]) | (
+            (area[..., None, :] == area[..., :, None]) & (order[None, :] < order[:, None]))
+        regress_mask = box_mask & ~(same & beaten).any(-1)
         return {
             "image_mask": image_mask,
             "heatmap": heatmap,
             "box_mask": box_mask,
-            "index": (iy * w + ix).long(),
+            "regress_mask": regress_mask,
+            "index": index,
             "size": torch.stack([bw, bh], -1).clamp(min=eps).log() * box_mask[..., None],
             "offset": torch.stack([cx - ix, cy - iy], -1) * box_mask[..., None],
         }
@@ -122,7 +134,7 @@ class CenterNetHead(nn.Module):
 
         Returns:
             ``heatmap`` (penalty-reduced focal loss summed over labelled images, divided by the number of
-            centres), ``size`` and ``offset`` (L1 at each box's centre cell, mean over boxes). Zero and still in the
+            centres), ``size`` and ``offset`` (L1 at each box's centre cell, mean over the boxes that own their cell). Zero and still in the
             graph when nothing is labelled.
         """
         logits = outputs["heatmap"]  # (B, N, C, h, w)
@@ -139,7 +151,7 @@ class CenterNetHead(nn.Module):
         index = t["index"][..., None, :].expand(-1, -1, 2, -1)  # (B, N, 2, M)
         size = outputs["size"].flatten(-2).gather(-1, index).transpose(-1, -2)  # (B, N, M, 2)
         offset = outputs["offset"].flatten(-2).gather(-1, index).transpose(-1, -2)
-        box_m = t["box_mask"].float()[..., None].expand_as(size)
+        box_m = t["regress_mask"].float()[..., None].expand_as(size)
         return {
             "heatmap": heat_loss,
             "size": masked_mean(F.l1_loss(size, t["size"], reduction="none"), box_m),
