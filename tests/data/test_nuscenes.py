@@ -286,6 +286,25 @@ def test_official_splits(tmp_path: Path) -> None:
     assert src.official_split("scene-1073") == "val" and src.official_split("scene-1074") == "train"
 
 
+def test_ego_pose_gives_latitude_longitude_from_the_map_origin(tmp_path: Path) -> None:
+    """Map x is metres east and y metres north of the location's published origin (the devkit's export_poses.py)."""
+    src = _hand_source(_write_hand(tmp_path / "boston"))
+    lat, lon = src.load(0, with_images=False).latlon
+    assert src.latlon(0) == (lat, lon)
+    # 1180.9 m north and 411.3 m east of (42.336849, -71.057854): 111.32 km per degree of latitude, times cos(lat)
+    # per degree of longitude (to 1e-6 degrees, ~0.1 m, over 1.25 km).
+    assert lat == pytest.approx(42.336849169438615 + 1180.9 / 111_319.5, abs=1e-6)
+    assert lon == pytest.approx(-71.05785369873047 + 411.3 / (111_319.5 * np.cos(np.radians(42.3422))), abs=1e-6)
+    # A location without a published origin has no position, unless the source is given one.
+    root = _mutated(tmp_path / "new", "log", "log0", "location", "singapore-newtown")
+    regions = {"singapore-newtown": "sg"}
+    assert _hand_source(root, location_regions=regions).load(0, with_images=False).latlon is None
+    moved = _hand_source(root, location_regions=regions, map_origins={"singapore-newtown": [1.3, 103.8]})
+    assert moved.latlon(0) == pytest.approx((1.3 + 1180.9 / 111_319.5, 103.8 + 411.3 / 111_290), abs=1e-5)
+    with pytest.raises(ValueError, match=r"field 'map_origins.x' must be \[lat, lon\] in degrees, found \[91, 0\]"):
+        _hand_source(root, map_origins={"x": [91, 0]})
+
+
 # -- bad input -------------------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,12 @@
     visionpilot-data action=export format=nuscenes data.regions=[us,sg]           # synthetic -> <run dir>/nuscenes
     visionpilot-data action=shard data=nuscenes data.root=/data/nuscenes out=s3://bucket/shards/nuscenes
                                                                                   # litdata shards, a prefix per region
+    visionpilot-data action=audit governance=sovereign compute_region=us          # what a job would read, and why
+    visionpilot-data action=lineage path=runs/export/model.onnx                   # where a model comes from
+
+Every action except ``lineage`` runs under the governance policy (``governance=...``, ``compute_region=...``):
+``audit`` prints what would be read and what is excluded without reading an image; the others refuse data the
+policy forbids here, skip frames in restricted zones, and write anonymised images where the policy requires it.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from visionpilot.governance import governance_kwargs
 from visionpilot.paths import config_dir
 
 log = logging.getLogger(__name__)
-ACTIONS = ("preview", "stats", "dump", "export", "shard")
+ACTIONS = ("preview", "stats", "dump", "export", "shard", "audit", "lineage")
 #: Regions each export format can hold (nuScenes: its locations; CULane and TuSimple: where they were recorded).
 FORMAT_REGIONS: dict[str, tuple[str, ...]] = {"nuscenes": ("sg", "us"), "culane": ("cn",), "tusimple": ("us",)}
 
@@ -38,12 +45,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "e.g. out=/data/shards/synthetic or out=s3://bucket/shards")
     if action == "export" and cfg.get("format") not in FORMAT_REGIONS:
         raise ValueError(f"action=export: unknown format '{cfg.get('format')}'; valid choices: {list(FORMAT_REGIONS)}")
+    if action == "lineage":
+        return _lineage(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, **governance_kwargs(cfg))
     manifest = datamodule.build_splits()
     regions = manifest.select_regions(datamodule.regions)
+    datamodule.manifest, datamodule.selected_regions = manifest, regions
+    if action == "audit":
+        return _audit(datamodule, regions, out_dir)
+    report = datamodule.enforce_governance()  # before any frame is read; drops frames in restricted zones
     manifest_path = manifest.write(out_dir / "splits.json")
     source = datamodule.source
+    if report.anonymised:  # every frame written (images, previews, shards) comes out anonymised
+        from visionpilot.governance.anonymise import AnonymisedSource
+
+        source = AnonymisedSource(source, report.anonymiser)
+    elif action == "preview" and not report.frames_exportable:
+        log.warning("governance: previews of %s stay in their residence region (frames may not leave as images)",
+                    [f"{g.source}/{g.region}" for g in report.groups if not g.decision.exportable])
     if action == "export":
         return _export(cfg, source, datamodule.refs, manifest, regions, out_dir)
     if action == "shard":
@@ -65,6 +85,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     print(format_stats_table(stats))
     print(f"wrote {out_dir / 'stats.json'} (split manifest: {manifest_path})")
     return {"stats": stats, "manifest": manifest_path}
+
+
+def _audit(datamodule: Any, regions: list[str], out_dir: Path) -> dict[str, Any]:
+    """Print and write (``audit.json``) what the job would read and exclude, from the index alone."""
+    from visionpilot.governance import format_audit
+    from visionpilot.utils.io import write_json_atomic
+
+    report = datamodule.governance.audit(datamodule.source, datamodule.refs, datamodule.regions_read())
+    print(format_audit(report))
+    doc = {"regions": regions, **report.to_dict()}
+    write_json_atomic(out_dir / "audit.json", doc)
+    print(f"wrote {out_dir / 'audit.json'}")
+    return {"audit": doc, "report": report}
+
+
+def _lineage(cfg: DictConfig) -> dict[str, Any]:
+    """Print the lineage of ``cfg.path`` (a checkpoint, region delta or ONNX file)."""
+    from visionpilot.governance import format_lineage, read_lineage
+
+    if not cfg.get("path"):
+        raise ValueError("action=lineage: field 'path' is required: a .ckpt, region delta (.safetensors) or .onnx "
+                         "file, e.g. path=runs/export/model.onnx")
+    lineage = read_lineage(cfg.path)
+    print(format_lineage(lineage))
+    return {"lineage": lineage}
 
 
 def _export(cfg: DictConfig, source: Any, refs: list, manifest: Any, regions: list[str], out_dir: Path

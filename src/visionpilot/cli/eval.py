@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.cli.finetune import register_open_node
+from visionpilot.governance import governance_kwargs
 from visionpilot.paths import config_dir
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          f"config builds the data), found {ref_name!r}; models: {list(specs)}")
     out_dir = Path(cfg.paths.output_dir)
     overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
-    datamodule = build_eval_datamodule(reference, regions, overrides, manifest_path=out_dir / "splits.json")
+    datamodule = build_eval_datamodule(reference, regions, overrides, manifest_path=out_dir / "splits.json",
+                                       governance=governance_kwargs(cfg))
     log.info("evaluating %s on %s (%s split)", list(specs), regions, cfg.split)
     matrix = evaluate_matrix(models, datamodule, regions, reference, split=str(cfg.split),
                              limit_batches=cfg.get("limit_batches"))

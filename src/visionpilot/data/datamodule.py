@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from visionpilot.data.frame import Frame
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.splits import SplitManifest, make_splits, normalise_fractions
 from visionpilot.data.transforms import FrameTransform, build_transform, child_seeds
+from visionpilot.governance.anonymise import AnonymiseFirst
+from visionpilot.governance.audit import Governance, GovernanceReport
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,9 @@ class VisionPilotDataModule(L.LightningDataModule):
         drop_last: drop the last incomplete train batch (kept when the train set is smaller than a batch).
         pin_memory: pin batches for faster host-to-GPU copies.
         manifest_path: where ``setup`` writes the split manifest (a file, or a folder for ``manifest.json``).
+        governance: the job's data governance policy (``configs/governance/``; None: the open policy). ``setup``
+            enforces it on the index before any frame is read (see :meth:`enforce_governance`).
+        compute_region: where the job runs (ISO code), or None (undeclared: counts as abroad).
     """
 
     def __init__(self, source: FrameSource, regions: str | Sequence[str] = "global",
@@ -192,7 +198,8 @@ class VisionPilotDataModule(L.LightningDataModule):
                  num_workers: int = 0, image_size: Sequence[int] | None = (256, 704),
                  train_transform: TransformSpec = None, val_transform: TransformSpec = None, seed: int = 0,
                  persistent_workers: bool = False, drop_last: bool = True, pin_memory: bool = False,
-                 manifest_path: str | Path | None = None) -> None:
+                 manifest_path: str | Path | None = None, governance: Mapping[str, Any] | None = None,
+                 compute_region: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source", "train_transform", "val_transform"], logger=False)
         self.source = source
@@ -204,6 +211,11 @@ class VisionPilotDataModule(L.LightningDataModule):
         self.image_size = None if image_size is None else tuple(int(v) for v in _plain(image_size))
         self.train_transform = self._make_transform(_plain(train_transform), train=True)
         self.val_transform = self._make_transform(_plain(val_transform), train=False)
+        self.governance = Governance.from_config(_plain(governance), compute_region)
+        self.governance_report: GovernanceReport | None = None
+        if self.governance.anonymiser is not None:  # first, on the source's own pixels and boxes
+            self.train_transform = AnonymiseFirst(self.governance.anonymiser, self.train_transform)
+            self.val_transform = AnonymiseFirst(self.governance.anonymiser, self.val_transform)
         self.seed = int(seed)
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
@@ -235,6 +247,7 @@ class VisionPilotDataModule(L.LightningDataModule):
         if self.manifest is None:
             self.manifest = self.build_splits()
             self.selected_regions = self.manifest.select_regions(self.regions)
+            self.enforce_governance()  # residency and restricted zones, on the index: no frame has been read yet
             if self.manifest_path is not None and (self.trainer is None or self.trainer.is_global_zero):
                 path = self.manifest.write(self.manifest_path)
                 log.info("split manifest (sha256 %s) written to %s", self.manifest.sha256[:12], path)
@@ -243,6 +256,24 @@ class VisionPilotDataModule(L.LightningDataModule):
                 self.datasets[split] = self.build_dataset(split)
                 if len(self.datasets[split]) == 0:  # type: ignore[arg-type]
                     log.warning("split '%s' has no frames in regions %s", split, self.selected_regions)
+
+    # -- governance -----------------------------------------------------------------------------------------
+
+    def regions_read(self) -> list[str]:
+        """Every region whose frames this datamodule may load (subclasses add e.g. replay regions)."""
+        return list(self.selected_regions)
+
+    def enforce_governance(self) -> GovernanceReport:
+        """Refuse data the job may not process where it runs and drop frames inside restricted zones.
+
+        Works on :attr:`refs` (the index) and frame positions only, so it runs before any image is read; raises
+        :class:`~visionpilot.governance.ResidencyError` naming the source, region and rule. The splits stay
+        those of the whole source (a zone never moves a scene to another split); excluded frames are simply
+        absent from :attr:`refs`, hence from every dataset and count.
+        """
+        self.governance_report = self.governance.enforce(self.source, self.refs, self.regions_read())
+        self.refs = self.governance_report.kept_refs
+        return self.governance_report
 
     def build_dataset(self, split: str) -> Dataset:
         """The dataset of one split. Override to change what a split holds (e.g. mix in replay frames)."""
@@ -290,4 +321,12 @@ class VisionPilotDataModule(L.LightningDataModule):
         """split -> region -> frames, over the selected regions (after ``setup``)."""
         if self.manifest is None:
             raise RuntimeError("VisionPilotDataModule.frame_counts: call setup() first")
-        return {split: self.manifest.frame_counts(split, self.selected_regions) for split in self.manifest.splits}
+        return {split: self.split_counts(split, self.selected_regions) for split in self.manifest.splits}
+
+    def split_counts(self, split: str, regions: Sequence[str]) -> dict[str, int]:
+        """Region -> frames of ``split`` that are read: the manifest's counts less zone-excluded frames."""
+        assert self.manifest is not None
+        if self.governance_report is None or not self.governance_report.excluded_count:
+            return self.manifest.frame_counts(split, regions)
+        kept = Counter(r.region for r in self.manifest.select(self.refs, split, regions))
+        return {r: kept.get(r, 0) for r in self.manifest.select_regions(regions)}

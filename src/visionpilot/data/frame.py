@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
+from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES, PRIVACY_CLASSES
 
 #: The label kinds a frame can carry.
 LABEL_KINDS: tuple[str, ...] = ("boxes_3d", "boxes_2d", "lanes_3d", "lanes_2d")
@@ -82,6 +82,9 @@ class CameraView:
         visibility_2d: (M,) fraction of the object's projected silhouette not hidden by nearer objects (1 = unknown
             or fully visible).
         lanes_2d: lane polylines in pixels.
+        privacy_boxes: (Q, 4) ``x1, y1, x2, y2`` pixels of faces and licence plates (for anonymisation), or None
+            when the source does not provide them (then a detector must find them; empty means "none here").
+        privacy_classes: (Q,) indices into :data:`~visionpilot.data.vocab.PRIVACY_CLASSES`, or None with the boxes.
     """
 
     name: str
@@ -94,6 +97,8 @@ class CameraView:
     box_ids_2d: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     visibility_2d: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     lanes_2d: list[Lane] = field(default_factory=list)
+    privacy_boxes: np.ndarray | None = None
+    privacy_classes: np.ndarray | None = None
 
 
 @dataclass
@@ -163,6 +168,15 @@ class Frame:
             if cam.boxes_2d.shape != (len(cam.classes_2d), 4):
                 raise ValueError(f"{cw}: field 'boxes_2d' must be ({len(cam.classes_2d)}, 4), found {cam.boxes_2d.shape}")
             _check_classes(f"{cw}: field 'classes_2d'", cam.classes_2d, OBJECT_CLASSES)
+            if (cam.privacy_boxes is None) != (cam.privacy_classes is None):
+                raise ValueError(f"{cw}: fields 'privacy_boxes' and 'privacy_classes' must both be set or both be "
+                                 f"None, found {type(cam.privacy_boxes).__name__} and "
+                                 f"{type(cam.privacy_classes).__name__}")
+            if cam.privacy_boxes is not None:
+                if cam.privacy_boxes.shape != (len(cam.privacy_classes), 4):
+                    raise ValueError(f"{cw}: field 'privacy_boxes' must be ({len(cam.privacy_classes)}, 4), "
+                                     f"found {cam.privacy_boxes.shape}")
+                _check_classes(f"{cw}: field 'privacy_classes'", cam.privacy_classes, PRIVACY_CLASSES)
             for lane in cam.lanes_2d:
                 _check_lane(f"{cw}: field 'lanes_2d'", lane, 2)
         b = self.boxes_3d

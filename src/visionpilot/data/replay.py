@@ -135,6 +135,10 @@ class ReplayDataModule(VisionPilotDataModule):
             chosen = self.manifest.select_regions(spec)  # raises, naming the valid codes, if the source lacks one
         return [r for r in chosen if r not in self.selected_regions]
 
+    def regions_read(self) -> list[str]:
+        # Replay frames are read too: governance must rule on them before setup loads any frame.
+        return [*super().regions_read(), *self._resolve_replay()]
+
     def build_dataset(self, split: str) -> Dataset:
         target = super().build_dataset(split)
         if split != "train":
@@ -165,4 +169,4 @@ class ReplayDataModule(VisionPilotDataModule):
         """Train frames per replay region (after ``setup``)."""
         if self.manifest is None or not self.selected_replay or self.replay_fraction <= 0:
             return {}
-        return self.manifest.frame_counts("train", self.selected_replay)
+        return self.split_counts("train", self.selected_replay)

@@ -21,7 +21,8 @@ cache, and its ``optimize`` writes in parallel straight to a bucket. It is Light
 One record per frame, three fields (a fixed structure, as litdata requires):
     ``header``  JSON: ids, region, driving side, timestamp, label kinds, lat/lon, meta, cameras (name, image size,
                 encoded image length, 2D lane types), 3D lane types
-    ``arrays``  an ``.npz`` of every numeric array (calibration, boxes, lanes) with its exact dtype and shape
+    ``arrays``  an ``.npz`` of every numeric array (calibration, boxes, lanes, face/plate boxes where known) with
+                its exact dtype and shape
     ``images``  the cameras' encoded images back to back: PNG (lossless, default), JPEG (smaller, lossy) or raw
 """
 
@@ -97,6 +98,9 @@ def encode_frame(frame: Frame, image_format: str = "png", jpeg_quality: int = 95
     for i, cam in enumerate(frame.cameras):
         for name in ("intrinsics", "extrinsics", "boxes_2d", "classes_2d", "box_ids_2d", "visibility_2d"):
             arrays[f"cam{i}.{name}"] = np.asarray(getattr(cam, name))
+        if cam.privacy_boxes is not None:  # faces and plates (anonymisation); absent = unknown, as in the frame
+            arrays[f"cam{i}.privacy_boxes"] = np.asarray(cam.privacy_boxes)
+            arrays[f"cam{i}.privacy_classes"] = np.asarray(cam.privacy_classes)
         for j, lane in enumerate(cam.lanes_2d):
             arrays[f"cam{i}.lane{j}"] = lane.points
         data = b"" if cam.image is None else _encode_image(cam.image, image_format, jpeg_quality)
@@ -141,7 +145,8 @@ def decode_frame(record: Mapping[str, Any], with_images: bool = True) -> Frame:
             image_size=tuple(cam["image_size"]), image=image, boxes_2d=arrays[f"cam{i}.boxes_2d"],
             classes_2d=arrays[f"cam{i}.classes_2d"], box_ids_2d=arrays[f"cam{i}.box_ids_2d"],
             visibility_2d=arrays[f"cam{i}.visibility_2d"],
-            lanes_2d=[Lane(arrays[f"cam{i}.lane{j}"], t) for j, t in enumerate(cam["lane_types"])]))
+            lanes_2d=[Lane(arrays[f"cam{i}.lane{j}"], t) for j, t in enumerate(cam["lane_types"])],
+            privacy_boxes=arrays.get(f"cam{i}.privacy_boxes"), privacy_classes=arrays.get(f"cam{i}.privacy_classes")))
     boxes = Boxes3D(**{k: arrays[f"boxes_3d.{k}"] for k in ("centers", "sizes", "yaws", "classes", "track_ids",
                                                              "velocities")})
     return Frame(frame_id=header["frame_id"], scene_id=header["scene_id"], source=header["source"],

@@ -149,10 +149,14 @@ def affine_camera(cam: CameraView, affine: np.ndarray, out_size: Size, min_box_s
     for lane in cam.lanes_2d:
         moved = lane.points @ affine[:2, :2].T + affine[:2, 2]
         lanes += [Lane(piece, lane.type) for piece in clip_polyline_rect(moved, w, h, min_lane_length)]
+    privacy = {}
+    if cam.privacy_boxes is not None:  # faces and plates follow their pixels; only boxes cut off entirely go
+        pboxes, pkeep = transform_boxes_2d(cam.privacy_boxes, affine, out_size, 1e-3)
+        privacy = {"privacy_boxes": pboxes.astype(np.float32), "privacy_classes": cam.privacy_classes[pkeep]}
     return replace(cam, image=image, image_size=(h, w), intrinsics=affine @ cam.intrinsics, boxes_2d=boxes,
                    classes_2d=_aligned(cam.classes_2d, keep, "classes_2d", cam),
                    box_ids_2d=_aligned(cam.box_ids_2d, keep, "box_ids_2d", cam),
-                   visibility_2d=_aligned(cam.visibility_2d, keep, "visibility_2d", cam), lanes_2d=lanes)
+                   visibility_2d=_aligned(cam.visibility_2d, keep, "visibility_2d", cam), lanes_2d=lanes, **privacy)
 
 
 def _base_scale(src: Size, out: Size, keep_aspect: bool) -> tuple[float, float]:
@@ -333,7 +337,12 @@ def flip_camera(cam: CameraView) -> CameraView:
     boxes[:, 0], boxes[:, 2] = w - cam.boxes_2d[:, 2], w - cam.boxes_2d[:, 0]
     lanes = [Lane(np.stack([w - ln.points[:, 0], ln.points[:, 1]], axis=1), ln.type) for ln in cam.lanes_2d]
     image = None if cam.image is None else np.ascontiguousarray(cam.image[:, ::-1])
-    return replace(cam, image=image, intrinsics=intrinsics, extrinsics=extrinsics, boxes_2d=boxes, lanes_2d=lanes)
+    privacy = None
+    if cam.privacy_boxes is not None:
+        privacy = cam.privacy_boxes.copy()
+        privacy[:, 0], privacy[:, 2] = w - cam.privacy_boxes[:, 2], w - cam.privacy_boxes[:, 0]
+    return replace(cam, image=image, intrinsics=intrinsics, extrinsics=extrinsics, boxes_2d=boxes, lanes_2d=lanes,
+                   privacy_boxes=privacy)
 
 
 def flip_frame(frame: Frame) -> Frame:

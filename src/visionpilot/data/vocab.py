@@ -17,6 +17,10 @@ Lane types (lane-line polylines; a lane is the space between two of them)
     ``yellow_solid``   continuous yellow line (CN centre line; kerbside no-parking line in SG).
     ``double_yellow``  two continuous yellow lines (US centre line, no passing either way).
     ``road_edge``      the physical boundary of the drivable surface (kerb, verge), marked or not.
+
+Privacy classes (image regions that carry personal data and are anonymised, governance/anonymise.py)
+    ``face``           a person's head.
+    ``licence_plate``  a vehicle registration plate.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ LANE_TYPES: tuple[str, ...] = (
     "double_yellow",
     "road_edge",
 )
+
+PRIVACY_CLASSES: tuple[str, ...] = ("face", "licence_plate")
 
 #: Drawing colours (RGB) for previews and plots.
 CLASS_COLORS: dict[str, tuple[int, int, int]] = {

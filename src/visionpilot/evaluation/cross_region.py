@@ -118,8 +118,13 @@ def load_eval_model(name: str, spec: str | Path) -> EvalModel:
 
 def build_eval_datamodule(reference: LoadedCheckpoint, regions: Sequence[str],
                           overrides: Mapping[str, Any] | None = None,
-                          manifest_path: str | Path | None = None) -> VisionPilotDataModule:
-    """The evaluation data: the reference's stored data config on ``regions`` (no replay, no augmentation)."""
+                          manifest_path: str | Path | None = None,
+                          governance: Mapping[str, Any] | None = None) -> VisionPilotDataModule:
+    """The evaluation data: the reference's stored data config on ``regions`` (no replay, no augmentation).
+
+    ``governance``: the evaluation job's ``governance`` / ``compute_region`` keyword arguments
+    (:func:`visionpilot.governance.governance_kwargs`): the job's policy, never the one the model was trained under.
+    """
     data = OmegaConf.merge(reference.config.data, dict(overrides or {}))
     data._target_ = "visionpilot.data.datamodule.VisionPilotDataModule"
     for key in ("replay_regions", "replay_fraction"):  # a fine-tuned reference stores its replay settings
@@ -128,7 +133,7 @@ def build_eval_datamodule(reference: LoadedCheckpoint, regions: Sequence[str],
     if "source" in data and "regions" in data.source:  # sources that render or filter regions
         data.source.regions = list(regions)
     data.manifest_path = str(manifest_path) if manifest_path else None
-    return hydra.utils.instantiate(data)
+    return hydra.utils.instantiate(data, **dict(governance or {}))
 
 
 def build_evaluator(loaded: LoadedCheckpoint, regions: Sequence[str], image_size: Sequence[int],

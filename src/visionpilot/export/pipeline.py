@@ -9,11 +9,8 @@ inspection, then raises :class:`~visionpilot.export.parity.ParityError`; no ``mo
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import logging
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +36,15 @@ from visionpilot.export.onnx_export import (
 )
 from visionpilot.export.parity import check_parity, failures, raise_on_failure, tolerance_for
 from visionpilot.export.quantize import quantize_int8, to_fp16
+from visionpilot.governance import governance_kwargs
+from visionpilot.governance.provenance import (
+    build_lineage,
+    checkpoint_lineage,
+    code_version,
+    config_sha256,
+    merge_lineage,
+    parent_record,
+)
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from visionpilot.utils.io import write_json_atomic
 
@@ -66,16 +72,27 @@ def merge_region_delta(net: nn.Module, delta_path: str | Path, base_sha256: str)
     meta = finetune.read_delta_metadata(delta_path) if hasattr(finetune, "read_delta_metadata") else {}
     merged = finetune.merge_delta(net, delta_path, base_sha256)
     info = {"path": str(delta_path), "sha256": file_sha256(delta_path), "region": meta.get("region"),
-            "strategy": meta.get("strategy"), "frame_counts": meta.get("frame_counts"), "adapter": meta.get("adapter")}
+            "strategy": meta.get("strategy"), "frame_counts": meta.get("frame_counts"), "adapter": meta.get("adapter"),
+            "lineage": meta.get("lineage")}
     return (merged if isinstance(merged, nn.Module) else net), info
 
 
-def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size: int) -> Any:
+def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size: int,
+                     governance: Mapping[str, Any] | None = None) -> Any:
     """The checkpoint's own datamodule (its stored ``data`` config) restricted to ``regions``, set up, no workers,
-    writing no split manifest (the splits are rebuilt exactly as in training: same source, seed, fractions)."""
+    writing no split manifest (the splits are rebuilt exactly as in training: same source, seed, fractions).
+    ``governance``: the export job's ``governance`` / ``compute_region`` kwargs (:func:`governance_kwargs`)."""
     data_cfg = OmegaConf.create(OmegaConf.to_container(ckpt.config.data, resolve=True))
+    # Parity frames come from the regions asked for only: no replay of a fine-tune's other regions, and a source
+    # that renders or filters regions (the synthetic world) must hold them (a delta's region may be new to the base).
+    if data_cfg.get("_target_") == "visionpilot.data.replay.ReplayDataModule":
+        data_cfg._target_ = "visionpilot.data.datamodule.VisionPilotDataModule"
+    for key in ("replay_regions", "replay_fraction"):
+        data_cfg.pop(key, None)
+    if "source" in data_cfg and "regions" in data_cfg.source:
+        data_cfg.source.regions = list(regions)
     dm = hydra.utils.instantiate(data_cfg, regions=list(regions), num_workers=0, persistent_workers=False,
-                                 manifest_path=None, batch_size=batch_size)
+                                 manifest_path=None, batch_size=batch_size, **dict(governance or {}))
     dm.setup()
     return dm
 
@@ -110,26 +127,6 @@ def graph_feeds(model: onnx.ModelProto, batches: Sequence[Mapping[str, Any]]) ->
 
 
 # --- facts -------------------------------------------------------------------------------------------------------
-
-def code_version() -> str:
-    """``visionpilot <version>`` plus the git commit (and ``-dirty``) of a source checkout."""
-    version = f"visionpilot {visionpilot.__version__}"
-    root = Path(visionpilot.__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return version  # an installed wheel: no repository
-    return f"{version}+g{sha}{'-dirty' if dirty else ''}" if sha else version
-
-
-def config_sha256(config: DictConfig) -> str:
-    """Hash of the canonical JSON of a resolved config."""
-    text = json.dumps(OmegaConf.to_container(config, resolve=True), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
 
 def model_metadata(ckpt: LoadedCheckpoint, net: nn.Module, model: onnx.ModelProto, precision: str, opset: int,
                    delta: Mapping[str, Any] | None, calibration_regions: Sequence[str] | None) -> dict[str, Any]:
@@ -206,7 +203,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     regions = [region] if isinstance(region, str) else list(region or ckpt.meta.get("regions") or ["global"])
     tol = tolerance_for(precision, OmegaConf.to_container(cfg.parity.tolerance) if cfg.parity.tolerance else None)
 
-    dm = build_datamodule(ckpt, regions, int(cfg.parity.batch_size))
+    dm = build_datamodule(ckpt, regions, int(cfg.parity.batch_size), governance_kwargs(cfg))
     parity_batches = collect_batches(dm, list(cfg.parity.splits), int(cfg.parity.frames), int(cfg.parity.batch_size))
     log.info("exporting %s (%s) for %d cameras at %s", cfg.ckpt_path, precision, len(ckpt.camera_names),
              ckpt.image_size)
@@ -230,6 +227,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     shipped.doc_string = "visionpilot HydraNet: camera frames + calibration -> lanes and objects (docs/deployment.md)"
     metadata = model_metadata(ckpt, net, shipped, precision, int(cfg.opset), delta,
                               dm.selected_regions if precision == "int8" else None)
+    # Lineage: this export (what it read for parity/calibration, where) on top of the model's (base + delta).
+    model_lineage = parent_record(checkpoint_lineage(ckpt.meta), ckpt.sha256, ckpt.path)
+    if delta:
+        model_lineage = merge_lineage(model_lineage, delta.get("lineage"), base_sha256=ckpt.sha256,
+                                      delta_sha256=delta["sha256"], base_path=ckpt.path, delta_path=delta["path"])
+    metadata["lineage"] = build_lineage("onnx", datamodule=dm, data_role="parity_calibration", config=cfg,
+                                        base_sha256=ckpt.sha256, parents=[model_lineage], precision=precision,
+                                        delta_sha256=delta["sha256"] if delta else None)
     set_metadata(shipped, metadata)
     check_onnx(shipped)
 

@@ -11,7 +11,6 @@ The ``visionpilot`` entry of a checkpoint:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from visionpilot.training.module import check_signature, model_signature
+from visionpilot.utils.io import file_sha256  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass
@@ -43,15 +43,6 @@ class LoadedCheckpoint:
     def image_size(self) -> tuple[int, int]:
         size = self.meta.get("image_size") or self.config.data.image_size
         return int(size[0]), int(size[1])
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def net_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

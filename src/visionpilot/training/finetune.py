@@ -39,6 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, fx, nn
 
 from visionpilot.data.regions import GLOBAL, resolve_regions
+from visionpilot.governance import governance_kwargs
+from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from visionpilot.training.module import model_signature
 from visionpilot.utils.io import write_json_atomic
@@ -263,7 +265,7 @@ def changed_tensors(net: nn.Module, base_state: Mapping[str, Tensor]) -> dict[st
 def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor], *, base_sha256: str,
                region: str, strategy: str, frame_counts: Mapping[str, int] | None = None,
                replay_frame_counts: Mapping[str, int] | None = None, base_path: str | Path | None = None,
-               extra: Mapping[str, Any] | None = None) -> Path:
+               extra: Mapping[str, Any] | None = None, lineage: Mapping[str, Any] | None = None) -> Path:
     """Write the region delta of ``net`` against ``base_state`` (atomically) and return its path.
 
     Args:
@@ -277,6 +279,7 @@ def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor
         replay_frame_counts: train frames per replay region.
         base_path: where the base was read from (a hint for :func:`load_model`; the hash is what is checked).
         extra: more metadata (JSON-encoded).
+        lineage: the delta's lineage record (:func:`visionpilot.governance.provenance.build_lineage`).
     """
     tensors = changed_tensors(net, base_state)
     meta = {
@@ -292,6 +295,7 @@ def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor
         "num_params": str(sum(t.numel() for t in tensors.values())),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "extra": json.dumps(dict(extra or {})),
+        "lineage": json.dumps(dict(lineage) if lineage else None),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +323,7 @@ def read_delta_metadata(path: str | Path) -> dict[str, Any]:
     if meta.get("format") != DELTA_FORMAT:
         raise ValueError(f"{path}: field 'format' must be '{DELTA_FORMAT}' (a visionpilot region delta), found "
                          f"{meta.get('format')!r}")
-    for key in ("adapter", "frame_counts", "replay_frame_counts", "extra"):
+    for key in ("adapter", "frame_counts", "replay_frame_counts", "extra", "lineage"):
         meta[key] = json.loads(meta.get(key) or "null")
     return meta
 
@@ -392,8 +396,13 @@ def load_model(spec: str | Path, base: str | Path | None = None) -> LoadedCheckp
     config = loaded.config.copy()
     if meta["adapter"]:
         config.model.net = adapter_net_config(config.model.net, meta["adapter"])
-    return LoadedCheckpoint(net=loaded.net.eval(), config=config, meta={**loaded.meta, "finetune": meta},
-                            path=path, sha256=file_sha256(path), extra={"base": loaded.path})
+    sha256 = file_sha256(path)
+    # The merged model's lineage: the delta's record with the merged base's record as its parent.
+    lineage = merge_lineage(checkpoint_lineage(loaded.meta), meta.get("lineage"), base_sha256=loaded.sha256,
+                            delta_sha256=sha256, base_path=loaded.path, delta_path=path)
+    return LoadedCheckpoint(net=loaded.net.eval(), config=config,
+                            meta={**loaded.meta, "finetune": meta, "lineage": lineage},
+                            path=path, sha256=sha256, extra={"base": loaded.path})
 
 
 def write_checkpoint(path: str | Path, net: nn.Module, config: Any, meta: Mapping[str, Any] | None = None) -> Path:
@@ -468,6 +477,8 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
         "rig": stored.get("rig"), "data": data, "model": model, "trainer": _plain(cfg.trainer),
         "callbacks": _plain(cfg.get("callbacks")), "logger": _plain(cfg.get("logger")), "finetune": info,
         "strategy": strategy,
+        # The fine-tune's own policy and compute region (where it runs), never the checkpoint's.
+        "governance": _plain(cfg.get("governance")), "compute_region": cfg.get("compute_region"),
     })
 
 
@@ -506,9 +517,11 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     base_state = {k: v.clone() for k, v in net.state_dict().items()}
     if strategy == "adapter":
         add_adapters(net, **_adapter_settings(run_cfg.strategy))
-    datamodule = hydra.utils.instantiate(run_cfg.data)
+    datamodule = hydra.utils.instantiate(run_cfg.data, **governance_kwargs(run_cfg))
     module = hydra.utils.instantiate(run_cfg.model, net=net)
     module.run_config = OmegaConf.to_container(run_cfg, resolve=True)
+    base_record = parent_record(checkpoint_lineage(base.meta), base.sha256, base.path)
+    module.lineage_parents = [base_record]
     report = apply_strategy(net, strategy)
     log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g, replay %s",
              base.path, run_cfg.finetune.region, strategy, report.trainable_params, report.total_params,
@@ -528,7 +541,10 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                             base_sha256=base.sha256, region=run_cfg.finetune.region, strategy=strategy,
                             frame_counts=datamodule.frame_counts.get("train", {}), replay_frame_counts=replay_counts,
                             base_path=base.path, extra={"trainable_params": report.trainable_params,
-                                                        "steps": int(trainer.global_step)})
+                                                        "steps": int(trainer.global_step)},
+                            lineage=build_lineage("region_delta", datamodule=datamodule, config=module.run_config,
+                                                  base_sha256=base.sha256, parents=[base_record],
+                                                  region=run_cfg.finetune.region, strategy=strategy))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     for cb in callbacks:
         if isinstance(cb, Throughput):

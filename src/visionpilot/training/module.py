@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
+from visionpilot.governance import build_lineage, withhold_frames
 
 #: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
 NAN_POLICIES = ("raise", "skip")
@@ -61,6 +62,7 @@ class PerceptionModule(L.LightningModule):
         self.image_size: tuple[int, int] | None = None
         self.val_examples: list[tuple[dict[str, Any], dict[str, Tensor]]] = []  # for prediction images
         self.run_config: dict[str, Any] | None = None  # the resolved Hydra config, stored in checkpoints
+        self.lineage_parents: list[dict[str, Any]] = []  # lineage of the model this run starts from (fine-tunes)
         self.num_val_examples = 4
         self._compiled = False
 
@@ -70,6 +72,7 @@ class PerceptionModule(L.LightningModule):
         if dm is not None:
             self.camera_names = list(dm.camera_names)
             self.image_size = tuple(dm.image_size) if getattr(dm, "image_size", None) else None
+            withhold_frames(self.trainer, self)  # no prediction images of data that may not leave its region
         if self.hparams.compile and not self._compiled:
             self.net = torch.compile(self.net)
             self._compiled = True
@@ -191,13 +194,17 @@ class PerceptionModule(L.LightningModule):
         if dm is not None and getattr(dm, "manifest", None) is not None:
             facts = {"regions": list(dm.selected_regions), "frame_counts": dm.frame_counts.get("train", {}),
                      "manifest_sha256": dm.manifest.sha256}
+        entry = dict(checkpoint.get("visionpilot") or {})
+        base_sha256 = (entry.get("finetune") or {}).get("base_sha256")
         checkpoint["visionpilot"] = {
-            **dict(checkpoint.get("visionpilot") or {}),
+            **entry,
             "config": self.run_config,
             "model_signature": model_signature(self.net),
             "camera_names": self.camera_names,
             "image_size": list(self.image_size) if self.image_size else None,
             **facts,
+            "lineage": build_lineage("checkpoint", datamodule=dm, config=self.run_config, base_sha256=base_sha256,
+                                     parents=self.lineage_parents),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from visionpilot.governance import governance_kwargs
 from visionpilot.training.callbacks import Throughput
 from visionpilot.training.fault_tolerance import resolve_ckpt_path, with_previous_metrics
 from visionpilot.utils.io import write_json_atomic
@@ -31,7 +32,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
-    datamodule = hydra.utils.instantiate(cfg.data)
+    # The job's policy and compute region go to the datamodule, which enforces them before reading any frame.
+    datamodule = hydra.utils.instantiate(cfg.data, **governance_kwargs(cfg))
     module = hydra.utils.instantiate(cfg.model)
     # Stored in every checkpoint, so fine-tuning, evaluation and export can rebuild the network from the file.
     module.run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

@@ -30,6 +30,7 @@ def draw_boxes_2d(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, sco
     """Draw x1y1x2y2 boxes coloured by class (dashed for predictions) in place; returns the image."""
     for k, (box, cls) in enumerate(zip(boxes, classes)):
         color = _CLASS_RGB[int(cls)]
+        box = np.clip(np.nan_to_num(np.asarray(box, dtype=np.float64)), -(1 << 30), 1 << 30)  # untrained heads
         p1, p2 = _pt(box[:2]), _pt(box[2:])
         if dashed:
             _dashed_rect(image, p1, p2, color, thickness)
@@ -47,6 +48,17 @@ def _dashed_rect(image: np.ndarray, p1: tuple[int, int], p2: tuple[int, int], co
 
 
 def _dashed_line(image: np.ndarray, a: np.ndarray, b: np.ndarray, color, thickness: int, dash: float = 4.0) -> None:
+    # Clip to the image first: an untrained head can predict boxes millions of pixels wide, and dashing those
+    # point by point would take minutes (and draw nothing visible).
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return
+    h, w = image.shape[:2]
+    lim = 1 << 30
+    inside, pa, pb = cv2.clipLine((0, 0, w, h), tuple(int(v) for v in np.clip(a, -lim, lim)),
+                                  tuple(int(v) for v in np.clip(b, -lim, lim)))
+    if not inside:
+        return
+    a, b = np.asarray(pa, float), np.asarray(pb, float)
     length = float(np.linalg.norm(b - a))
     n = max(int(length / dash), 1)
     for i in range(0, n, 2):

@@ -39,6 +39,13 @@ class FrameSource(ABC):
     def load(self, index: int, with_images: bool = True) -> Frame:
         """The frame at ``index``; ``with_images=False`` may skip decoding/rendering pixels (images are None)."""
 
+    def latlon(self, index: int) -> tuple[float, float] | None:
+        """(latitude, longitude) of frame ``index`` if known, for restricted-zone checks (governance/zones.py).
+
+        The default reads the label-only frame; sources that know positions without loading a frame override it.
+        """
+        return self.load(index, with_images=False).latlon
+
     @property
     def camera_names(self) -> list[str]:
         """Camera names in the order frames carry them."""

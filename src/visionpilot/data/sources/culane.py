@@ -117,6 +117,10 @@ class CULaneSource(FrameSource):
     def index(self) -> list[FrameRef]:
         return [FrameRef(i, _frame_id(e.image), _scene_id(e.image), self.region) for i, e in enumerate(self._all())]
 
+    def latlon(self, index: int) -> None:
+        """Always None: CULane records no position (zones then follow ``governance.unknown_location``)."""
+        return None
+
     def official_split(self, scene_id: str) -> str | None:
         return self._scene_split.get(scene_id) if self.official_splits else None
 

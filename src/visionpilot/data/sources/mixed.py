@@ -138,6 +138,10 @@ class MixedSource(FrameSource):
         return frame.copy(frame_id=f"{key}{SEPARATOR}{frame.frame_id}", scene_id=f"{key}{SEPARATOR}{frame.scene_id}",
                           cameras=cams)
 
+    def latlon(self, index: int) -> tuple[float, float] | None:
+        key, j = self.locate(index)
+        return self.sources[key].latlon(j)
+
     def sampling_weights(self, refs: Sequence[FrameRef]) -> np.ndarray:
         """Per-ref draw probabilities (sum 1): each source's weight shared equally by its frames among ``refs``."""
         keys = [r.frame_id.partition(SEPARATOR)[0] for r in refs]

@@ -25,6 +25,11 @@ devkit's 2D export) and ``lanes_2d`` (map lanes projected on flat ground). nuSce
 Classes: :data:`CATEGORY_MAP` (None = not one of our classes, ignored; an unknown name is an error). Regions from
 ``log.location`` (:data:`LOCATION_REGIONS`). Official splits by scene name: v1.0-mini mini_train / mini_val,
 v1.0-trainval train / val, v1.0-test test.
+
+Position (``Frame.latlon``, for restricted zones): nuScenes publishes no GPS, but each map's global frame is metres
+east (x) and north (y) of a published origin (:data:`MAP_ORIGINS`, the devkit's ``scripts/export_poses.py``), so the
+reference ego pose's translation gives latitude/longitude (a great-circle step from the origin; a few metres of
+error across a map). Locations without a known origin (``map_origins`` adds them) give ``None``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,14 @@ TABLES: tuple[str, ...] = ("scene", "sample", "sample_data", "calibrated_sensor"
                            "sample_annotation", "instance", "category", "attribute", "visibility", "sensor")
 LOCATION_REGIONS: dict[str, str] = {"boston-seaport": "us", "singapore-onenorth": "sg",
                                     "singapore-hollandvillage": "sg", "singapore-queenstown": "sg"}
+#: Latitude/longitude of each map's origin (the devkit's REFERENCE_COORDINATES): global x points east, y north.
+MAP_ORIGINS: dict[str, tuple[float, float]] = {
+    "boston-seaport": (42.336849169438615, -71.05785369873047),
+    "singapore-onenorth": (1.2882100868743724, 103.78475189208984),
+    "singapore-hollandvillage": (1.2993652317780957, 103.78217697143555),
+    "singapore-queenstown": (1.2782562240223188, 103.76741409301758),
+}
+_EARTH_RADIUS_M = 6_378_137.0  # as the devkit's export_poses.py
 #: nuScenes category -> our class; None: ignored (as the nuScenes detection benchmark ignores them, or no class).
 CATEGORY_MAP: dict[str, str | None] = {
     "vehicle.car": "car",
@@ -122,6 +135,25 @@ class _Sample:
     cameras: list[_Camera]
     boxes: Boxes3D
     visibility: np.ndarray  # (K,) fraction visible
+
+
+def _origin(location: str, value: Sequence[float]) -> tuple[float, float]:
+    v = [float(x) for x in value]
+    if len(v) != 2 or not (-90 <= v[0] <= 90 and -180 <= v[1] <= 180):
+        raise ValueError(f"nuScenes source: field 'map_origins.{location}' must be [lat, lon] in degrees, found "
+                         f"{list(value)}")
+    return v[0], v[1]
+
+
+def map_to_latlon(origin: tuple[float, float], east_m: float, north_m: float) -> tuple[float, float]:
+    """(lat, lon) of a point ``east_m``/``north_m`` metres from a map's ``origin``: the destination of a
+    great-circle step of that length and bearing, as the devkit's ``export_poses.py`` (with a full-quadrant bearing)."""
+    lat0, lon0 = np.radians(origin)
+    bearing = np.arctan2(east_m, north_m)  # clockwise from north
+    d = np.hypot(east_m, north_m) / _EARTH_RADIUS_M
+    lat = np.arcsin(np.sin(lat0) * np.cos(d) + np.cos(lat0) * np.sin(d) * np.cos(bearing))
+    lon = lon0 + np.arctan2(np.sin(bearing) * np.sin(d) * np.cos(lat0), np.cos(d) - np.sin(lat0) * np.sin(lat))
+    return float(np.degrees(lat)), float(np.degrees(lon))
 
 
 class _Table:
@@ -204,6 +236,7 @@ class NuScenesSource(FrameSource):
         official_splits: keep the official split of each scene (:meth:`official_split`).
         on_error: ``raise`` or ``skip`` (drop and report the frames a bad row, image or category touches).
         location_regions: extra or changed ``log.location`` -> region code entries.
+        map_origins: extra or changed ``log.location`` -> ``[lat, lon]`` of the map origin (for ``Frame.latlon``).
     """
 
     name = "nuscenes"
@@ -212,7 +245,8 @@ class NuScenesSource(FrameSource):
                  ref_channel: str = "LIDAR_TOP", map_lanes: str | bool = "auto",
                  lane_range: Sequence[float] = (-60.0, 120.0, -50.0, 50.0), road_divider_type: str | None = None,
                  derive_2d: bool = True, min_points: int = 1, official_splits: bool = True, on_error: str = "raise",
-                 location_regions: Mapping[str, str] | None = None) -> None:
+                 location_regions: Mapping[str, str] | None = None,
+                 map_origins: Mapping[str, Sequence[float]] | None = None) -> None:
         self.root = Path(root)
         self.version = self._find_version(version)
         self.cameras = [str(c) for c in cameras]
@@ -232,6 +266,7 @@ class NuScenesSource(FrameSource):
         self.official_splits = bool(official_splits)
         self.on_error = check_on_error(on_error, "nuScenes source")
         self.location_regions = {**LOCATION_REGIONS, **dict(location_regions or {})}
+        self.map_origins = {**MAP_ORIGINS, **{k: _origin(k, v) for k, v in dict(map_origins or {}).items()}}
         self.skips = SkipLog(self.name)
         self._samples: list[_Sample] | None = None
         self._maps: dict[str, MapLanes | None] = {}
@@ -264,6 +299,12 @@ class NuScenesSource(FrameSource):
 
     def index(self) -> list[FrameRef]:
         return [FrameRef(i, s.token, s.scene, s.region) for i, s in enumerate(self._all())]
+
+    def latlon(self, index: int) -> tuple[float, float] | None:
+        """(latitude, longitude) of frame ``index`` from its ego pose and map origin (see the module docstring)."""
+        s = self._all()[index]
+        origin = self.map_origins.get(s.location)
+        return None if origin is None else map_to_latlon(origin, s.ego_to_global[0, 3], s.ego_to_global[1, 3])
 
     def official_split(self, scene_id: str) -> str | None:
         """The official split of a scene name (None: not an official scene of this version, or switched off)."""
@@ -504,7 +545,7 @@ class NuScenesSource(FrameSource):
         views = [self._view(cam, s, lanes, with_images) for cam in s.cameras]
         frame = Frame(frame_id=s.token, scene_id=s.scene, source=self.name, region=s.region,
                       driving_side=get_region(s.region).driving_side, timestamp=s.time_s, cameras=views,
-                      boxes_3d=s.boxes, lanes_3d=lanes, labels=frozenset(labels),
+                      boxes_3d=s.boxes, lanes_3d=lanes, labels=frozenset(labels), latlon=self.latlon(index),
                       meta={"location": s.location, "log": s.logfile, "timestamp_us": s.timestamp_us,
                             "version": self.version})
         return frame.validate(f"nuScenes sample (root {self.root})")

@@ -34,6 +34,8 @@ from visionpilot.data.shards import FRAMES_FILE, META_FILE, decode_frame, join, 
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.splits import SplitManifest
 from visionpilot.data.transforms import child_seeds
+from visionpilot.governance.audit import GovernanceReport
+from visionpilot.governance.policy import ResidencyError
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,19 @@ class StreamingDataModule(VisionPilotDataModule):
         """The manifest the shards were cut with (never recomputed: the shards already hold the splits)."""
         self.refs = self.source.index()
         return self.source.manifest  # type: ignore[attr-defined]
+
+    def enforce_governance(self) -> GovernanceReport:
+        """As the base datamodule; frames inside restricted zones cannot be skipped here (litdata streams whole
+        prefixes), so shards holding any are refused: re-shard with the policy (``action=shard governance=...``
+        writes no such frame)."""
+        report = super().enforce_governance()
+        if report.excluded_count:
+            zones = sorted({z for g in report.groups for z in g.excluded})
+            raise ResidencyError(f"{join(self.root, META_FILE)}: the shards hold {report.excluded_count} frames inside "
+                                 f"restricted zones {zones} of governance policy '{report.policy.name}'; streaming "
+                                 f"cannot skip them. Re-shard with the policy: visionpilot-data action=shard "
+                                 f"governance={report.policy.name} ...")
+        return report
 
     def build_dataset(self, split: str) -> Dataset:
         src: ShardSource = self.source  # type: ignore[assignment]

@@ -146,6 +146,10 @@ class TuSimpleSource(FrameSource):
         return [FrameRef(i, _frame_id(lb.raw_file), _scene_id(lb.raw_file), self.region)
                 for i, lb in enumerate(self._all())]
 
+    def latlon(self, index: int) -> None:
+        """Always None: TuSimple records no position (zones then follow ``governance.unknown_location``)."""
+        return None
+
     def official_split(self, scene_id: str) -> str | None:
         return "test" if self.official_splits and scene_id in self._test_scenes else None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from visionpilot.data.regions import Region
+from visionpilot.data.sources.synthetic.plates import sample_plates
 from visionpilot.data.sources.synthetic.styles import RegionStyle
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 
@@ -126,6 +127,7 @@ class Scene:
     latlon0: tuple[float, float]
     heading0: float  # map heading of the road at s=0 (radians, east = 0, counter-clockwise)
     skyline: np.ndarray = field(default_factory=lambda: np.zeros(360))  # elevation (rad) of distant scenery per deg
+    plates: list[str] = field(default_factory=list)  # licence plate text per actor (row of `actors`)
 
     @property
     def l_ego(self) -> float:
@@ -479,12 +481,16 @@ def sample_scene(region: Region, style: RegionStyle, seed: int, index: int, dura
 
     lat0, lon0 = style.city_latlon
     latlon0 = (lat0 + rng.uniform(-0.08, 0.08), lon0 + rng.uniform(-0.08, 0.08))
+    frozen = actors.freeze()
+    # Plates from their own stream, so adding them left every other draw of the scene (and its pixels) unchanged.
+    plates = sample_plates(np.random.default_rng(stable_seed(seed, region.code, index, "plates")), region.code,
+                           len(frozen.cls))
     return Scene(
         region=region, style=style, seed=seed, index=index, lane_width=lane_w, n_ego=n_ego, n_opp=n_opp, side=side,
         ego_lane=ego_lane, ego_speed=ego_speed, road_lo=min(road_ego, road_opp), road_hi=max(road_ego, road_opp),
         sidewalk=sidewalk, urban=urban, markings=markings, asphalt=asphalt,
         shoulder_color=asphalt * 0.92 + 8.0, roadside=roadside, curb_color=curb, kappa0=kappa0, kappa_rate=kappa_rate,
         kappa_max=kappa_max, wobble_amp=float(rng.uniform(0.0, 0.3)), wobble_period=float(rng.uniform(6.0, 15.0)),
-        actors=actors.freeze(), props=props, lighting=lighting, latlon0=latlon0,
-        heading0=float(rng.uniform(-np.pi, np.pi)), skyline=skyline,
+        actors=frozen, props=props, lighting=lighting, latlon0=latlon0,
+        heading0=float(rng.uniform(-np.pi, np.pi)), skyline=skyline, plates=plates,
     )

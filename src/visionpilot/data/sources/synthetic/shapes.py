@@ -119,7 +119,10 @@ def actor_template(cls: int, variant: int) -> Template:
         parts = [(_part(-0.25, 0.25, -0.32, 0.32, 0.0, 0.47), SECOND),
                  (_part(-0.4, 0.4, -0.5, 0.5, 0.47, 0.84, 0.92), BODY),
                  (_part(-0.25, 0.25, -0.2, 0.2, 0.86, 1.0), SKIN)]
-        return _build(parts, [])
+        # A face (eyes, mouth) and hair: detail that anonymisation must remove (privacy.py labels the head).
+        face = [(2, F_FRONT, 0.2, 0.4, 0.55, 0.7, DARK), (2, F_FRONT, 0.6, 0.8, 0.55, 0.7, DARK),
+                (2, F_FRONT, 0.3, 0.7, 0.18, 0.3, TAIL), (2, F_REAR, 0.0, 1.0, 0.3, 1.0, DARK)]
+        return _build(parts, face)
     if cls == CLASS["traffic_cone"]:
         def hw(z: float) -> float:  # half width of the cone body at height z (normalised)
             return 0.38 - 0.33 * (z - 0.08) / 0.92

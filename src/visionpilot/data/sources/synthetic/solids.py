@@ -10,14 +10,15 @@ Parts that cover only a few pixels are drawn as a single hull polygon in the ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from visionpilot.data.sources.synthetic.ground import haze_alpha, lit
+from visionpilot.data.sources.synthetic.plates import draw_plate_text
 from visionpilot.data.sources.synthetic.scene import Scene
-from visionpilot.data.sources.synthetic.shapes import EMISSIVE, LAMP, TAIL, Template, decal_table
+from visionpilot.data.sources.synthetic.shapes import EMISSIVE, LAMP, PLATE, TAIL, Template, decal_table
 from visionpilot.geometry.boxes import HEX_FACES
 from visionpilot.geometry.camera import DEFAULT_NEAR, clip_polygon_near
 from visionpilot.geometry.frames import invert_rigid
@@ -39,6 +40,7 @@ class SolidGroup:
     mask_ids: np.ndarray  # (K,) instance-mask id
     centers: np.ndarray  # (K, 3) for depth ordering and haze
     shadows: np.ndarray | None = None  # (K, 4, 3) ground polygons, or None
+    texts: list[str] | None = None  # (K,) licence plate text drawn into PLATE decals, or None
 
 
 @dataclass
@@ -58,6 +60,7 @@ class SolidBatch:
     decal_corners: np.ndarray  # (D, 4, 3) ego frame
     decal_colors: list[list[float]]  # (D,) lit and hazed RGB
     shadow_colors: list[list[float]]  # per solid
+    decal_text: dict[int, str] = field(default_factory=dict)  # decal row -> plate text
 
 
 def _shade_roles(scene: Scene, colors: np.ndarray, roles: np.ndarray, shade: np.ndarray) -> np.ndarray:
@@ -140,6 +143,10 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
         batch.decal_colors = (rgb * (1 - a_d) + haze_col * a_d).tolist()
         for d, key in enumerate(zip(t_idx.tolist(), f_idx.tolist())):
             batch.decals.setdefault(key, []).append(d)
+        if any(g.texts for g in groups):
+            texts = [t for g in groups for t in (g.texts or [None] * len(g.mask_ids))]
+            batch.decal_text = {d: texts[s] for d, s in zip(np.flatnonzero(d_roles == PLATE).tolist(),
+                                                            d_solid[d_roles == PLATE].tolist()) if texts[s]}
     ground = light.ambient + light.diffuse * max(light.sun_dir[2], 0)
     shadow_rgb = lit(scene.asphalt * 0.45, scene, ground)
     batch.shadow_colors = (shadow_rgb[None] * (1 - a_solid[:, None]) + haze_col * a_solid[:, None]).tolist()
@@ -203,6 +210,7 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
     part_small_l = part_small.tolist()
     mask_ids = batch.mask_id.tolist()
     draw = image is not None
+    decal_text = batch.decal_text
     line8 = cv2.LINE_8
     for i in np.flatnonzero(on_screen)[np.argsort(-dist[on_screen])].tolist():
         mid = mask_ids[i]
@@ -237,6 +245,8 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
                             dpoly = d_fixed[d] if d_front[d] else _polygon(dpc[d], to_fixed)
                             if dpoly is not None:
                                 cv2.fillConvexPoly(image, dpoly, batch.decal_colors[d], aa, _SHIFT)
+                                if d in decal_text and d_front[d]:
+                                    draw_plate_text(image, d_fixed[d] / _SCALE, decal_text[d], batch.decal_colors[d])
                 continue
             # A part crossing the near plane: its visible faces, clipped.
             for f in range(6):

@@ -12,7 +12,12 @@ Labels (exact, every camera):
       by other objects), kept when at least ``min_visibility`` of the silhouette is unoccluded and the box is at
       least ``min_box_px`` on both sides; ``visibility_2d`` is the unoccluded fraction;
     - lane lines as 3D polylines (every 2 m from 60 m behind to 120 m ahead, on the ground) with their types,
-      including road edges, and their clipped projections per camera.
+      including road edges, and their clipped projections per camera;
+    - face and licence-plate boxes per camera (``privacy_boxes``; see ``privacy.py``) for anonymisation. Plates
+      show random characters in the region's format (``plates.py``).
+
+Every frame has a latitude/longitude (``Frame.latlon``; each scene starts near a city of its region and drives
+along a heading), which :meth:`SyntheticSource.latlon` computes without rendering, for restricted-zone checks.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from visionpilot.data.frame import LABEL_KINDS, Boxes3D, CameraView, Frame, Lane
 from visionpilot.data.regions import get_region, resolve_regions
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.sources.synthetic.ground import RigGeometry, build_rig_geometry, render_ground_and_sky
+from visionpilot.data.sources.synthetic.privacy import concat_parts, privacy_boxes, template_parts
 from visionpilot.data.sources.synthetic.scene import CLASS, X_AHEAD, X_BEHIND, Scene, sample_scene, stable_seed
 from visionpilot.data.sources.synthetic.sensor import add_sensor_effects
 from visionpilot.data.sources.synthetic.shapes import actor_template, place, prop_template, role_colors
@@ -139,6 +145,11 @@ class SyntheticSource(FrameSource):
                 self._scenes.popitem(last=False)
         return self._scenes[key]
 
+    def latlon(self, index: int) -> tuple[float, float]:
+        """(latitude, longitude) of frame ``index``, from its scene alone (no rendering): zone checks stay cheap."""
+        region, j, t_idx = self.locate(index)
+        return self.scene(region, j).latlon(t_idx / self.fps)
+
     @property
     def geometry(self) -> RigGeometry:
         if self._geometry is None:
@@ -181,6 +192,7 @@ class SyntheticSource(FrameSource):
         xy = np.stack([x, y], 1)
         sun = scene.lighting.sun_dir
         groups: list[SolidGroup] = []
+        placed = []  # (template, corners, actor rows) per actor group: heads and plates are found after drawing
         part_corners = np.zeros((0, 8, 3))
         owners = np.zeros(0, dtype=int)
         # One group per template (class, variant); mask id k + 1 for actor k, so labels can find their pixels.
@@ -194,10 +206,12 @@ class SyntheticSource(FrameSource):
                 rect = np.stack([_rect(size[i, :2] * 1.08, float(yaw[i])) for i in k]) + xy[k, None]
                 rect -= sun[:2] / max(sun[2], 0.3) * size[k, 2, None, None] * 0.08
                 shadows = np.concatenate([rect, np.full((len(k), 4, 1), 0.005)], axis=2)
+            texts = [scene.plates[i] for i in near[k]] if with_images and scene.plates else None
             groups.append(SolidGroup(tpl, corners, role_colors(a.color[near[k]], a.color2[near[k]], _PLATE), k + 1,
-                                     np.column_stack([xy[k], size[k, 2] / 2]), shadows))
+                                     np.column_stack([xy[k], size[k, 2] / 2]), shadows, texts))
             part_corners = np.concatenate([part_corners, corners.reshape(-1, 8, 3)])
             owners = np.concatenate([owners, np.repeat(k, len(tpl.roles))])
+            placed.append((tpl, corners, k))
         # Scenery: one mask id for all of it (n_act + 1), beyond the labelled ids.
         p = scene.props
         px = p.s - s_ego
@@ -225,6 +239,7 @@ class SyntheticSource(FrameSource):
         masks = np.zeros((n_cam, height, width), dtype=np.uint8 if small_ids else np.uint16)
 
         per_cam = []
+        shown_px = []  # per camera: visible pixels per mask id
         # Objects farther than the annotation range are drawn but not labelled, as in real datasets.
         in_range = np.hypot(x, y) <= self.label_range_m
         all_boxes, all_ok = project_hexahedra_bounds(part_corners, self.intrinsics, self.extrinsics, self.image_size)
@@ -242,6 +257,12 @@ class SyntheticSource(FrameSource):
             ok = obj_ok & (painted[1:] > 0) & (vis >= self.min_visibility) & (wh.min(axis=1) >= self.min_box_px)
             ok &= in_range
             per_cam.append((obj_boxes, ok, vis))
+            shown_px.append(visible_px)
+        # Faces and plates of the actors some camera shows (most of a frame's actors are hidden or off-screen).
+        shown = (np.stack(shown_px)[:, 1:] > 0).any(axis=0)
+        private = [template_parts(tpl, corners[shown[k]], k[shown[k]]) for tpl, corners, k in placed if shown[k].any()]
+        privacy = privacy_boxes(concat_parts(private), self.intrinsics, self.extrinsics, self.image_size, masks,
+                                np.stack(shown_px))
         if images is not None and self.noise:
             rng = np.random.default_rng(stable_seed(self.seed, region, j, t_idx, "sensor"))
             add_sensor_effects(images, scene, rng)
@@ -280,7 +301,7 @@ class SyntheticSource(FrameSource):
                 image=images[c] if images is not None else None,
                 boxes_2d=obj_boxes[rows].astype(np.float32), classes_2d=cls[rows].astype(np.int64),
                 box_ids_2d=row_of[rows].astype(np.int64), visibility_2d=vis[rows].astype(np.float32),
-                lanes_2d=lanes2d,
+                lanes_2d=lanes2d, privacy_boxes=privacy[c][0], privacy_classes=privacy[c][1],
             ))
             mask_ids.append(rows + 1)
         lt = scene.lighting

@@ -1,0 +1,193 @@
+"""Residency policy: where each source's data of each region resides and whether it may be processed elsewhere.
+
+A policy (``configs/governance/<name>.yaml``, the Hydra group ``governance=...``) holds:
+
+- ``rules``: ``{source, region, resides_in, process_abroad, note}`` entries. ``source`` is a source name
+  (``Frame.source``: ``synthetic``, ``nuscenes``, ...) or ``"*"``; ``region`` a region code or ``"*"``;
+  ``resides_in`` the region code where the data is stored (default: the data's own region); ``process_abroad``
+  one of :data:`PROCESSING`:
+
+  ==================  ======================================================================================
+  ``never``           only a job whose ``compute_region`` is ``resides_in`` may read it
+  ``anonymised_only`` elsewhere it may be read only through the anonymiser (faces and plates blurred)
+  ``allowed``         anywhere
+  ==================  ======================================================================================
+
+  The most specific matching rule wins: source and region > region > source > ``default``. Two rules with the
+  same source and region are an error.
+- ``default``: the rule for data no rule names (``process_abroad: allowed`` unless said otherwise).
+- ``zones``: restricted zones (:mod:`visionpilot.governance.zones`); ``unknown_location``: what happens to frames
+  without a position in a region a zone applies to (``keep``, ``exclude`` or ``error``).
+- ``anonymise``: the anonymiser's settings (:mod:`visionpilot.governance.anonymise`); ``enabled: true`` runs it on
+  every frame the job reads.
+
+A job's ``compute_region`` is where it runs (ISO 3166-1 alpha-2). ``null`` means *undeclared* and counts as
+abroad for every rule: data that may go anywhere is read as before, restricted data needs a declaration (fail
+closed; docs/governance.md explains why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionpilot.governance.zones import Zone, zone_from_config
+
+#: What ``process_abroad`` may say, most restrictive first.
+PROCESSING: tuple[str, ...] = ("never", "anonymised_only", "allowed")
+ANY = "*"
+UNKNOWN_LOCATION: tuple[str, ...] = ("keep", "exclude", "error")
+_RULE_FIELDS = {"source", "region", "resides_in", "process_abroad", "note"}
+_POLICY_FIELDS = {"name", "rules", "default", "zones", "unknown_location", "anonymise"}
+
+
+class ResidencyError(PermissionError):
+    """A job asked for data it may not process where it runs (or not in the form it would read it)."""
+
+
+def normalise_region_code(code: Any, what: str = "compute_region") -> str | None:
+    """A region code lower-cased (``US`` -> ``us``); None, ``""`` and ``"null"`` mean undeclared."""
+    if code is None or (isinstance(code, str) and code.strip().lower() in ("", "null", "none")):
+        return None
+    text = str(code).strip().lower()
+    if len(text) != 2 or not text.isalpha():
+        raise ValueError(f"{what}: expected an ISO 3166-1 alpha-2 code (e.g. us, cn, de) or null, found {code!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One residency rule; ``where`` names it in messages (``governance.rules[1]`` or ``governance.default``)."""
+
+    where: str
+    source: str = ANY
+    region: str = ANY
+    resides_in: str | None = None
+    process_abroad: str = "allowed"
+    note: str = ""
+
+    def matches(self, source: str, region: str) -> bool:
+        return self.source in (ANY, source) and self.region in (ANY, region)
+
+    @property
+    def specificity(self) -> int:
+        return 2 * (self.region != ANY) + (self.source != ANY)
+
+    def describe(self) -> str:
+        """``governance.rules[0] (source *, region cn: process_abroad=never)``."""
+        return f"{self.where} (source {self.source}, region {self.region}: process_abroad={self.process_abroad})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "region": self.region, "resides_in": self.resides_in,
+                "process_abroad": self.process_abroad, "note": self.note}
+
+
+def rule_from_config(spec: Mapping[str, Any], where: str) -> Rule:
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - _RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; a rule has {sorted(_RULE_FIELDS)}")
+    mode = str(spec.get("process_abroad", "allowed"))
+    if mode not in PROCESSING:
+        raise ValueError(f"{where}: field 'process_abroad' must be one of {list(PROCESSING)}, found {mode!r}")
+    region = str(spec.get("region", ANY)).lower()
+    if region != ANY:
+        region = normalise_region_code(region, f"{where}.region") or ANY
+    resides = normalise_region_code(spec.get("resides_in"), f"{where}.resides_in")
+    return Rule(where, str(spec.get("source", ANY)), region, resides, mode, str(spec.get("note", "")))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy says about reading one source's frames of one region from ``compute_region``."""
+
+    source: str
+    region: str
+    rule: Rule
+    resides_in: str
+    compute_region: str | None
+    in_residence: bool  # the job runs where the data resides
+    allowed: bool  # it may read the data (with anonymisation where ``needs_anonymisation``)
+    needs_anonymisation: bool  # only through the anonymiser
+    exportable: bool  # frames (e.g. prediction images) may leave the residence region in the form the job reads
+    reason: str
+
+
+@dataclass
+class Policy:
+    """A residency policy (see the module docstring)."""
+
+    name: str = "open"
+    rules: list[Rule] = field(default_factory=list)
+    default: Rule = field(default_factory=lambda: Rule("governance.default"))
+    zones: list[Zone] = field(default_factory=list)
+    unknown_location: str = "keep"
+    anonymise: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any] | None) -> Policy:
+        """Parse a policy config (a plain mapping; None gives the open policy), checking every field."""
+        spec = dict(spec or {})
+        unknown = sorted(set(spec) - _POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"governance: unknown field(s) {unknown}; a policy has {sorted(_POLICY_FIELDS)}")
+        rules = [rule_from_config(r, f"governance.rules[{i}]") for i, r in enumerate(spec.get("rules") or [])]
+        seen: dict[tuple[str, str], str] = {}
+        for r in rules:
+            if (r.source, r.region) in seen:
+                raise ValueError(f"{r.where}: source {r.source!r} and region {r.region!r} are already ruled by "
+                                 f"{seen[(r.source, r.region)]}; keep one rule per source and region")
+            seen[(r.source, r.region)] = r.where
+        default = spec.get("default") or {}
+        if {"source", "region"} & set(default):
+            raise ValueError("governance.default: applies to every source and region; remove 'source'/'region'")
+        unknown_location = str(spec.get("unknown_location", "keep"))
+        if unknown_location not in UNKNOWN_LOCATION:
+            raise ValueError(f"governance: field 'unknown_location' must be one of {list(UNKNOWN_LOCATION)}, found "
+                             f"{unknown_location!r}")
+        zones = [zone_from_config(z, f"governance.zones[{i}]") for i, z in enumerate(spec.get("zones") or [])]
+        return cls(name=str(spec.get("name", "custom")), rules=rules,
+                   default=rule_from_config(default, "governance.default"), zones=zones,
+                   unknown_location=unknown_location, anonymise=dict(spec.get("anonymise") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rules": [r.to_dict() for r in self.rules], "default": self.default.to_dict(),
+                "zones": [z.to_dict() for z in self.zones], "unknown_location": self.unknown_location}
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical JSON of the rules and zones (what decides what a job may read)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def rule_for(self, source: str, region: str) -> Rule:
+        """The most specific rule matching ``source`` and ``region`` (or the default)."""
+        matching = [r for r in self.rules if r.matches(source, region)]
+        return max(matching, key=lambda r: r.specificity) if matching else self.default
+
+    def decide(self, source: str, region: str, compute_region: str | None, anonymising: bool) -> Decision:
+        """May a job in ``compute_region`` (None: undeclared) read ``source``'s frames of ``region``?"""
+        rule = self.rule_for(source, region)
+        resides = rule.resides_in or region
+        home = compute_region is not None and compute_region == resides
+        where = "an undeclared compute region (compute_region=null counts as abroad)" if compute_region is None \
+            else f"compute region '{compute_region}'"
+        mode = rule.process_abroad
+        if home or mode == "allowed":
+            # Frames read raw may leave only if the rule lets them go anywhere (or they are anonymised and may).
+            exportable = mode == "allowed" or (mode == "anonymised_only" and anonymising)
+            why = ("the job runs where the data resides" if home else f"{rule.describe()} allows processing abroad")
+            return Decision(source, region, rule, resides, compute_region, home, True, False, exportable, why)
+        if mode == "never":
+            return Decision(source, region, rule, resides, compute_region, False, False, False, False,
+                            f"{rule.describe()}: data resides in '{resides}' and may not be processed in {where}")
+        ok = anonymising
+        why = (f"{rule.describe()}: read through the anonymiser" if ok else
+               f"{rule.describe()}: data resides in '{resides}' and may be processed in {where} only anonymised, but "
+               f"anonymisation is off (set governance.anonymise.enabled=true)")
+        return Decision(source, region, rule, resides, compute_region, False, ok, True, ok, why)
+
+    def zones_for(self, region: str) -> list[Zone]:
+        return [z for z in self.zones if z.applies_to(region)]

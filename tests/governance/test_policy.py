@@ -1,0 +1,92 @@
+"""Residency rules and restricted zones as plain functions: parsing, decisions, geometry, errors people can read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visionpilot.governance.policy import Policy, ResidencyError, normalise_region_code
+from visionpilot.governance.zones import haversine_m, points_in_polygon, zone_from_config
+
+from .helpers import policy
+
+
+def test_sovereign_preset_decides_per_region_and_compute_region() -> None:
+    p = Policy.from_config(policy("sovereign"))
+    assert p.name == "sovereign" and issubclass(ResidencyError, PermissionError)
+    # CN data: never abroad; in China, fine — but its frames may never leave as images.
+    cn_us = p.decide("synthetic", "cn", "us", anonymising=True)
+    assert not cn_us.allowed and "governance.rules[0]" in cn_us.reason and "never" in cn_us.reason
+    cn_cn = p.decide("synthetic", "cn", "cn", anonymising=False)
+    assert cn_cn.allowed and cn_cn.in_residence and not cn_cn.exportable
+    # DE data: abroad only anonymised (then exportable); at home raw, but raw frames stay home.
+    de_us = p.decide("nuscenes", "de", "us", anonymising=False)
+    assert not de_us.allowed and de_us.needs_anonymisation and "governance.anonymise.enabled=true" in de_us.reason
+    de_us_anon = p.decide("nuscenes", "de", "us", anonymising=True)
+    assert de_us_anon.allowed and de_us_anon.exportable
+    de_de = p.decide("nuscenes", "de", "de", anonymising=False)
+    assert de_de.allowed and not de_de.needs_anonymisation and not de_de.exportable
+    # Everything else goes anywhere; an undeclared compute region counts as abroad.
+    assert p.decide("synthetic", "us", None, anonymising=False).exportable
+    undeclared = p.decide("synthetic", "cn", None, anonymising=False)
+    assert not undeclared.allowed and "undeclared" in undeclared.reason
+
+
+def test_most_specific_rule_wins_and_duplicates_are_refused() -> None:
+    p = Policy.from_config({"rules": [
+        {"source": "*", "region": "us", "process_abroad": "anonymised_only"},
+        {"source": "fleet", "region": "*", "process_abroad": "never"},
+        {"source": "fleet", "region": "us", "process_abroad": "allowed", "resides_in": "ca"},
+    ]})
+    assert p.rule_for("fleet", "us").where == "governance.rules[2]"  # source + region
+    assert p.rule_for("nuscenes", "us").where == "governance.rules[0]"  # region beats source
+    assert p.rule_for("fleet", "gb").where == "governance.rules[1]"
+    assert p.rule_for("nuscenes", "gb").where == "governance.default"
+    assert p.decide("fleet", "us", "ca", False).in_residence  # resides_in overrides the data's region
+    with pytest.raises(ValueError, match=r"governance.rules\[1\]: source 'a' and region 'us' are already ruled by "
+                                         r"governance.rules\[0\]"):
+        Policy.from_config({"rules": [{"source": "a", "region": "us"}, {"source": "a", "region": "US"}]})
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"rules": [{"region": "cn", "process_abroad": "sometimes"}]},
+     r"governance.rules\[0\]: field 'process_abroad' must be one of \['never', 'anonymised_only', 'allowed'\], "
+     r"found 'sometimes'"),
+    ({"rules": [{"region": "china"}]}, r"governance.rules\[0\].region: expected an ISO 3166-1 alpha-2 code"),
+    ({"rules": [{"region": "cn", "stays": True}]}, r"governance.rules\[0\]: unknown field\(s\) \['stays'\]"),
+    ({"zone": []}, r"governance: unknown field\(s\) \['zone'\]"),
+    ({"unknown_location": "ignore"}, r"'unknown_location' must be one of \['keep', 'exclude', 'error'\]"),
+    ({"zones": [{"name": "z", "circle": {"lat": 10, "lon": 10}}]},
+     r"governance.zones\[0\].circle \('z'\): missing field\(s\) \['radius_m'\]"),
+    ({"zones": [{"name": "z", "circle": {"lat": 95, "lon": 10, "radius_m": 5}}]}, r"latitude in \[-90, 90\]"),
+    ({"zones": [{"name": "z", "polygon": [[0, 0], [1, 1]]}]}, r"at least 3 \[lat, lon\] vertices"),
+    ({"zones": [{"name": "z"}]}, r"exactly one of 'circle'"),
+])
+def test_bad_policies_name_the_field_expected_and_found(spec: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Policy.from_config(spec)
+
+
+def test_compute_region_codes() -> None:
+    assert normalise_region_code("US") == "us" and normalise_region_code(None) is None
+    assert normalise_region_code("null") is None and normalise_region_code("") is None
+    with pytest.raises(ValueError, match=r"compute_region: expected an ISO 3166-1 alpha-2 code .* found 'USA'"):
+        normalise_region_code("USA")
+
+
+def test_circle_and_polygon_zones() -> None:
+    # One degree of latitude is 111.2 km on the mean sphere; a degree of longitude shrinks with cos(latitude).
+    assert haversine_m(np.array([0.0]), np.array([0.0]), 1.0, 0.0)[0] == pytest.approx(111_195, rel=1e-4)
+    assert haversine_m(np.array([60.0]), np.array([0.0]), 60.0, 1.0)[0] == pytest.approx(55_597, rel=2e-3)
+    circle = zone_from_config({"name": "site", "circle": {"lat": 31.23, "lon": 121.474, "radius_m": 1000},
+                               "regions": ["CN"]}, "governance.zones[0]")
+    assert circle.applies_to("cn") and not circle.applies_to("us")
+    north = 31.23 + np.array([0.0085, 0.0095]) * 1.0  # ~946 m and ~1056 m north
+    assert circle.contains(north, np.full(2, 121.474)).tolist() == [True, False]
+    # A concave (L-shaped) polygon: the notch is outside.
+    ell = zone_from_config({"name": "base", "polygon": [[0, 0], [0, 2], [1, 2], [1, 1], [2, 1], [2, 0]]}, "z")
+    inside = ell.contains(np.array([0.5, 1.5, 1.5, 0.5, -0.1]), np.array([0.5, 0.5, 1.5, 1.5, 0.5]))
+    assert inside.tolist() == [True, True, False, True, False]
+    assert points_in_polygon(np.array([0.5]), np.array([0.5]), ell.polygon).tolist() == [True]
+    with pytest.raises(ValueError, match="antimeridian"):
+        zone_from_config({"name": "pacific", "polygon": [[0, 179], [1, -179], [-1, -179]]}, "z")
