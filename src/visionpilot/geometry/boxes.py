@@ -107,7 +107,9 @@ def project_hexahedra_bounds(corners_ego: np.ndarray, intrinsics: np.ndarray, ex
         boxes, visible = np.zeros((c, 0, 4)), np.zeros((c, 0), dtype=bool)
         return (boxes, visible) if multi else (boxes[0], visible[0])
     to_cam = invert_rigid(ext)  # (C, 4, 4)
-    pc = np.einsum("cij,nkj->cnki", to_cam[:, :3, :3], corners_ego) + to_cam[:, None, None, :3, 3]  # (C, N, 8, 3)
+    # (C, N, 8, 3); one matrix product (BLAS) rather than einsum, which is several times slower here.
+    pc = (corners_ego.reshape(-1, 3) @ to_cam[:, :3, :3].transpose(0, 2, 1)).reshape(c, n, 8, 3)
+    pc += to_cam[:, None, None, :3, 3]
     a = pc[:, :, HEX_EDGES[:, 0]].reshape(-1, 3)
     b = pc[:, :, HEX_EDGES[:, 1]].reshape(-1, 3)
     a_c, b_c, keep, a_moved, b_moved = clip_segments_near(a, b, near)

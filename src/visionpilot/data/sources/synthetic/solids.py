@@ -154,15 +154,18 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
 
 
 def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarray, image: np.ndarray | None,
-                mask: np.ndarray, painted: np.ndarray) -> None:
+                mask: np.ndarray, painted: np.ndarray) -> tuple[int, int, int, int] | None:
     """Draw a frame's solids into one camera's ``image`` (H, W, 3) and instance ``mask`` (H, W) uint16.
 
     ``painted[mask_id]`` receives the pixel count of each labelled solid's whole silhouette (before nearer solids
     hide parts of it), so that its visibility is visible pixels / painted pixels; ids beyond ``painted`` (scenery)
     are not counted.
+
+    Returns the rectangle ``(x0, y0, x1, y1)`` that holds every pixel of a labelled id in ``mask`` (so visible
+    pixels need only be counted there), or None if no labelled solid was drawn.
     """
     if len(batch.mask_id) == 0:
-        return
+        return None
     height, width = mask.shape
     world_to_cam = invert_rigid(extrinsics)
     rot, trans = world_to_cam[:3, :3], world_to_cam[:3, 3]
@@ -173,8 +176,13 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
     def to_fixed(pc: np.ndarray) -> np.ndarray:
         # OpenCV puts pixel centres at integers, our convention at +0.5.
         uv = (pc / np.maximum(pc[..., 2:3], DEFAULT_NEAR * 0.999)) @ kmat.T
-        # Far-off (or masked-out, non-finite) points are clamped so the fixed-point cast stays defined.
-        return np.clip(np.nan_to_num((uv - 0.5) * _SCALE), -2.0**30, 2.0**30).round().astype(np.int32)
+        uv -= 0.5
+        uv *= _SCALE
+        # Far-off (or masked-out, non-finite) points are clamped so the fixed-point cast stays defined: fmax/fmin
+        # also map NaN to the bound (such points are never drawn, any value will do).
+        np.fmax(uv, -2.0**30, out=uv)
+        np.fmin(uv, 2.0**30, out=uv)
+        return np.rint(uv, out=uv).astype(np.int32)
 
     pc = batch.corners @ rot.T + trans  # (T, 8, 3) camera frame
     front = pc[..., 2] >= DEFAULT_NEAR  # (T, 8)
@@ -203,6 +211,14 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
         d_front = (dpc[..., 2] >= DEFAULT_NEAR).all(axis=1)
         d_fixed = to_fixed(dpc)
     dist = np.linalg.norm(batch.center - cam_pos, axis=1)
+    # Shadows of solids within 80 m, projected all at once (those crossing the near plane are clipped one by one).
+    shadow_on = (batch.has_shadow & (dist < 80) & on_screen) if image is not None else np.zeros(len(dist), bool)
+    if shadow_on.any():
+        spc = batch.shadow[shadow_on] @ rot.T + trans  # (S', 4, 3)
+        s_fixed = to_fixed(spc)
+        s_front = (spc[..., 2] >= DEFAULT_NEAR).all(axis=1).tolist()
+        s_row = np.cumsum(shadow_on) - 1
+    shadow_on_l = shadow_on.tolist()
     # Python lists and precomputed views keep the per-polygon loop free of numpy calls.
     face_fixed = np.ascontiguousarray(fixed[:, HEX_FACES])  # (T, 6, 4, 2); OpenCV needs contiguous rows
     seen_rows = seen.tolist()
@@ -212,21 +228,28 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
     draw = image is not None
     decal_text = batch.decal_text
     line8 = cv2.LINE_8
+    roi = [width, height, 0, 0]  # union of the labelled solids' pixel rectangles
+    start_l = start.tolist()
+    solid_small_l = solid_small.tolist()
+    solid_all_front_l = solid_all_front.tolist()
     for i in np.flatnonzero(on_screen)[np.argsort(-dist[on_screen])].tolist():
         mid = mask_ids[i]
-        if draw and batch.has_shadow[i] and dist[i] < 80:
-            poly = _polygon(batch.shadow[i] @ rot.T + trans, to_fixed)
+        s0, s1 = start_l[i], start_l[i + 1]
+        if shadow_on_l[i]:
+            r = s_row[i]
+            poly = s_fixed[r] if s_front[r] else _polygon(spc[r], to_fixed)
             if poly is not None:
                 cv2.fillConvexPoly(image, poly, batch.shadow_colors[i], aa, _SHIFT)
-        if solid_small[i]:
-            hull = cv2.convexHull(fixed[start[i]:start[i + 1]].reshape(-1, 2))
+        small = solid_small_l[i]
+        if small:
+            hull = cv2.convexHull(fixed[s0:s1].reshape(-1, 2))
             cv2.fillConvexPoly(mask, hull, mid, line8, _SHIFT)
             if draw:
-                t = start[i + 1] - 1 if start[i + 1] - start[i] > 1 else start[i]
+                t = s1 - 1 if s1 - s0 > 1 else s0
                 row = seen_rows[t]
                 cv2.fillConvexPoly(image, hull, batch.face_colors[t][row.index(True) if True in row else 0], aa,
                                    _SHIFT)
-        for t in range(start[i], start[i + 1]) if not solid_small[i] else ():  # noqa: B007 (t is used below)
+        for t in range(s0, s1) if not small else ():  # noqa: B007 (t is used below)
             row = seen_rows[t]
             if part_front_l[t]:
                 hull = cv2.convexHull(fixed[t])
@@ -238,9 +261,10 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
                     cv2.fillConvexPoly(image, hull, colors[row.index(True) if True in row else 0], aa, _SHIFT)
                     continue
                 decals = part_decals[t]
+                faces_t = face_fixed[t]
                 for f in range(6):
                     if row[f]:
-                        cv2.fillConvexPoly(image, face_fixed[t, f], colors[f], aa, _SHIFT)
+                        cv2.fillConvexPoly(image, faces_t[f], colors[f], aa, _SHIFT)
                         for d in batch.decals.get((t, f), ()) if decals else ():
                             dpoly = d_fixed[d] if d_front[d] else _polygon(dpc[d], to_fixed)
                             if dpoly is not None:
@@ -262,12 +286,15 @@ def draw_solids(batch: SolidBatch, intrinsics: np.ndarray, extrinsics: np.ndarra
                             cv2.fillConvexPoly(image, dpoly, batch.decal_colors[d], aa, _SHIFT)
         if mid < len(painted):
             # The solid was drawn last, so all of its pixels still carry its id: count them around it.
-            if solid_all_front[i]:
+            if solid_all_front_l[i]:
                 x0, y0 = np.maximum(s_lo[i] // int(_SCALE) - 1, 0)
                 x1, y1 = s_hi[i] // int(_SCALE) + 2
             else:
                 x0, y0, x1, y1 = 0, 0, width, height
-            painted[mid] = np.count_nonzero(mask[y0:min(y1, height), x0:min(x1, width)] == mid)
+            x1, y1 = min(x1, width), min(y1, height)
+            painted[mid] = np.count_nonzero(mask[y0:y1, x0:x1] == mid)
+            roi = [min(roi[0], x0), min(roi[1], y0), max(roi[2], x1), max(roi[3], y1)]
+    return (int(roi[0]), int(roi[1]), int(roi[2]), int(roi[3])) if roi[2] > roi[0] and roi[3] > roi[1] else None
 
 
 def _clip_faces_near(pc: np.ndarray, parts: np.ndarray, seen: np.ndarray, to_fixed

@@ -245,12 +245,17 @@ class SyntheticSource(FrameSource):
         all_boxes, all_ok = project_hexahedra_bounds(part_corners, self.intrinsics, self.extrinsics, self.image_size)
         for c in range(n_cam):
             painted = np.zeros(n_act + 1, dtype=np.int64)
-            draw_solids(batch, self.intrinsics[c], self.extrinsics[c], images[c] if images is not None else None,
-                        masks[c], painted)
-            if small_ids:
-                visible_px = cv2.calcHist([masks[c]], [0], None, [256], [0, 256]).ravel()[: n_act + 1].astype(np.int64)
-            else:
-                visible_px = np.bincount(masks[c].ravel(), minlength=n_act + 2)[: n_act + 1]
+            roi = draw_solids(batch, self.intrinsics[c], self.extrinsics[c],
+                              images[c] if images is not None else None, masks[c], painted)
+            # Visible pixels of labelled ids, counted only where they can be (entry 0, background, is unused).
+            visible_px = np.zeros(n_act + 1, dtype=np.int64)
+            if roi is not None:
+                x0, y0, x1, y1 = roi
+                sub = masks[c][y0:y1, x0:x1]
+                if small_ids:
+                    visible_px[:] = cv2.calcHist([sub], [0], None, [256], [0, 256]).ravel()[: n_act + 1]
+                else:
+                    visible_px[:] = np.bincount(sub.ravel(), minlength=n_act + 2)[: n_act + 1]
             obj_boxes, obj_ok = group_bounds(all_boxes[c], all_ok[c], owners, n_act)
             vis = visible_px[1:] / np.maximum(painted[1:], 1)
             wh = obj_boxes[:, 2:] - obj_boxes[:, :2]
