@@ -5,6 +5,7 @@
 #   3. fine-tune it on Japan with a low-rank adapter (+ replay of the other regions): a 1 MB region delta
 #   4. evaluate both models on every region: the cross-region matrix and the gains
 #   5. export the global model to ONNX (fp32 and int8, parity-checked) and compare their metrics
+#   6. benchmark PyTorch vs ONNX fp32 vs int8 on this machine (latency, size, metric) and print the table
 # and print where every result is. Budget: <= 20 minutes on 2 CPU cores once the environment is installed.
 #   bash scripts/quickstart.sh                 # results under runs/quickstart
 #   OUT=/tmp/qs bash scripts/quickstart.sh     # elsewhere
@@ -16,28 +17,35 @@ START=$(date +%s)
 step() { printf '\n== [%s] %s (%ds)\n' "$(date +%H:%M:%S)" "$1" "$(( $(date +%s) - START ))"; }
 QUIET=(callbacks.progress_bar=null)
 
-step "1/5 data: previews and label statistics for every region"
+step "1/6 data: previews and label statistics for every region"
 visionpilot-data action=preview region=global split=val frames_per_region=2 hydra.run.dir="$OUT/data/preview"
 visionpilot-data action=stats region=global split=all hydra.run.dir="$OUT/data/stats"
 
-step "2/5 train the global demo model (experiment=demo; JP held out)"
+step "2/6 train the global demo model (experiment=demo; JP held out)"
 visionpilot-train experiment=demo "${QUIET[@]}" hydra.run.dir="$OUT/train"
 GLOBAL="$OUT/train/checkpoints/last.ckpt"
 
-step "3/5 fine-tune on JP: adapter strategy with replay"
+step "3/6 fine-tune on JP: adapter strategy with replay"
 visionpilot-finetune ckpt_path="$GLOBAL" region=jp strategy=adapter trainer.max_steps=60 "${QUIET[@]}" \
   hydra.run.dir="$OUT/finetune/adapter-jp"
 
-step "4/5 cross-region matrix: global vs adapter-jp on every region"
+step "4/6 cross-region matrix: global vs adapter-jp on every region"
 visionpilot-eval "models={global: '$GLOBAL', adapter-jp: '$OUT/finetune/adapter-jp/delta.safetensors'}" \
   regions=global split=val hydra.run.dir="$OUT/eval"
 
-step "5/5 export to ONNX (fp32, int8) and compare"
+step "5/6 export to ONNX (fp32, int8) and compare"
 visionpilot-export ckpt_path="$GLOBAL" precision=fp32 hydra.run.dir="$OUT/export/fp32"
-visionpilot-export ckpt_path="$GLOBAL" precision=int8 hydra.run.dir="$OUT/export/int8"
+# parity.fail=false: a short CPU demo can land outside the int8 agreement gate; the table below then shows
+# "decoded agree: False" next to the metric deltas, instead of the quickstart stopping here.
+visionpilot-export ckpt_path="$GLOBAL" precision=int8 parity.fail=false hydra.run.dir="$OUT/export/int8"
 visionpilot-eval "models={pytorch: '$GLOBAL', onnx-fp32: '$OUT/export/fp32/model.onnx', onnx-int8: '$OUT/export/int8/model.onnx'}" \
   regions=global split=val reference=pytorch baseline=null limit_batches=10 hydra.run.dir="$OUT/export/eval"
 python -m visionpilot.export.report "$OUT/export/fp32" "$OUT/export/int8" --eval "$OUT/export/eval/eval.json"
+
+step "6/6 benchmark: PyTorch vs ONNX fp32 vs int8, batch-1 latency on this machine"
+# Few calls and no scaling sweep to stay under a minute; docs/benchmarks.md has the full run.
+visionpilot-benchmark "models={pytorch: '$GLOBAL', onnx-fp32: '$OUT/export/fp32/model.onnx', onnx-int8: '$OUT/export/int8/model.onnx'}" \
+  eval_json="$OUT/export/eval/eval.json" iters=10 warmup=2 "batches=[1]" scaling.enabled=false hydra.run.dir="$OUT/benchmark"
 
 step "done"
 cat <<TXT
@@ -50,4 +58,5 @@ Results ($(( $(date +%s) - START )) s):
   cross-region matrix and gains                   $OUT/eval/eval.md, eval.json, cross_region.png
   ONNX models, parity reports                     $OUT/export/{fp32,int8}/model.onnx, export.json
   ONNX metrics (pytorch vs fp32 vs int8)          $OUT/export/eval/eval.md
+  benchmark: latency, size, metric per backend    $OUT/benchmark/benchmark.md, benchmark.json
 TXT

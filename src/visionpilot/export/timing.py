@@ -1,0 +1,160 @@
+"""Measuring on a shared machine: what the machine is, peak memory per model, interleaved timing, percentiles.
+
+The pieces of ``visionpilot-benchmark`` (export/benchmark.py) that know nothing of models.
+
+Peak memory is the peak resident set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` before each
+model) minus the resident size before the model was loaded. Freed heap is handed back first (``gc`` + glibc
+``malloc_trim``) so one model's leftovers do not hide the next one's peak. Where the kernel does not allow the
+reset, it is None and ``machine_info()["memory_method"]`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+import visionpilot
+
+MEMORY_METHOD = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before loading"
+
+
+# --- the machine -------------------------------------------------------------------------------------------------
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return model, set(flags)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    return _cpuinfo()[0]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask; a container's quota is not visible here)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, SIMD flags, GPU, threads, library versions, load."""
+    model, flags = _cpuinfo()
+    try:
+        mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except (OSError, IndexError, ValueError):
+        mem_gb = None
+    try:
+        from visionpilot.governance.provenance import code_version
+        version = code_version()
+    except Exception:  # provenance is optional here; the package version still says which code ran
+        version = f"visionpilot {visionpilot.__version__}"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "cores_available": available_cores(),
+        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags],
+        "memory_gb": None if mem_gb is None else round(mem_gb, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "code_version": version,
+        "onnxruntime_providers": ort.get_available_providers(),
+        "threads": {"torch_intra_op": torch.get_num_threads(), "onnxruntime_intra_op": threads,
+                    "onnxruntime_inter_op": 1},
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+                if k in os.environ},
+        "flush_denormal": True,
+        "memory_method": MEMORY_METHOD if _reset_peak_rss() else "unavailable (no /proc/self/clear_refs)",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc keeps freed heap resident: hand it back, so
+        ctypes.CDLL("libc.so.6").malloc_trim(0)          # the next model's peak is its own
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, in MB (None where it cannot be measured)."""
+
+    def __enter__(self) -> PeakMemory:
+        release_memory()
+        self.ok = _reset_peak_rss()
+        self.start = _status_kb("VmRSS")
+        self.mb: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        peak = _status_kb("VmHWM")
+        if self.ok and peak is not None and self.start is not None:
+            self.mb = max(peak - self.start, 0) / 1024
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+def summarise(seconds: Sequence[float], batch: int) -> dict[str, Any]:
+    """p50 / p90 / p99 and mean in ms, frames/s (frames = batch items per second of timed calls), the samples."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "min_ms": float(ms.min()),
+            "mean_ms": float(ms.mean()),
+            "fps": float(batch * 1000.0 * len(ms) / ms.sum()), "iters": len(ms),
+            "samples_ms": [round(float(v), 3) for v in ms]}  # in call order: shows bursts of outside load
+
+
+def time_interleaved(runs: Sequence[Callable[[], Any]], iters: int) -> list[list[float]]:
+    """``iters`` timed calls of every run, round-robin with the order rotated each round."""
+    times: list[list[float]] = [[] for _ in runs]
+    for i in range(iters):
+        for k in range(len(runs)):
+            j = (k + i) % len(runs)
+            t0 = time.perf_counter()
+            runs[j]()
+            times[j].append(time.perf_counter() - t0)
+    return times

@@ -1,0 +1,155 @@
+"""visionpilot-benchmark on tiny models: it runs and writes both files with the documented fields (not its speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from visionpilot.export.benchmark import ROW_FIELDS, benchmark, detect_precision, model_specs, summarise
+from visionpilot.export.onnx_export import export_onnx, save_onnx_atomic, set_metadata
+from visionpilot.export.scaling import linear_fit
+from visionpilot.paths import config_dir
+from visionpilot.training.finetune import write_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# One forward camera at 64 x 176 with the tiny BEV branch: every part of the network, milliseconds per call.
+TINY = ["rig=front1", "data.image_size=[64,176]", "data.regions=[us]", "model/bev=tiny"]
+FAST = ["iters=3", "warmup=1", "batches=[1,2]", "batch_iters=2", "scaling.enabled=false", "threads=1"]
+MACHINE_FIELDS = {"cpu", "cores", "cores_available", "cpu_flags", "torch", "onnxruntime", "onnxruntime_providers",
+                  "threads", "flush_denormal", "memory_method", "load_avg_1m"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A stand-alone checkpoint (random weights), its ONNX export, and an external ONNX graph (a small conv net
+    with dynamic batch and size, like a detector someone already runs)."""
+    tmp = tmp_path_factory.mktemp("bench-models")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp}", *TINY])
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(cfg.model.net).eval()
+    ckpt = write_checkpoint(tmp / "run" / "checkpoints" / "last.ckpt", net, cfg,
+                            {"camera_names": ["CAM_FRONT"], "image_size": [64, 176], "regions": ["us"]})
+    graph = set_metadata(export_onnx(net, (64, 176), 1, raw_outputs=False),
+                         {"camera_names": ["CAM_FRONT"], "input_size": [64, 176], "precision": "fp32"})
+    ours = save_onnx_atomic(graph, tmp / "fp32" / "model.onnx")
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    external = tmp / "detector.onnx"
+    torch.onnx.export(conv, (torch.rand(1, 3, 32, 48),), str(external), dynamo=False, input_names=["pixels"],
+                      output_names=["out"], dynamic_axes={"pixels": {0: "b", 2: "h", 3: "w"}, "out": {0: "b"}})
+    return {"ckpt": ckpt, "onnx": ours, "external": external}
+
+
+def _cfg(out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("benchmark", overrides=[f"paths.output_dir={out}", *overrides])
+
+
+def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, Path], tmp_path: Path) -> None:
+    specs = (f"models={{pytorch: '{models['ckpt']}', onnx-fp32: '{models['onnx']}', "
+             f"det: {{path: '{models['external']}', input_shape: [1,3,32,48]}}}}")
+    # A visionpilot-eval report over the files (matched by path, whatever the evaluation named them).
+    evaluation = {"models": ["torch", "x"], "model_info": {"torch": {"path": str(models["ckpt"])},
+                                                           "x": {"path": str(models["onnx"])}},
+                  "overall": {"torch": {"lane_f1": 0.25}, "x": {"lane_f1": 0.2}}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    report = benchmark(_cfg(tmp_path, specs, *FAST, f"eval_json={tmp_path / 'eval.json'}", "scaling.enabled=true",
+                            "scaling.cameras=[1,2]",
+                            "scaling.sizes=[[64,176],[32,96]]", "scaling.iters=2", "scaling.warmup=1"))
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(report["rows"]))
+    assert set(data["machine"]) >= MACHINE_FIELDS and data["machine"]["threads"]["onnxruntime_intra_op"] == 1
+    rows = data["rows"]
+    # One row per model x backend x precision x batch; every documented field, with sane types and order.
+    keys = {(r["model"], r["backend"], r["precision"]) for r in rows}
+    assert keys == {("pytorch", "torch-eager", "fp32"), ("onnx-fp32", "onnxruntime-cpu", "fp32"),
+                    ("det", "onnxruntime-cpu", "fp32")}
+    assert sorted((r["model"], r["batch"]) for r in rows) == [("det", 1), ("det", 2), ("onnx-fp32", 1),
+                                                              ("onnx-fp32", 2), ("pytorch", 1), ("pytorch", 2)]
+    for r in rows:
+        assert set(ROW_FIELDS) <= set(r), set(ROW_FIELDS) - set(r)
+        assert r["status"] == "ok", r["status"]
+        assert isinstance(r["batch"], int) and isinstance(r["cameras"], int) and isinstance(r["height"], int)
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["fps"] > 0 and r["size_mb"] > 0
+        assert r["per_camera_ms"] == pytest.approx(r["p50_ms"] / r["cameras"])
+    first = {r["model"]: r for r in rows if r["batch"] == 1}
+    assert (first["pytorch"]["cameras"], first["pytorch"]["height"], first["pytorch"]["width"]) == (1, 64, 176)
+    assert (first["det"]["cameras"], first["det"]["height"], first["det"]["width"]) == (1, 32, 48)
+    assert first["det"]["external"] is True and first["onnx-fp32"]["external"] is False
+    assert (first["pytorch"]["metric"], first["onnx-fp32"]["metric"], first["det"]["metric"]) == (0.25, 0.2, None)
+    for r in first.values():  # loading figures are batch-1 figures
+        assert r["session_s"] > 0 and r["first_run_s"] > 0
+        assert r["peak_rss_mb"] is None or r["peak_rss_mb"] >= 0
+    # The markdown table: one row per model x backend x precision.
+    md = (tmp_path / "benchmark.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0].startswith("| model | backend | precision | status | MB | lane_f1 | p50 ms")
+    assert sorted(line.split(" | ")[0][2:] for line in table[1:] if "ok" in line.split(" | ")) == [
+        "det", "onnx-fp32", "pytorch"]
+    # Scaling: both sweeps, their fits and the plot.
+    sc = data["scaling"]
+    assert sc["status"] == "ok" and sc["model"] == "pytorch" and sc["backend"] == "onnxruntime-cpu"
+    assert [p["cameras"] for p in sc["cameras"]] == [1, 2] and all(p["p50_ms"] > 0 for p in sc["cameras"])
+    assert [(p["height"], p["width"]) for p in sc["resolution"]] == [(64, 176), (32, 96)]
+    assert set(sc["cameras_fit"]) == {"fixed_ms", "per_camera_ms", "r2"}
+    assert (tmp_path / "scaling.png").stat().st_size > 0 and "Latency vs cameras" in md
+
+
+def test_cli_prints_the_table(models: dict[str, Path], tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "visionpilot.cli.benchmark", f"models=[{models['onnx']}]",
+                          "iters=2", "warmup=0", "batches=[1]", "scaling.enabled=false", "threads=1",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| fp32 | onnxruntime-cpu | fp32 | ok |" in out.stdout  # named by its run folder
+    assert (tmp_path / "benchmark.json").is_file() and (tmp_path / "benchmark.md").is_file()
+
+
+def test_a_failing_backend_is_a_row_not_a_crash(models: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("inductor needs a C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    report = benchmark(_cfg(tmp_path, f"models={{pytorch: '{models['ckpt']}'}}", *FAST, "torch_compile=true"))
+    status = {(r["backend"], r["batch"]): r["status"] for r in report["rows"]}
+    assert status[("torch-eager", 1)] == "ok" and status[("torch-eager", 2)] == "ok"
+    assert status[("torch-compile", 1)] == "error: RuntimeError: inductor needs a C++ compiler"
+    failed = next(r for r in report["rows"] if r["backend"] == "torch-compile")
+    assert failed["p50_ms"] is None and failed["fps"] is None
+    assert "| pytorch | torch-compile | fp32 | error: RuntimeError" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_missing_file_names_the_model_and_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"models\.det: file not found: .*missing\.onnx"):
+        benchmark(_cfg(tmp_path, f"models={{det: '{tmp_path / 'missing.onnx'}'}}", *FAST))
+
+
+def test_external_onnx_needs_its_input_shape(models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"detector\.onnx: field 'input_shape' for input 'pixels': expected a shape "
+                                         r"that fits the graph's \['b', 3, 'h', 'w'\] .*found none"):
+        benchmark(_cfg(tmp_path, f"models=[{models['external']}]", *FAST))
+    with pytest.raises(ValueError, match=r"'input_shape' for input 'pixels': .*found \[1, 4, 32, 48\]"):
+        benchmark(_cfg(tmp_path, f"models=[{models['external']}]", "input_shape=[1,4,32,48]", *FAST))
+
+
+def test_model_names_and_helpers() -> None:
+    specs = model_specs(["runs/a/checkpoints/last.ckpt", "runs/export/int8/model.onnx", "yolo.onnx"])
+    assert list(specs) == ["a", "int8", "yolo"]
+    with pytest.raises(ValueError, match=r"two models would be named 'int8' \(a/int8/model.onnx and b/int8/model"):
+        model_specs(["a/int8/model.onnx", "b/int8/model.onnx"])
+    stats = summarise([0.010, 0.020, 0.030, 0.040], batch=2)
+    assert stats["p50_ms"] == pytest.approx(25.0) and stats["fps"] == pytest.approx(2 * 4 / 0.1)
+    fit = linear_fit([1, 2, 3, 4], [12.0, 14.0, 16.0, 18.0])
+    assert fit["intercept"] == pytest.approx(10.0) and fit["slope"] == pytest.approx(2.0) and fit["r2"] == 1.0
+    conv = onnx.helper.make_node("QLinearConv", [], [], name="q")
+    assert detect_precision(onnx.helper.make_model(onnx.helper.make_graph([conv], "g", [], []))) == "int8"
