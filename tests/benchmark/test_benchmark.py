@@ -69,6 +69,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
     data = json.loads((tmp_path / "benchmark.json").read_text())
     assert data["rows"] == json.loads(json.dumps(report["rows"]))
     assert set(data["machine"]) >= MACHINE_FIELDS and data["machine"]["threads"]["onnxruntime_intra_op"] == 1
+    assert data["settings"]["interleave"] is True and data["settings"]["ort_spinning"] is False
     rows = data["rows"]
     # One row per model x backend x precision x batch; every documented field, with sane types and order.
     keys = {(r["model"], r["backend"], r["precision"]) for r in rows}
