@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 import onnx
 import torch
 from torch import Tensor, nn
+
+from visionpilot.utils.io import write_atomic
 
 #: Graph input names, in order.
 INPUT_NAMES: tuple[str, ...] = ("images", "intrinsics", "extrinsics")
@@ -216,18 +216,7 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
 
 def save_onnx_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write the model through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: onnx.save_model(model, tmp))
 
 
 def graph_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from visionpilot.training.module import model_signature
-from visionpilot.utils.io import write_json_atomic
+from visionpilot.utils.io import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -297,17 +295,7 @@ def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor
         "extra": json.dumps(dict(extra or {})),
         "lineage": json.dumps(dict(lineage) if lineage else None),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_delta_metadata(path: str | Path) -> dict[str, Any]:
@@ -414,17 +402,7 @@ def write_checkpoint(path: str | Path, net: nn.Module, config: Any, meta: Mappin
     config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in _unwrap(net).state_dict().items()},
             "visionpilot": {**dict(meta or {}), "config": config, "model_signature": model_signature(net)}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 # --- the fine-tune run -------------------------------------------------------------------------------------------

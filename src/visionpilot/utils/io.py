@@ -7,26 +7,40 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path`` atomically.
+
+    Any writer that takes a file name fits (``torch.save``, ``onnx.save_model``, ``safetensors``' ``save_file``);
+    on any error the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, flushed to disk, and an atomic rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return write_atomic(path, write)
 
 
 def _clean(obj: Any) -> Any:
