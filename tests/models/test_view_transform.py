@@ -157,3 +157,26 @@ def test_forward_shapes_batch_and_helpers() -> None:
     assert parse_strides([8, "s16"]) == {"s8": 8, "s16": 16}
     with pytest.raises(ValueError, match="whole number of cells"):
         BEVGrid(x_range=(-1, 1), cell_size=0.3)
+
+
+def test_channels_last_training_gives_the_same_gradients() -> None:
+    # The lift hands a contiguous gradient to the camera sum's backward (a layout change for speed, see
+    # view_transform._ContiguousGrad); values must match a plain contiguous-format run exactly.
+    grid = BEVGrid(x_range=(-6, 6), y_range=(-5, 5), z_range=(-1, 3), cell_size=1.0, z_levels=2)
+    torch.manual_seed(0)
+    vt = ViewTransform(grid, in_channels=6, out_channels=5, lift_channels=3)
+    k = torch.tensor(K, dtype=torch.float32).expand(2, 3, 3, 3)
+    e = torch.stack([torch.tensor(camera_extrinsics([0.0, 0.0, 1.5], yaw), dtype=torch.float32)
+                     for yaw in (0.0, 60.0, -60.0)]).expand(2, 3, 4, 4)
+    feats = torch.randn(2, 3, 6, H // STRIDE, W // STRIDE)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        vt.zero_grad()
+        vt.to(memory_format=fmt)
+        x = feats.clone().requires_grad_()
+        out = vt(x, k, e, STRIDE, (H, W))
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((x.grad.clone(), vt.pre.weight.grad.clone()))
+    assert grads[0][0].abs().sum() > 0
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-5)

@@ -223,6 +223,8 @@ class ViewTransform(nn.Module):
                                 align_corners=False)  # (B*N, C, Z*X, Y)
         nz, nx, ny = valid.shape[2:]
         summed = sampled.reshape(b, n, c, nz, nx, ny).sum(1)  # (B, C, Z, X, Y)
+        if torch.is_grad_enabled() and summed.requires_grad:
+            summed = _ContiguousGrad.apply(summed)
         count = valid.sum(1, keepdim=True).clamp(min=1.0)  # (B, 1, Z, X, Y)
         return summed / count.to(summed.dtype)
 
@@ -236,6 +238,25 @@ class ViewTransform(nn.Module):
         # Fold Z into channels: height is a feature, the BEV map stays 2D.
         bev = voxels.flatten(1, 2)  # (B, C * Z, X, Y)
         return self.reduce(bev)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous.
+
+    With channels-last convolutions after the lift, the gradient reaching the camera sum is channels-last; the
+    sum's backward broadcasts it over the N cameras and ``grid_sample``'s backward needs it contiguous, so autograd
+    materialised a transposed (B, N, C, Z, X, Y) copy: 0.3 s of a 1.7 s demo training step on 2 CPU cores.
+    Transposing the N-times smaller (B, C, Z, X, Y) gradient first leaves a plain broadcast copy. Training only:
+    inference and export never build this node.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd.Function signature
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        return grad.contiguous()
 
 
 def parse_strides(strides: Mapping[str, int] | Sequence[int | str] | None) -> dict[str, int]:
