@@ -98,3 +98,22 @@ def test_int8_needs_calibration_frames_and_known_types(bev_model, make_batch) ->
         quantize_int8(full, [])
     with pytest.raises(ValueError, match=r"activation_type' must be one of \['QInt8', 'QUInt8'\], found 'int4'"):
         quantize_int8(full, graph_feeds(full, [make_batch(2)]), activation_type="int4")
+
+
+def test_int8_keep_float_prefixes_stay_fp32_and_histogram_calibration_runs(bev_model, make_batch) -> None:
+    # Percentile and entropy build a histogram of every tensor of the graph: they used to fail on the lane
+    # decode's -inf fill. keep_float keeps whole scopes in fp32 (the export keeps the FPN there by default).
+    _, full = bev_model
+    feeds = graph_feeds(full, [make_batch(2)])
+    for method in ("percentile", "entropy"):
+        q = quantize_int8(full, feeds, calibrate_method=method, keep_float=["/net/neck/"])
+        inits = {t.name: t for t in q.graph.initializer}
+        producer = {o: n for n in q.graph.node for o in n.output}
+        neck = [n for n in q.graph.node if n.name.startswith("/net/neck/")]
+        convs = [n for n in neck if n.op_type == "Conv"]
+        assert convs and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in convs)  # fp32 weights
+        adds = [n for n in neck if n.op_type == "Add"]  # the top-down sums of fp32 conv outputs: not re-quantised
+        assert adds and all(producer[i].op_type != "DequantizeLinear" for n in adds for i in n.input)
+        assert any(n.op_type == "QuantizeLinear" for n in q.graph.node), method  # the backbone is quantised
+    with pytest.raises(ValueError, match=r"keep_float' has prefixes \['/net/nope/'\] that name no node"):
+        quantize_int8(full, feeds, keep_float=["/net/nope/"])

@@ -218,7 +218,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                              weight_type=c.weight_type, per_channel=bool(c.per_channel),
                              reduce_range=bool(c.reduce_range), calibrate_method=c.method,
                              op_types=list(c.op_types) if c.get("op_types") else None,
-                             keep_output_layers=bool(c.get("keep_output_layers", True)))
+                             keep_output_layers=bool(c.get("keep_output_layers", True)),
+                             keep_float=list(c.get("keep_float") or []))
         calibration = {"frames": sum(len(b["frame_id"]) for b in calib_batches), "regions": dm.selected_regions,
                        "splits": list(c.splits), **{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
                                                     for k, v in c.items() if k not in ("frames", "splits")}}

@@ -26,7 +26,13 @@ INT8 settings and why (x86 CPUs, onnxruntime's CPU execution provider):
 - ``reduce_range`` (7-bit weights): off by default. Without VNNI (AVX2 / AVX-512 before Cascade Lake),
   ``VPMADDUBSW`` adds pairs of u8 x s8 products into int16 and can saturate; 7-bit weights avoid that. Turn it on
   when the vehicle's CPU lacks VNNI (``grep -o 'avx512_vnni\\|avx_vnni' /proc/cpuinfo`` prints nothing).
-- calibration: MinMax over frames of the target region (the datamodule of the checkpoint's config).
+- calibration: frames of the target region (the datamodule of the checkpoint's config), ranges by the 99.999th
+  percentile of each tensor's histogram. MinMax lets one outlying activation set a tensor's range for every
+  frame: on the demo model, MinMax over 128 calibration frames instead of 32 collapsed the 2D detections (6 % of
+  confident boxes kept), and percentile at 32 frames agrees better with fp32 than MinMax (docs/deployment.md).
+- the FPN (``/net/neck/``, ``keep_float`` in configs/export.yaml) stays fp32: its top-down additions of
+  upsampled and lateral maps were where 8 bits moved the 2D detections most (confident fp32 boxes with an int8
+  box at IoU >= 0.5: 66 % -> 76 % kept in fp32), at no measurable latency cost (its convs are 32 channels wide).
 """
 
 from __future__ import annotations
@@ -151,9 +157,9 @@ class FrameReader(CalibrationDataReader):
 
 def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], *,
                   activation_type: str = "QUInt8", weight_type: str = "QInt8", per_channel: bool = True,
-                  reduce_range: bool = False, calibrate_method: str = "minmax",
+                  reduce_range: bool = False, calibrate_method: str = "percentile",
                   op_types: Sequence[str] | None = None, keep_output_layers: bool = True,
-                  extra_options: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+                  keep_float: Sequence[str] = (), extra_options: Mapping[str, Any] | None = None) -> onnx.ModelProto:
     """Static QDQ INT8 quantisation calibrated on ``feeds``.
 
     Args:
@@ -165,6 +171,8 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
         calibrate_method: ``minmax``, ``entropy`` or ``percentile``.
         op_types: op types to quantise (None: every type onnxruntime can quantise).
         keep_output_layers: keep the layers that produce the raw outputs in float (see the module docstring).
+        keep_float: node-name prefixes (the exporter's module scopes, e.g. ``/net/backbone/body/stem/``) also kept
+            in float, for layers that a sensitivity study shows lose too much in 8 bits.
         extra_options: passed to ``quantize_static`` (e.g. ``{"CalibMovingAverage": True}``).
     """
     if not feeds:
@@ -184,6 +192,11 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
         prepared = onnx.load(str(pre))
         islands = float_islands(prepared)
         heads = output_layers(prepared) if keep_output_layers else []
+        kept = [n.name for n in prepared.graph.node if any(n.name.startswith(p) for p in keep_float)]
+        unmatched = [p for p in keep_float if not any(name.startswith(p) for name in kept)]
+        if unmatched:
+            raise ValueError(f"quantize: field 'keep_float' has prefixes {unmatched} that name no node of the graph "
+                             f"(node names look like '{prepared.graph.node[len(prepared.graph.node) // 2].name}')")
         options = {"ActivationSymmetric": False, "WeightSymmetric": True, **dict(extra_options or {})}
         with warnings.catch_warnings():
             # The calibrator also measures tensors of excluded nodes, e.g. the decode's all -inf mask fill, whose
@@ -193,10 +206,11 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
                 str(pre), str(dst), FrameReader(feeds), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types) if op_types else None, per_channel=per_channel,
                 reduce_range=reduce_range, activation_type=QUANT_TYPES[activation_type],
-                weight_type=QUANT_TYPES[weight_type], nodes_to_exclude=islands + heads,
+                weight_type=QUANT_TYPES[weight_type], nodes_to_exclude=islands + heads + kept,
                 calibrate_method=CALIBRATION_METHODS[calibrate_method], extra_options=options,
             )
         quantized = onnx.load(str(dst))
-    log.info("INT8: %d nodes kept in fp32 (decode, geometry), %d output layers in fp32, %d QuantizeLinear nodes",
-             len(islands), len(heads), sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node))
+    log.info("INT8: %d nodes kept in fp32 (decode, geometry), %d output layers and %d keep_float nodes in fp32, "
+             "%d QuantizeLinear nodes", len(islands), len(heads), len(kept),
+             sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node))
     return quantized

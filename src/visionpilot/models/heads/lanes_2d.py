@@ -186,7 +186,11 @@ class RowAnchorLaneHead(nn.Module):
         grid = columns[..., :g]
         bins = torch.arange(g, device=grid.device)
         window = (bins - grid.argmax(-1, keepdim=True)).abs() <= self.decode_window  # (..., S, R, G)
-        prob = torch.where(window, grid, torch.full_like(grid, float("-inf"))).softmax(-1)
+        # Softmax over the window, written out with a multiplicative mask instead of an -inf fill: the same
+        # numbers (the window is centred on the maximum), and no infinite or constant-fill tensor in the graph,
+        # on which onnxruntime's histogram INT8 calibrators (entropy, percentile) fail.
+        weights = (grid - grid.amax(-1, keepdim=True)).exp() * window.to(grid.dtype)
+        prob = weights / weights.sum(-1, keepdim=True)
         u = ((prob * bins.to(prob.dtype)).sum(-1) + 0.5) * (width / g)  # (..., S, R)
         v = self.row_anchors(height).to(u).expand_as(u)
         return {
