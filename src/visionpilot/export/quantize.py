@@ -199,8 +199,8 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
                              f"(node names look like '{prepared.graph.node[len(prepared.graph.node) // 2].name}')")
         options = {"ActivationSymmetric": False, "WeightSymmetric": True, **dict(extra_options or {})}
         with warnings.catch_warnings():
-            # The calibrator also measures tensors of excluded nodes, e.g. the decode's all -inf mask fill, whose
-            # scale is then 0 / 0; those parameters are never used (no QuantizeLinear is inserted there).
+            # The calibrator also measures tensors of excluded nodes (decode, geometry), e.g. constant or all-zero
+            # ones whose scale is then 0 / 0; those parameters are never used (no QuantizeLinear is inserted there).
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnxruntime\.quantization")
             quantize_static(
                 str(pre), str(dst), FrameReader(feeds), quant_format=QuantFormat.QDQ,

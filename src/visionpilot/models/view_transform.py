@@ -245,9 +245,9 @@ class _ContiguousGrad(torch.autograd.Function):
 
     With channels-last convolutions after the lift, the gradient reaching the camera sum is channels-last; the
     sum's backward broadcasts it over the N cameras and ``grid_sample``'s backward needs it contiguous, so autograd
-    materialised a transposed (B, N, C, Z, X, Y) copy: 0.3 s of a 1.7 s demo training step on 2 CPU cores.
-    Transposing the N-times smaller (B, C, Z, X, Y) gradient first leaves a plain broadcast copy. Training only:
-    inference and export never build this node.
+    materialised a transposed (B, N, C, Z, X, Y) copy (the profiler put it at 0.3 s of a demo step; end to end the
+    demo trains ~4 % faster without it, docs/benchmarks.md). Transposing the N-times smaller (B, C, Z, X, Y)
+    gradient first leaves a plain broadcast copy. Training only: inference and export never build this node.
     """
 
     @staticmethod
