@@ -17,8 +17,6 @@ Frames are loaded without images, so a dump of a large dataset reads only its la
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 from visionpilot.data.frame import Frame, Lane
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
+from visionpilot.utils.io import write_atomic
 
 
 def _r(values: np.ndarray, decimals: int) -> Any:
@@ -66,17 +65,14 @@ def frame_record(frame: Frame, decimals: int = 4) -> dict[str, Any]:
 
 def write_frames_jsonl(source: FrameSource, refs: Iterable[FrameRef], path: str | Path) -> int:
     """Write one line per ref (label-only loads) to ``path`` atomically; returns the number of frames."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "w") as f:
+    count = 0
+
+    def write(tmp: str) -> None:
+        nonlocal count
+        with open(tmp, "w") as f:
             for ref in refs:
                 f.write(json.dumps(frame_record(source.load(ref.index, with_images=False))) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+                count += 1
+
+    write_atomic(path, write)
+    return count

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 
 from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.data.sources.base import FrameRef
+from visionpilot.utils.io import write_text_atomic
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 #: Canonical order of split names: the cumulative hash intervals follow it, so dict order in a config is irrelevant.
@@ -160,22 +160,12 @@ class SplitManifest:
                 "sha256": self.sha256}
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write the manifest atomically (temp file in the same folder, then ``os.replace``).
+        """Write the manifest atomically (:func:`visionpilot.utils.io.write_text_atomic`).
 
         ``path`` is a ``.json`` file, or a folder (created if needed) to hold ``manifest.json``.
         """
         path = _manifest_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> SplitManifest:

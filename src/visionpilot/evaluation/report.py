@@ -15,13 +15,11 @@ checkpoint (``finetune.region``), else from its name ``<strategy>-<region>`` (``
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from visionpilot.utils.io import write_json_atomic, write_text_atomic
+from visionpilot.utils.io import write_atomic, write_json_atomic, write_text_atomic
 
 #: The headline metric of each task, in display order (heatmap panels, gains).
 PRIMARY_METRICS: tuple[str, ...] = ("lane_f1", "det_map50", "bev_map", "bev_lane_iou")
@@ -182,16 +180,8 @@ def plot_matrix(report: Mapping[str, Any], path: str | Path) -> Path:
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"Cross-region matrix ({report.get('split', 'val')} split; red: fine-tuning target)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
     return path

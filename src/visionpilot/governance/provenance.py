@@ -120,7 +120,8 @@ def build_lineage(artefact: str, *, datamodule: Any = None, data_role: str = "tr
 
 
 def parent_record(lineage: Mapping[str, Any] | None, sha256: str, path: str | Path | None = None) -> dict[str, Any]:
-    """A parent entry: the input model's lineage (or a stub for files that predate lineage) with its hash."""
+    """A parent entry: the input model's lineage with its file name and hash; files written before lineage
+    existed get a record that says "no lineage recorded"."""
     record = dict(lineage or {"format": LINEAGE_FORMAT, "artefact": "checkpoint", "note": "no lineage recorded"})
     record.update({"file": Path(path).name if path else record.get("file"), "sha256": sha256})
     return record

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -207,9 +208,6 @@ def frame_preview(frame: Frame, bev_range_m: float = 50.0, title: str | None = N
 
 def save_rgb(path: str, image: np.ndarray) -> None:
     """Write an RGB image (PNG/JPEG by extension) atomically."""
-    import os
+    from visionpilot.data.writers._common import write_image_atomic
 
-    tmp = f"{path}.tmp{os.path.splitext(path)[1]}"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(image[..., ::-1])):
-        raise OSError(f"could not write image {path}")
-    os.replace(tmp, path)
+    write_image_atomic(Path(path), np.ascontiguousarray(image))

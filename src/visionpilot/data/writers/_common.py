@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import cv2
 import numpy as np
 
 from visionpilot.data.frame import CameraView, Frame
+from visionpilot.utils.io import write_atomic
 
 
 def stable_token(*parts: Any) -> str:
@@ -20,17 +19,8 @@ def stable_token(*parts: Any) -> str:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (:func:`visionpilot.utils.io.write_atomic`)."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_image_atomic(path: Path, rgb: np.ndarray, jpeg_quality: int = 95) -> Path:
