@@ -1,0 +1,117 @@
+"""The parity comparison's decision rules on hand-made outputs: positions in their own units, boxes by IoU."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from visionpilot.export.parity import compare, decoded_agreement, tolerance_for
+
+INT8 = tolerance_for("int8")
+
+
+def _image_detections(boxes: list[list[float]], classes: list[int] | None = None) -> dict[str, np.ndarray]:
+    k = len(boxes)
+    return {"objects_2d.boxes": np.array([[boxes]], np.float32),  # (B=1, N=1, K, 4)
+            "objects_2d.scores": np.full((1, 1, k), 0.9, np.float32),
+            "objects_2d.classes": np.array([[classes if classes is not None else [0] * k]], np.int64)}
+
+
+def test_image_boxes_agree_by_iou_wherever_they_are_in_the_image() -> None:
+    # The same 3 px shift of a 60 px box at the left edge and at the right edge: same object (IoU 0.9) both times.
+    # A coordinate tolerance relative to the coordinate's value (0.1 + 0.1 * 5 px at the left edge) refused it.
+    ref = _image_detections([[5, 20, 65, 80], [190, 20, 250, 80]])
+    got = _image_detections([[8, 20, 68, 80], [187, 20, 247, 80]])
+    agreement, compared = decoded_agreement(ref, got, INT8)
+    assert compared["objects_2d.boxes"] == 2 and agreement["objects_2d.boxes"] == 1.0
+    # A 4 px box moved by 3 px is a different box (IoU 1/7), whatever its position.
+    small_ref, small_got = _image_detections([[200, 40, 204, 44]]), _image_detections([[203, 40, 207, 44]])
+    assert decoded_agreement(small_ref, small_got, INT8)[0]["objects_2d.boxes"] == 0.0
+    # The right box with the wrong class does not count; nor does a reference box ONNX dropped (padding -1).
+    assert decoded_agreement(ref, _image_detections([[5, 20, 65, 80], [190, 20, 250, 80]], [0, 1]),
+                             INT8)[0]["objects_2d.boxes"] == 0.5
+    dropped = _image_detections([[5, 20, 65, 80], [0, 0, 0, 0]], [0, -1])
+    assert decoded_agreement(ref, dropped, INT8)[0]["objects_2d.boxes"] == 0.5
+
+
+def test_order_of_detections_does_not_matter_and_low_scores_are_not_compared() -> None:
+    ref = _image_detections([[10, 10, 50, 50], [100, 10, 140, 50]])
+    ref["objects_2d.scores"][..., 1] = 0.1  # below score_threshold: not compared
+    got = _image_detections([[300, 10, 340, 50], [10, 10, 50, 50]])  # the confident one, in another slot
+    agreement, compared = decoded_agreement(ref, got, INT8)
+    assert compared["objects_2d.boxes"] == 1 and agreement["objects_2d.boxes"] == 1.0
+
+
+def _bev_detections(box: list[float]) -> dict[str, np.ndarray]:
+    return {"bev.objects_boxes": np.array([[box]], np.float32), "bev.objects_scores": np.array([[0.8]], np.float32),
+            "bev.objects_classes": np.array([[0]], np.int64)}
+
+
+@pytest.mark.parametrize(("shift", "agrees"), [((0.3, 0.2, 0.0), True), ((0.0, 0.6, 0.0), False),
+                                                ((0.0, 0.0, 0.7), False)])
+def test_bev_boxes_agree_by_centre_distance_in_metres(shift: tuple[float, float, float], agrees: bool) -> None:
+    # 40 m ahead: a tolerance relative to the coordinate (0.1 * 40 m) would have accepted metres of error.
+    ref = [40.0, -3.0, 0.8, 4.5, 1.9, 1.6, math.pi - 0.02]
+    got = [ref[0] + shift[0], ref[1] + shift[1], ref[2] + shift[2], 4.6, 1.85, 1.6, -math.pi + 0.03]  # yaw wraps
+    agreement, _ = decoded_agreement(_bev_detections(ref), _bev_detections(got), INT8)
+    assert agreement["bev.objects_boxes"] == (1.0 if agrees else 0.0)
+
+
+def test_bev_box_size_and_yaw_are_compared_too() -> None:
+    ref = [10.0, 2.0, 0.8, 4.5, 1.9, 1.6, 0.5]
+    assert decoded_agreement(_bev_detections(ref), _bev_detections([*ref[:3], 6.0, 1.9, 1.6, 0.5]),
+                             INT8)[0]["bev.objects_boxes"] == 0.0  # length 4.5 -> 6 m
+    assert decoded_agreement(_bev_detections(ref), _bev_detections([*ref[:6], 0.9]),
+                             INT8)[0]["bev.objects_boxes"] == 0.0  # yaw off by 0.4 rad
+
+
+def _lanes(points: np.ndarray, stem: str) -> dict[str, np.ndarray]:
+    s, r = points.shape[:2]
+    exist = "exist" if stem == "lanes_2d." else "scores"
+    valid = "points_valid" if stem == "lanes_2d." else "valid"
+    return {stem + "points": points[None].astype(np.float32), stem + exist: np.array([[0.9] * s], np.float32),
+            stem + valid: np.ones((1, s, r), bool)}
+
+
+def test_lane_points_agree_within_a_distance_in_their_own_unit() -> None:
+    rows = np.linspace(50, 90, 5)
+    image_ref = np.stack([np.full(5, 230.0), rows], -1)[None]  # one lane near the right edge, 5 rows
+    image_got = image_ref.copy()
+    image_got[0, :3, 0] += 1.5   # within 2 px
+    image_got[0, 3:, 0] += 4.0   # not (a relative tolerance gave 0.1 + 0.1 * 230 = 23 px)
+    agreement, compared = decoded_agreement(_lanes(image_ref, "lanes_2d."), _lanes(image_got, "lanes_2d."), INT8)
+    assert compared["lanes_2d.points"] == 5 and agreement["lanes_2d.points"] == pytest.approx(0.6)
+
+    bev_ref = np.stack([np.linspace(5, 45, 5), np.full(5, 1.8), np.zeros(5)], -1)[None]  # (S=1, X=5, 3) metres
+    bev_got = bev_ref.copy()
+    bev_got[0, -1, 1] += 1.0  # 45 m ahead, 1 m sideways: another lane position, not rounding
+    agreement, _ = decoded_agreement(_lanes(bev_ref, "bev.lanes_"), _lanes(bev_got, "bev.lanes_"), INT8)
+    assert agreement["bev.lanes_points"] == pytest.approx(0.8)
+
+
+def test_points_of_absent_lanes_and_invalid_rows_are_not_compared() -> None:
+    ref = _lanes(np.zeros((2, 3, 2)), "lanes_2d.")
+    ref["lanes_2d.exist"][0, 1] = 0.2          # slot 1 does not exist
+    ref["lanes_2d.points_valid"][0, 0, 2] = False  # slot 0, row 2 is not part of the lane
+    got = {k: v.copy() for k, v in ref.items()}
+    got["lanes_2d.points"][0, 1] += 50.0       # anything in the absent slot
+    got["lanes_2d.points"][0, 0, 2] += 50.0    # anything on the invalid row
+    agreement, compared = decoded_agreement(ref, got, INT8)
+    assert compared["lanes_2d.points"] == 2 and agreement["lanes_2d.points"] == 1.0
+
+
+def test_compare_gates_on_the_lowest_agreement() -> None:
+    ref = _image_detections([[5, 20, 65, 80], [190, 20, 250, 80]])
+    got = _image_detections([[5, 20, 65, 80], [120, 20, 180, 80]])
+    report = compare([ref], [got], INT8)
+    assert report["agreement"]["objects_2d.boxes"] == 0.5 and not report["decoded_agree"] and not report["passed"]
+    assert report["tolerance"]["box_iou"] == 0.5
+    assert compare([ref], [ref], tolerance_for("fp32"))["passed"]
+
+
+def test_unknown_box_layout_is_a_clear_error() -> None:
+    ref = {"x.boxes": np.zeros((1, 1, 5)), "x.scores": np.ones((1, 1)), "x.classes": np.zeros((1, 1), np.int64)}
+    with pytest.raises(ValueError, match=r"'x\.boxes' has 5 values per box; expected 4"):
+        decoded_agreement(ref, ref, INT8)
