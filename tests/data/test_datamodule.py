@@ -9,7 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from visionpilot.data.datamodule import EpochSampler, FrameDataset, VisionPilotDataModule
+from visionpilot.data.datamodule import EpochSampler, FrameDataset, VisionPilotDataModule, spread_order
+from visionpilot.data.sources.base import FrameRef
 
 
 def _dm(source, **kwargs) -> VisionPilotDataModule:
@@ -69,6 +70,29 @@ def test_region_selection(source_factory) -> None:
     assert glob.manifest.sha256 == dm.manifest.sha256
     with pytest.raises(ValueError, match=r"no frames for \['jp'\]; regions it has: \['de', 'gb', 'us'\]"):
         _dm(src, regions=["gb", "jp"])
+
+
+def test_spread_order_interleaves_regions_then_scenes() -> None:
+    # Region-major storage: de (scenes a, b; 2 frames each), gb (scene c; 3 frames), us (scene d; 1 frame).
+    layout = [("de", "a"), ("de", "a"), ("de", "b"), ("de", "b"), ("gb", "c"), ("gb", "c"), ("gb", "c"), ("us", "d")]
+    refs = [FrameRef(i, f"f{i}", scene, region) for i, (region, scene) in enumerate(layout)]
+    order = spread_order(refs)
+    assert order == [0, 4, 7, 2, 5, 1, 6, 3]  # de/a, gb, us, de/b, gb, de/a, gb, de/b
+    assert {refs[i].region for i in order[:3]} == {"de", "gb", "us"}  # any 3-frame prefix sees every region
+    assert spread_order([]) == []
+
+
+def test_a_limited_evaluation_sees_every_region(source_factory) -> None:
+    # limit_val_batches takes the first batches: with frames stored region-major that used to be the first
+    # regions only; the evaluation loaders spread every prefix, and the whole split is still each frame once.
+    src = source_factory({"de": 6, "gb": 6, "us": 6}, frames_per_scene=2)
+    dm = _dm(src, regions="global", batch_size=3)
+    first = next(iter(dm.val_dataloader()))
+    assert sorted(first["region"]) == ["de", "gb", "us"]
+    ids = [f for b in dm.val_dataloader() for f in b["frame_id"]]
+    assert sorted(ids) == sorted(r.frame_id for r in dm.datasets["val"].refs)
+    with pytest.raises(ValueError, match="order must be a permutation of 0..3"):
+        EpochSampler(4, order=[0, 1, 1, 2])
 
 
 def test_dataset_is_picklable_and_worker_safe(tiny_source) -> None:

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from visionpilot.data.collate import collate_frames
-from visionpilot.data.datamodule import EpochSampler, VisionPilotDataModule
+from visionpilot.data.datamodule import EpochSampler, VisionPilotDataModule, spread_order
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources._common import check_on_error
 from visionpilot.data.sources.base import FrameRef, FrameSource
@@ -230,8 +230,8 @@ class SourceDataModule(VisionPilotDataModule):
         if train and weights_of is not None and n:
             weights = weights_of(ds.refs)  # type: ignore[attr-defined]
             sampler: Sampler = WeightedEpochSampler(weights, n, seed=self.seed)
-        else:
-            sampler = EpochSampler(n, shuffle=train, seed=self.seed)
+        else:  # evaluation: every prefix spreads over sources' regions and scenes (limit_val_batches)
+            sampler = EpochSampler(n, shuffle=train, seed=self.seed, order=None if train else spread_order(ds.refs))
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=partial(collate_padded, num_cameras=len(self.source.camera_names)),
                           pin_memory=self.pin_memory, drop_last=train and self.drop_last and n >= self.batch_size,
