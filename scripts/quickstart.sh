@@ -35,8 +35,8 @@ visionpilot-eval "models={global: '$GLOBAL', adapter-jp: '$OUT/finetune/adapter-
 
 step "5/6 export to ONNX (fp32, int8) and compare"
 visionpilot-export ckpt_path="$GLOBAL" precision=fp32 hydra.run.dir="$OUT/export/fp32"
-# parity.fail=false: the short CPU demo's 2D detections are weak, flat peaks that 8 bits can move, so it can land
-# outside the int8 agreement gate; the table below then shows "decoded agree: False" next to the metric deltas
+# parity.fail=false: the short CPU demo's heads are weak (flat heatmap peaks, flat lane distributions) that 8 bits
+# can move by a cell, so it lands outside the int8 agreement gate (docs/deployment.md); the table below then shows "decoded agree: False" next to the metric deltas
 # (every val frame of every region), instead of the quickstart stopping here.
 visionpilot-export ckpt_path="$GLOBAL" precision=int8 parity.fail=false hydra.run.dir="$OUT/export/int8"
 visionpilot-eval "models={pytorch: '$GLOBAL', onnx-fp32: '$OUT/export/fp32/model.onnx', onnx-int8: '$OUT/export/int8/model.onnx'}" \

@@ -84,12 +84,30 @@ def test_sampling_weights_set_each_sources_share(roots: dict[str, Path]) -> None
     assert [i for _, i in sampler][:50] != draws[:50].tolist()
 
 
+def test_weighted_sampler_shards_ranks_and_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under DDP (use_distributed_sampler=false) each rank must draw its own share, not the whole epoch again.
+    weights = np.array([0.5, 0.25, 0.25])
+    whole = [i for _, i in WeightedEpochSampler(weights, 11, seed=2)]
+    shards = []
+    for rank in (0, 1):
+        sampler = WeightedEpochSampler(weights, 11, seed=2)
+        monkeypatch.setattr(sampler, "replicas", lambda rank=rank: (2, rank))
+        assert len(sampler) == 6
+        shards.append([i for _, i in sampler])
+    assert shards[0] == whole[0::2] and shards[1] == whole[1::2] + [whole[0]]  # padded by wrapping, as DDP needs
+    # A restart mid-epoch goes on with the same draws.
+    resumed = WeightedEpochSampler(weights, 11, seed=2)
+    resumed.load_state_dict({"epoch": 0, "consumed": 4})
+    assert [i for _, i in resumed] == whole[4:]
+
+
 def test_datamodule_draws_by_weight(roots: dict[str, Path], tmp_path: Path) -> None:
     dm = SourceDataModule(_mixed(roots, weights={"nuscenes": 0.0, "culane": 1.0}), image_size=(48, 128),
                           batch_size=2, num_workers=0, manifest_path=tmp_path)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, WeightedEpochSampler)
+    assert "sampler" in loader.state_dict()  # the position within the epoch goes into checkpoints
     batch = next(iter(loader))
     # A batch of 1-camera frames still has all 6 slots: slot i is camera_names[i] in every batch.
     assert all(s == "culane" for s in batch["source"]) and batch["images"].shape[1] == 6

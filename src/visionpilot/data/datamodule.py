@@ -144,9 +144,14 @@ class EpochSampler(Sampler):
             return math.ceil(self.length / world)
         return len(range(rank, self.length, world))
 
+    def epoch_order(self) -> np.ndarray:
+        """The whole epoch's indices, before sharding over ranks (subclasses draw them differently)."""
+        if self.shuffle:
+            return self.order[np.random.default_rng([self.seed, self.epoch]).permutation(self.length)]
+        return self.order
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = (self.order[np.random.default_rng([self.seed, self.epoch]).permutation(self.length)]
-                 if self.shuffle else self.order)
+        order = self.epoch_order()
         world, rank = self.replicas()
         if world > 1:
             if self.pad and self.length:

@@ -27,17 +27,17 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from visionpilot.data.collate import collate_frames
-from visionpilot.data.datamodule import EpochSampler, VisionPilotDataModule, spread_order
+from visionpilot.data.datamodule import EpochSampler, ResumableDataLoader, VisionPilotDataModule, spread_order
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources._common import check_on_error
 from visionpilot.data.sources.base import FrameRef, FrameSource
@@ -165,25 +165,20 @@ def skip_count(skipped: Mapping[str, Any]) -> int:
     return sum(skip_count(v) for v in skipped.values() if isinstance(v, Mapping))
 
 
-class WeightedEpochSampler(Sampler):
+class WeightedEpochSampler(EpochSampler):
     """Yields ``(epoch, index)``: ``length`` draws with replacement, ``P(index) = weights[index]``, seeded by
-    ``(seed, epoch)``. Lightning calls ``set_epoch`` at every epoch start."""
+    ``(seed, epoch)``. Lightning calls ``set_epoch`` at every epoch start. Sharded over DDP ranks and resumable
+    mid-epoch like :class:`~visionpilot.data.datamodule.EpochSampler` (each rank takes its slice of the draws)."""
 
-    def __init__(self, weights: np.ndarray, length: int | None = None, seed: int = 0) -> None:
+    def __init__(self, weights: np.ndarray, length: int | None = None, seed: int = 0,
+                 distributed: bool = True) -> None:
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.length = len(self.weights) if length is None else int(length)
-        self.seed, self.epoch = int(seed), 0
+        super().__init__(len(self.weights) if length is None else int(length), shuffle=True, seed=seed,
+                         distributed=distributed, pad=True)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def epoch_order(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
-        draws = rng.choice(len(self.weights), size=self.length, replace=True, p=self.weights)
-        return iter([(self.epoch, int(i)) for i in draws])
+        return rng.choice(len(self.weights), size=self.length, replace=True, p=self.weights)
 
 
 class SourceDataModule(VisionPilotDataModule):
@@ -229,13 +224,16 @@ class SourceDataModule(VisionPilotDataModule):
         weights_of = getattr(self.source, "sampling_weights", None)
         if train and weights_of is not None and n:
             weights = weights_of(ds.refs)  # type: ignore[attr-defined]
-            sampler: Sampler = WeightedEpochSampler(weights, n, seed=self.seed)
-        else:  # evaluation: every prefix spreads over sources' regions and scenes (limit_val_batches)
-            sampler = EpochSampler(n, shuffle=train, seed=self.seed, order=None if train else spread_order(ds.refs))
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=partial(collate_padded, num_cameras=len(self.source.camera_names)),
-                          pin_memory=self.pin_memory, drop_last=train and self.drop_last and n >= self.batch_size,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+            sampler: EpochSampler = WeightedEpochSampler(weights, n, seed=self.seed)
+        else:  # evaluation: every prefix spreads over the sources' regions and scenes (limit_val_batches)
+            sampler = EpochSampler(n, shuffle=train, seed=self.seed, distributed=True, pad=train,
+                                   order=None if train else spread_order(ds.refs))  # type: ignore[attr-defined]
+        # As the parent's: sharded over DDP ranks by the sampler, position saved in checkpoints.
+        return ResumableDataLoader(
+            ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=partial(collate_padded, num_cameras=len(self.source.camera_names)),
+            pin_memory=self.pin_memory, drop_last=train and self.drop_last and n >= self.batch_size,
+            persistent_workers=self.persistent_workers and self.num_workers > 0)
 
 
 #: Batch keys with a camera axis (dim 1), and the value their padded slots get (see data/collate.py).
