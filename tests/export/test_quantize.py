@@ -8,10 +8,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from visionpilot.export.onnx_export import RAW_PREFIX
+from visionpilot.export.onnx_export import RAW_PREFIX, export_onnx
 from visionpilot.export.parity import check_parity, onnx_outputs, tolerance_for, torch_outputs
 from visionpilot.export.pipeline import graph_feeds
 from visionpilot.export.quantize import float_islands, output_layers, quantize_int8, to_fp16
+from visionpilot.training.finetune import add_adapters
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -33,6 +34,18 @@ def test_float_islands_are_the_decode_and_the_geometry(bev_model) -> None:
     layers = output_layers(full)
     assert "/net/bev/objects/heatmap/Conv" in layers and "/net/lanes_2d/mlp/mlp.4/Gemm" in layers
     assert all(ops[n] in ("Conv", "Gemm", "Einsum") for n in layers)
+
+
+def test_a_low_rank_head_update_stays_float_with_the_layer_it_updates(build_net, hw) -> None:
+    # An adapter fine-tune's lane classifier is W x + b + up(down(x)): the Add and both summands' layers produce
+    # the raw logits, so int8 must not round either summand before the sum.
+    net = add_adapters(build_net("tiny"), rank=2, head_rank=2, head_min_params=4096)
+    graph = export_onnx(net, hw, num_cameras=2)
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    layers = output_layers(graph)
+    last = {n: ops[n] for n in layers if n.startswith("/net/lanes_2d/mlp/mlp.4/")}
+    assert last == {"/net/lanes_2d/mlp/mlp.4/Add": "Add", "/net/lanes_2d/mlp/mlp.4/Gemm": "Gemm",
+                    "/net/lanes_2d/mlp/mlp.4/lora_up/MatMul": "MatMul"}
 
 
 def test_fp16_keeps_fp32_io_and_computes_the_same_function(bev_model, make_batch, hw) -> None:

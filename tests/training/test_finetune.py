@@ -21,6 +21,7 @@ from visionpilot.training.checkpoints import load_checkpoint
 from visionpilot.training.finetune import (
     STRATEGIES,
     FinetuneCallback,
+    LoRALinear,
     add_adapters,
     apply_strategy,
     finetune,
@@ -114,6 +115,49 @@ def test_adapters_start_as_identity_and_apply_strategy_rejects_missing_adapters(
         add_adapters(net)
     with pytest.raises(ValueError, match="unknown fine-tuning strategy 'bias'"):
         apply_strategy(net, "bias")
+
+
+def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -> None:
+    base_path = _base(tmp_path, "model/bev=tiny")
+    base = load_checkpoint(base_path)
+    net = base.net.eval()
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        before = net(*_inputs())
+    large = {n for n, m in net.named_modules() if n.startswith(("heads.", "bev.")) and isinstance(m, nn.Linear)
+             and m.weight.numel() >= 4096}
+    assert large  # the row-anchor lane head's MLP
+    add_adapters(net, rank=4, head_rank=2, head_min_params=4096)
+    wrapped = {n for n, m in net.named_modules() if isinstance(m, LoRALinear)}
+    assert wrapped == large
+    with torch.no_grad():  # a zero update: exactly the base network
+        after = net(*_inputs())
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    report = apply_strategy(net, "adapter")
+    trainable = set(report.trainable)
+    for name in wrapped:  # the layer itself is frozen, its update trains; the rest of the heads train densely
+        assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight"} <= trainable
+        assert f"{name}.weight" not in trainable and f"{name}.bias" not in trainable
+    assert any(n.startswith("bev.") and n.endswith("weight") for n in trainable)
+    _perturb_trainable(net, report.frozen_norms)
+    delta = save_delta(tmp_path / "delta.safetensors", net, base_state, base_sha256=base.sha256, region="gb",
+                       strategy="adapter", base_path=base_path)
+    with safe_open(str(delta), framework="pt") as f:
+        keys = set(f.keys())
+    assert all(f"{n}.weight" not in keys and f"{n}.lora_up.weight" in keys for n in wrapped)
+    assert read_delta_metadata(delta)["adapter"]["head_rank"] == 2
+    net.eval()
+    with torch.no_grad():  # merging onto the base rebuilds the low-rank layers from the delta's settings
+        expected, got = net(*_inputs()), load_model(delta).net(*_inputs())
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    # Dense head training would ship every weight of those layers.
+    dense = load_checkpoint(base_path).net
+    dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
+    add_adapters(dense, rank=4)
+    _perturb_trainable(dense, apply_strategy(dense, "adapter").frozen_norms)
+    dense_delta = save_delta(tmp_path / "dense.safetensors", dense, dense_state, base_sha256=base.sha256,
+                             region="gb", strategy="adapter")
+    assert delta.stat().st_size < 0.7 * dense_delta.stat().st_size
 
 
 @pytest.mark.parametrize("strategy", ["adapter", "norm"])

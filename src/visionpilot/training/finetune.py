@@ -9,7 +9,9 @@ normalisation layers are kept in eval mode so their running statistics do not dr
 ``heads``   the neck, the image heads and the BEV branch; the backbone is frozen
 ``norm``    every normalisation layer (affine weights, and BatchNorm statistics adapt) plus heads and BEV branch
 ``adapter`` low-rank residual adapters after the backbone's tapped stages plus heads and BEV branch; the backbone
-            and the neck are frozen
+            and the neck are frozen. Head layers too large to ship densely (linear layers of at least
+            ``head_min_params`` weights, e.g. the row-anchor lane classifier) train as a low-rank update
+            (:class:`LoRALinear`) instead, so the delta stays small
 ==========  =====================================================================================================
 
 A **region delta** is a safetensors file with only the tensors that differ from the base network (state-dict keys
@@ -87,6 +89,34 @@ class ConvAdapter(nn.Module):
         return x + self.up(self.act(self.down(x)))  # (B, C, h, w)
 
 
+class LoRALinear(nn.Linear):
+    """A linear layer with a low-rank update: ``W x + b + up(down(x))`` (LoRA, Hu et al. 2021).
+
+    A subclass of ``nn.Linear`` holding the original ``weight`` and ``bias`` under their own names, so the state-dict
+    keys of the base layer do not change and a region delta stores only ``lora_down`` / ``lora_up`` (rank x (in +
+    out) numbers instead of in x out). ``lora_up`` starts at zero: the wrapped layer is exactly the original.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        if rank < 1:
+            raise ValueError(f"LoRALinear: rank must be >= 1, found {rank}")
+        self.lora_down = nn.Linear(in_features, rank, bias=False)
+        self.lora_up = nn.Linear(rank, out_features, bias=False)
+        nn.init.zeros_(self.lora_up.weight)
+
+    @classmethod
+    def wrap(cls, layer: nn.Linear, rank: int) -> LoRALinear:
+        """The same layer (its own parameter tensors, not copies) with a zero low-rank update."""
+        new = cls(layer.in_features, layer.out_features, rank, bias=layer.bias is not None)
+        new.to(layer.weight.device)
+        new.weight, new.bias = layer.weight, layer.bias
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) + self.lora_up(self.lora_down(x))
+
+
 def _graphs(body: nn.Module) -> list[fx.Graph]:
     """The fx graphs of a feature extractor (torchvision's DualGraphModule keeps one for train and one for eval)."""
     if not isinstance(body, fx.GraphModule):
@@ -98,12 +128,21 @@ def _graphs(body: nn.Module) -> list[fx.Graph]:
 
 
 def adapter_config(net: nn.Module) -> dict[str, Any] | None:
-    """The adapter settings of a network (``rank``, ``kernel_size``, ``stages``), or None without adapters."""
+    """The adapter settings of a network (``rank``, ``kernel_size``, ``stages``, ``head_rank``,
+    ``head_min_params``), or None without adapters."""
     return getattr(_unwrap(net).backbone, "adapter_config", None)
 
 
-def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None) -> nn.Module:
-    """Insert a :class:`ConvAdapter` after each tapped backbone stage, inside the backbone graph (in place).
+def _large_head_linears(net: nn.Module, min_params: int) -> list[str]:
+    """Names of the head / BEV-branch linear layers with at least ``min_params`` weights."""
+    return [name for name, m in net.named_modules() if name.startswith(_HEAD_PREFIXES)
+            and type(m) is nn.Linear and m.weight.numel() >= min_params]
+
+
+def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None,
+                 head_rank: int | None = None, head_min_params: int = 65536) -> nn.Module:
+    """Insert a :class:`ConvAdapter` after each tapped backbone stage, inside the backbone graph (in place), and
+    with ``head_rank`` turn the large linear layers of the heads into :class:`LoRALinear`.
 
     Each adapter feeds both the neck and the following stage, so the adaptation propagates through the trunk.
     The adapters are submodules ``backbone.body.adapter_<stage>`` (state-dict keys
@@ -114,6 +153,8 @@ def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Se
         rank: adapter bottleneck width.
         kernel_size: of the down-projection.
         stages: output names to adapt (``["s8", "s16", "s32"]``); default every output of the backbone.
+        head_rank: rank of the low-rank update of large head layers; None trains every head layer densely.
+        head_min_params: a head linear layer with at least this many weights counts as large.
 
     Returns:
         ``net`` (for Hydra: ``_target_: visionpilot.training.finetune.with_adapters``).
@@ -141,14 +182,22 @@ def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Se
     # Re-assigning the active graph recompiles the module's forward.
     body.graph = body.train_graph if hasattr(body, "train_graph") and body.training else \
         getattr(body, "eval_graph", body.graph)
-    backbone.adapter_config = {"rank": int(rank), "kernel_size": int(kernel_size), "stages": stages}
+    config: dict[str, Any] = {"rank": int(rank), "kernel_size": int(kernel_size), "stages": stages}
+    if head_rank:
+        inner = _unwrap(net)
+        for name in _large_head_linears(inner, int(head_min_params)):
+            parent, _, child = name.rpartition(".")
+            owner = inner.get_submodule(parent)
+            owner.register_module(child, LoRALinear.wrap(getattr(owner, child), int(head_rank)))
+        config.update(head_rank=int(head_rank), head_min_params=int(head_min_params))
+    backbone.adapter_config = config
     return net
 
 
-def with_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None
-                  ) -> nn.Module:
+def with_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None,
+                  head_rank: int | None = None, head_min_params: int = 65536) -> nn.Module:
     """Hydra target wrapping a net config, so a fine-tuned adapter checkpoint rebuilds from its stored config."""
-    return add_adapters(net, rank, kernel_size, list(stages) if stages else None)
+    return add_adapters(net, rank, kernel_size, list(stages) if stages else None, head_rank, head_min_params)
 
 
 # --- strategies --------------------------------------------------------------------------------------------------
@@ -185,7 +234,8 @@ def trainable_names(net: nn.Module, strategy: str) -> set[str]:
         adapters = _params_of(net, ConvAdapter, recurse=True)
         if not adapters:
             raise ValueError("strategy 'adapter': the network has no adapters; call add_adapters(net) first")
-        chosen = heads | adapters
+        low_rank_bases = _params_of(net, LoRALinear, recurse=False)  # their weight and bias: only the update trains
+        chosen = (heads - low_rank_bases) | adapters
     return chosen - _model_frozen(net)
 
 
@@ -466,8 +516,10 @@ def _plain(value: Any) -> Any:
 
 
 def _adapter_settings(strategy: Mapping[str, Any]) -> dict[str, Any]:
+    head_rank = strategy.get("head_rank")
     return {"rank": int(strategy.get("rank", 8)), "kernel_size": int(strategy.get("kernel_size", 1)),
-            "stages": list(strategy.get("stages") or []) or None}
+            "stages": list(strategy.get("stages") or []) or None, "head_rank": int(head_rank) if head_rank else None,
+            "head_min_params": int(strategy.get("head_min_params", 65536))}
 
 
 def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
