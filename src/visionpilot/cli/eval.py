@@ -34,7 +34,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from visionpilot.evaluation.report import build_report, format_markdown, write_report
 
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
-    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its per-call COCO summary drowns the tables
     L.seed_everything(int(cfg.get("seed") or 0), verbose=False)
     specs = model_specs(OmegaConf.to_container(cfg.models, resolve=True) if OmegaConf.is_config(cfg.models)
                         else cfg.models)

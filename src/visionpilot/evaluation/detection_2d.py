@@ -12,6 +12,7 @@ most 100 detections per image applies (``max_detections``).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,10 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.evaluation._common import ArrayLike, cat_state, to_numpy
+
+# faster-coco-eval logs a 12-line COCO summary at INFO on every evaluation — once per region per validation here,
+# which buries the training and evaluation logs; the numbers are in metrics.json / eval.json.
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 
 def coco_backend(preferred: str = "faster_coco_eval") -> str:

@@ -541,7 +541,6 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         L.seed_everything(int(run_cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
-    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # a COCO summary per validation drowns the log
     strategy = run_cfg.strategy.name
     net = base.net.train()
     base_state = {k: v.clone() for k, v in net.state_dict().items()}
