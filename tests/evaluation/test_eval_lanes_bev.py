@@ -103,6 +103,24 @@ def test_offset_line_f1_per_threshold() -> None:
     assert out["bev_lane_ap"] == pytest.approx(2 / 3)
 
 
+def test_lines_are_compared_inside_the_grid_only() -> None:
+    # Labels reach past the grid (the synthetic world: 60 m behind to 120 m ahead of a +-50 m grid); a prediction
+    # along the whole grid must match such a line, not sit metres away from its off-grid part.
+    gt = along_x(1.0, -30.0, 60.0, n=10)  # GRID covers x in [-10, 10]
+    pred = along_x(1.2, -9.75, 9.75)      # 0.2 m to the side, over the grid's length
+    clipped = BevLaneChamferF1(grid=GRID)
+    clipped.update([[pred]], [[0.9]], [[0]], [[gt]], [[0]])
+    assert float(clipped.compute()["bev_lane_f1@0.5m"]) == 1.0
+    whole = BevLaneChamferF1()  # without the grid: Chamfer ~ 12 m
+    whole.update([[pred]], [[0.9]], [[0]], [[gt]], [[0]])
+    assert float(whole.compute()["bev_lane_f1@1.5m"]) == 0.0
+    # A line outside the grid is not a GT instance; one that leaves and re-enters is two.
+    outside, wiggle = along_x(7.0), np.array([[-9.0, 0.0], [0.0, 8.0], [9.0, 0.0]])
+    counting = BevLaneChamferF1(grid=GRID)
+    counting.update([[]], [[]], [[]], [[outside, wiggle]], [[0, 0]])
+    assert int(counting.num_gt[0]) == 2
+
+
 def test_identical_lines_and_type_mismatch() -> None:
     lines = [along_x(0.0, 0.0, 30.0), along_x(3.5, 0.0, 30.0), along_x(-3.5, 5.0, 25.0)]
     metric = BevLaneChamferF1()

@@ -26,7 +26,7 @@ import numpy as np
 
 from visionpilot.data.frame import Boxes3D, CameraView, Frame, Lane
 from visionpilot.data.regions import other_side
-from visionpilot.geometry.camera import clip_segments_rect
+from visionpilot.geometry.polylines import clip_polyline_box
 
 Size = tuple[int, int]  # (height, width)
 
@@ -110,24 +110,7 @@ def clip_polyline_rect(points: np.ndarray, width: float, height: float, min_leng
 
     Pieces shorter than ``min_length`` pixels are dropped.
     """
-    pts = np.asarray(points, dtype=np.float64)
-    if len(pts) < 2:
-        return []
-    p, q, keep, p_moved, q_moved = clip_segments_rect(pts[:-1], pts[1:], width, height)
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0:
-        return []
-    # A kept segment continues the previous piece if it directly follows it and neither joint was cut.
-    continues = np.zeros(len(idx), dtype=bool)
-    continues[1:] = (idx[1:] - 1 == idx[:-1]) & ~q_moved[idx[:-1]] & ~p_moved[idx[1:]]
-    starts = np.flatnonzero(~continues)
-    pieces = []
-    for a, b in zip(starts, [*starts[1:], len(idx)]):
-        seg = idx[a:b]
-        piece = np.concatenate([p[seg[:1]], q[seg]], axis=0)
-        if np.linalg.norm(np.diff(piece, axis=0), axis=1).sum() >= min_length:
-            pieces.append(piece)
-    return pieces
+    return clip_polyline_box(points, (0.0, width), (0.0, height), min_length)
 
 
 def _aligned(values: np.ndarray, keep: np.ndarray, field: str, cam: CameraView) -> np.ndarray:

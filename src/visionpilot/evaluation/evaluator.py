@@ -82,7 +82,8 @@ class PerceptionEvaluator(nn.Module):
             metrics["objects_3d"] = PerRegionMetric(partial(BevDetectionMetric, OBJECT_CLASSES), self.regions)
         if "lanes_bev" in self.tasks:
             metrics["lanes_bev_iou"] = PerRegionMetric(partial(BevLaneIoU, LANE_TYPES), self.regions)
-            metrics["lanes_bev_f1"] = PerRegionMetric(partial(BevLaneChamferF1, LANE_TYPES), self.regions)
+            metrics["lanes_bev_f1"] = PerRegionMetric(partial(BevLaneChamferF1, LANE_TYPES, grid=self.bev_grid),
+                                                      self.regions)
         self.metrics = nn.ModuleDict(metrics)
 
     def lanes_camera_mask(self, batch: dict[str, Any]) -> Tensor:

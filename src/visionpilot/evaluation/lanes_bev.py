@@ -16,6 +16,11 @@ threshold (0.5, 1.0, 1.5 m) and that GT is not covered yet, else an FP (no fall-
 MapTR). AP per type and threshold is the VOC area under the precision envelope; F1 (ours) uses the same matching,
 counting the predictions with score >= ``score_threshold`` over all types.
 
+Both predictions and ground truth are cut to the BEV grid first (``grid``): MapTR evaluates the map elements of its
+perception range, and the labels here reach beyond the grid (lanes from 60 m behind to 120 m ahead for a +-50 m
+grid), which would put every match metres away (a prediction along the whole grid against a GT line 80 % longer).
+A line that leaves the grid and re-enters it becomes two instances, as MapTR splits a multi-line map element.
+
 Deviations from MapTR: ties in score are ranked false positives first (MapTR's ``argsort`` leaves them arbitrary),
 so results do not depend on the order frames arrive in (e.g. the process order of a DDP gather); the number of
 resampled points is a parameter (MapTR uses its configured fixed point count; 100 here for a less quantised
@@ -45,7 +50,7 @@ from visionpilot.evaluation._common import (
     to_numpy,
     voc_area_ap,
 )
-from visionpilot.geometry.polylines import resample_polyline
+from visionpilot.geometry.polylines import clip_polyline_box, resample_polyline
 
 _SHIFT = 4  # OpenCV fixed-point bits: sub-pixel (1/16 px) vertex positions when rasterising
 
@@ -219,6 +224,8 @@ class BevLaneChamferF1(Metric):
         thresholds: Chamfer thresholds in metres.
         num_points: points each polyline is resampled to.
         score_threshold: predictions counted by F1 (AP uses all).
+        grid: the BEV grid (:class:`BevGrid`, or anything :meth:`BevGrid.from_any` reads); predictions and ground
+            truth are cut to its extent first. None compares the lines as given.
 
     ``compute()`` keys: ``bev_lane_f1`` (mean over thresholds), ``bev_lane_ap`` (mean over thresholds and types
     with GT), and per threshold ``bev_lane_precision@<t>m``, ``bev_lane_recall@<t>m``, ``bev_lane_f1@<t>m``,
@@ -230,8 +237,10 @@ class BevLaneChamferF1(Metric):
     higher_is_better = True
 
     def __init__(self, type_names: Sequence[str] = LANE_TYPES, thresholds: Sequence[float] = (0.5, 1.0, 1.5),
-                 num_points: int = 100, score_threshold: float = 0.5, **kwargs: Any) -> None:
+                 num_points: int = 100, score_threshold: float = 0.5, grid: BevGrid | Mapping[str, Any] | Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.grid = None if grid is None else BevGrid.from_any(grid)
         self.type_names = list(type_names)
         self.thresholds = [float(t) for t in thresholds]
         self.num_points = int(num_points)
@@ -244,6 +253,13 @@ class BevLaneChamferF1(Metric):
     def _resampled(self, lines: Sequence[ArrayLike] | ArrayLike, types: ArrayLike
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kept, index = clean_polylines(lines, dim=2, types=types)
+        if self.grid is not None:  # the parts inside the grid, each with its line's index (type, score)
+            g = self.grid
+            box = (g.x_min, g.x_max), (g.y_min, g.y_max)
+            inside = [(piece, i) for line, i in zip(kept, index) for piece in (
+                clip_polyline_box(line, *box, min_length=1e-6) if len(line) > 1 else
+                [line] if (box[0][0] <= line[0, 0] <= box[0][1] and box[1][0] <= line[0, 1] <= box[1][1]) else [])]
+            kept, index = [p for p, _ in inside], np.asarray([i for _, i in inside], dtype=np.int64)
         pts = np.stack([resample_polyline(p, num=self.num_points) for p in kept]) if kept else \
             np.zeros((0, self.num_points, 2))
         return pts, to_numpy(types, np.int64).reshape(-1)[index], index

@@ -1,4 +1,5 @@
-"""Polylines: projection into cameras (clipped at the near plane and the image border) and resampling."""
+"""Polylines: projection into cameras (clipped at the near plane and the image border), clipping to a box, and
+resampling."""
 
 from __future__ import annotations
 
@@ -71,6 +72,35 @@ def project_polylines(polylines: Sequence[np.ndarray], intrinsics: np.ndarray, e
         seg = idx[s0:s1]
         out[int(owner[seg[0]])].append(np.concatenate([p[seg[:1]], q[seg]], axis=0))
     return out
+
+
+def clip_polyline_box(points: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
+                      min_length: float = 0.0) -> list[np.ndarray]:
+    """Pieces of a 2D polyline (P, 2; further columns ignored) inside the box ``x_range x y_range``.
+
+    Liang-Barsky on every segment; where the line leaves the box and re-enters it, it splits. Pieces shorter than
+    ``min_length`` are dropped. Used for image borders (``(0, width), (0, height)``), map patches and BEV grids.
+    """
+    pts = np.asarray(points, dtype=np.float64)[:, :2]
+    if len(pts) < 2:
+        return []
+    origin = np.array([x_range[0], y_range[0]], dtype=np.float64)
+    p, q, keep, p_moved, q_moved = clip_segments_rect(pts[:-1] - origin, pts[1:] - origin, x_range[1] - x_range[0],
+                                                      y_range[1] - y_range[0])
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        return []
+    # A kept segment continues the previous piece if it directly follows it and neither joint was cut.
+    continues = np.zeros(len(idx), dtype=bool)
+    continues[1:] = (idx[1:] - 1 == idx[:-1]) & ~q_moved[idx[:-1]] & ~p_moved[idx[1:]]
+    starts = np.flatnonzero(~continues)
+    pieces = []
+    for a, b in zip(starts, [*starts[1:], len(idx)]):
+        seg = idx[a:b]
+        piece = np.concatenate([p[seg[:1]], q[seg]], axis=0) + origin
+        if np.linalg.norm(np.diff(piece, axis=0), axis=1).sum() >= min_length:
+            pieces.append(piece)
+    return pieces
 
 
 def polyline_length(points: np.ndarray) -> float:

@@ -39,7 +39,7 @@ from visionpilot.data.frame import Lane
 from visionpilot.data.regions import get_region
 from visionpilot.data.sources._common import FormatError, SkipLog, read_json
 from visionpilot.data.vocab import LANE_TYPES, lane_type_index
-from visionpilot.geometry.camera import clip_segments_rect
+from visionpilot.geometry.polylines import clip_polyline_box
 
 #: Our lane type for each known segment type (others are read by their words, see :func:`segment_lane_type`).
 SEGMENT_TYPES: dict[str, str | None] = {
@@ -216,28 +216,10 @@ class MapLanes:
             piece = self.pieces[i]
             g = np.column_stack([piece.points, np.zeros(len(piece.points))])
             xy = ((g - t) @ rot)[:, :2]  # global -> ego
-            for part in _clip_box(xy, x_range, y_range, min_length):
+            for part in clip_polyline_box(xy, x_range, y_range, min_length):
                 z = (d - n[0] * part[:, 0] - n[1] * part[:, 1]) / n[2]
                 out.append(Lane(np.column_stack([part, z]), piece.type))
         return out
-
-
-def _clip_box(xy: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
-              min_length: float) -> list[np.ndarray]:
-    """Pieces of a 2D polyline inside an axis-aligned box (Liang-Barsky on each edge, split where it leaves)."""
-    origin = np.array([x_range[0], y_range[0]])
-    p, q, keep, p_moved, q_moved = clip_segments_rect(xy[:-1] - origin, xy[1:] - origin, x_range[1] - x_range[0],
-                                                      y_range[1] - y_range[0])
-    idx = np.flatnonzero(keep)
-    pieces, start = [], 0
-    for j in range(1, len(idx) + 1):
-        if j == len(idx) or idx[j] != idx[j - 1] + 1 or q_moved[idx[j - 1]] or p_moved[idx[j]]:
-            seg = idx[start:j]
-            part = np.concatenate([p[seg[:1]], q[seg]]) + origin
-            if np.linalg.norm(np.diff(part, axis=0), axis=1).sum() >= min_length:
-                pieces.append(part)
-            start = j
-    return pieces
 
 
 def _token(row: Any, path: Path, layer: str, i: int) -> str:
