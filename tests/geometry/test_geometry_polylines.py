@@ -10,7 +10,13 @@ import pytest
 
 from visionpilot.geometry.camera import project_points
 from visionpilot.geometry.frames import camera_extrinsics, intrinsics_from_fov
-from visionpilot.geometry.polylines import interpolate_x_at_y, polyline_length, project_polyline, resample_polyline
+from visionpilot.geometry.polylines import (
+    clip_polyline_box,
+    interpolate_x_at_y,
+    polyline_length,
+    project_polyline,
+    resample_polyline,
+)
 
 K = intrinsics_from_fov(90.0, 800, 600)
 SIZE = (600, 800)
@@ -126,3 +132,15 @@ def test_interpolate_x_at_y_first_crossing_wins():
     out = interpolate_x_at_y(np.array([[0.0, 0], [100, 100], [200, 0]]), np.array([50.0]))
     np.testing.assert_allclose(out, [50])
     np.testing.assert_array_equal(np.isnan(interpolate_x_at_y(np.array([[0.0, 5], [10, 5]]), np.array([5.0]))), [True])
+
+
+def test_clip_polyline_box_cuts_at_the_box_and_keeps_a_point_inside() -> None:
+    line = np.array([[-5.0, 0.0], [5.0, 0.0], [5.0, 20.0], [-5.0, 20.0]])
+    pieces = clip_polyline_box(line, (-2.0, 8.0), (-1.0, 10.0))
+    assert len(pieces) == 1
+    np.testing.assert_allclose(pieces[0], [[-2, 0], [5, 0], [5, 10]], atol=1e-12)
+    assert len(clip_polyline_box(np.array([[0.0, 0.0], [0.0, 20.0], [3.0, 20.0], [3.0, 0.0]]), (-1, 4), (-1, 10))) == 2
+    point = np.array([[1.0, 1.0]])
+    assert [p.tolist() for p in clip_polyline_box(point, (0, 2), (0, 2))] == [[[1.0, 1.0]]]
+    assert clip_polyline_box(point, (0, 2), (0, 2), min_length=0.5) == []  # length 0 < min_length
+    assert clip_polyline_box(point + 5, (0, 2), (0, 2)) == []

@@ -254,11 +254,8 @@ class BevLaneChamferF1(Metric):
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kept, index = clean_polylines(lines, dim=2, types=types)
         if self.grid is not None:  # the parts inside the grid, each with its line's index (type, score)
-            g = self.grid
-            box = (g.x_min, g.x_max), (g.y_min, g.y_max)
-            inside = [(piece, i) for line, i in zip(kept, index) for piece in (
-                clip_polyline_box(line, *box, min_length=1e-6) if len(line) > 1 else
-                [line] if (box[0][0] <= line[0, 0] <= box[0][1] and box[1][0] <= line[0, 1] <= box[1][1]) else [])]
+            box = (self.grid.x_min, self.grid.x_max), (self.grid.y_min, self.grid.y_max)
+            inside = [(piece, i) for line, i in zip(kept, index) for piece in clip_polyline_box(line, *box)]
             kept, index = [p for p, _ in inside], np.asarray([i for _, i in inside], dtype=np.int64)
         pts = np.stack([resample_polyline(p, num=self.num_points) for p in kept]) if kept else \
             np.zeros((0, self.num_points, 2))

@@ -150,8 +150,7 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(..., K, 4) x (..., L, 4) ``x1, y1, x2, y2`` -> (..., K, L) IoU (torchvision's, per leading index)."""
     lead = a.shape[:-2]
     a2, b2 = torch.from_numpy(a.reshape(-1, *a.shape[-2:])), torch.from_numpy(b.reshape(-1, *b.shape[-2:]))
-    iou = torch.stack([box_iou(x, y) for x, y in zip(a2, b2)]) if len(a2) else torch.zeros(0, *a.shape[-2:-1],
-                                                                                            b.shape[-2])
+    iou = torch.stack([box_iou(x, y) for x, y in zip(a2, b2)])  # a few dozen camera images: no hot path
     return iou.nan_to_num(0.0).numpy().reshape(*lead, a.shape[-2], b.shape[-2])  # degenerate padding: 0/0
 
 

@@ -79,11 +79,13 @@ def clip_polyline_box(points: np.ndarray, x_range: tuple[float, float], y_range:
     """Pieces of a 2D polyline (P, 2; further columns ignored) inside the box ``x_range x y_range``.
 
     Liang-Barsky on every segment; where the line leaves the box and re-enters it, it splits. Pieces shorter than
-    ``min_length`` are dropped. Used for image borders (``(0, width), (0, height)``), map patches and BEV grids.
+    ``min_length`` are dropped (a single point inside the box is a piece of length 0). Used for image borders
+    (``(0, width), (0, height)``), map patches and BEV grids.
     """
     pts = np.asarray(points, dtype=np.float64)[:, :2]
     if len(pts) < 2:
-        return []
+        inside = len(pts) == 1 and x_range[0] <= pts[0, 0] <= x_range[1] and y_range[0] <= pts[0, 1] <= y_range[1]
+        return [pts] if inside and min_length <= 0 else []
     origin = np.array([x_range[0], y_range[0]], dtype=np.float64)
     p, q, keep, p_moved, q_moved = clip_segments_rect(pts[:-1] - origin, pts[1:] - origin, x_range[1] - x_range[0],
                                                       y_range[1] - y_range[0])
