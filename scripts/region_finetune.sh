@@ -2,8 +2,8 @@
 # The region workflow: train a global model on some regions, fine-tune it on each target region with each strategy
 # (one Hydra multirun), evaluate every model on every region (the cross-region matrix), print the gains table.
 #
-#   bash scripts/region_finetune.sh                 # the docs/benchmarks.md experiment: us,de,cn -> gb,jp
-#   QUICK=1 bash scripts/region_finetune.sh         # the quickstart's small version: us,de,cn -> gb, adapter
+#   bash scripts/region_finetune.sh                 # the docs/benchmarks.md experiment: us,de,cn -> jp,gb
+#   QUICK=1 bash scripts/region_finetune.sh         # a small version (minutes): us,de,cn -> jp, adapter
 #   OUT=runs/rf GLOBAL_REGIONS=us,de TARGETS=jp STRATEGIES=adapter bash scripts/region_finetune.sh
 #   SKIP_GLOBAL=1 bash scripts/region_finetune.sh   # reuse $OUT/global/checkpoints/last.ckpt
 #
@@ -18,35 +18,34 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS_WORKFLOW:-1}"
 QUICK="${QUICK:-}"
 OUT="${OUT:-runs/region_finetune${QUICK:+_quick}}"
 GLOBAL_REGIONS="${GLOBAL_REGIONS:-us,de,cn}"                       # right-hand traffic only
-TARGETS="${TARGETS:-$([ -n "$QUICK" ] && echo gb || echo gb,jp)}"   # left-hand traffic: a style the global model never saw
+TARGETS="${TARGETS:-$([ -n "$QUICK" ] && echo jp || echo jp,gb)}"   # left-hand traffic: a style the global model never saw
 STRATEGIES="${STRATEGIES:-$([ -n "$QUICK" ] && echo adapter || echo full,heads,norm,adapter)}"
-GLOBAL_STEPS="${GLOBAL_STEPS:-$([ -n "$QUICK" ] && echo 300 || echo 800)}"
-FT_STEPS="${FT_STEPS:-$([ -n "$QUICK" ] && echo 100 || echo 150)}"
-SCENES="${SCENES:-$([ -n "$QUICK" ] && echo 30 || echo 100)}"      # scenes per region (6 frames each)
+GLOBAL_STEPS="${GLOBAL_STEPS:-$([ -n "$QUICK" ] && echo 300 || echo 2500)}"
+FT_STEPS="${FT_STEPS:-$([ -n "$QUICK" ] && echo 100 || echo 900)}"
+SCENES="${SCENES:-$([ -n "$QUICK" ] && echo 30 || echo 300)}"      # scenes per region (6 frames each)
+REPLAY="${REPLAY:-0.5}"                                             # share of every fine-tune batch from the global regions
+DISTILL="${DISTILL:-0}"                                             # DER++ weight on the replay frames (0: labels only)
 EVAL_REGIONS="${EVAL_REGIONS:-$GLOBAL_REGIONS,$TARGETS}"
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 START=$(date +%s)
 step() { printf '\n== [%s] %s (%ds)\n' "$(date +%H:%M:%S)" "$1" "$(( $(date +%s) - START ))"; }
 
-# The data and model of the global run; fine-tunes and evaluation read them back from its checkpoint.
-DATA=(rig=front1 model=tiny "data.image_size=[64,176]" "data.source.scenes_per_region=$SCENES"
-      data.source.frames_per_scene=6 data.batch_size=8 data.num_workers=1
-      data.train_transform.flip=off)   # a mirrored right-hand world is a left-hand one: keep the target unseen
 QUIET=(callbacks.progress_bar=null trainer.log_every_n_steps=50)
 
+# The global run's data and model: configs/experiment/region_study.yaml (one forward camera at 96x256, flip off).
+# Fine-tunes and evaluation read them back from its checkpoint.
 GLOBAL_CKPT="$OUT/global/checkpoints/last.ckpt"
 if [ -z "${SKIP_GLOBAL:-}" ]; then
   step "1/3 global model on [$GLOBAL_REGIONS] ($GLOBAL_STEPS steps)"
-  visionpilot-train "${DATA[@]}" "data.regions=[$GLOBAL_REGIONS]" model.optimizer.lr=3e-3 \
-    "trainer.max_steps=$GLOBAL_STEPS" trainer.max_epochs=-1 "trainer.val_check_interval=$GLOBAL_STEPS" \
-    trainer.check_val_every_n_epoch=null trainer.limit_val_batches=10 "${QUIET[@]}" "${EXTRA_ARGS[@]}" \
+  visionpilot-train experiment=region_study "data.regions=[$GLOBAL_REGIONS]" "data.source.scenes_per_region=$SCENES" \
+    "trainer.max_steps=$GLOBAL_STEPS" "trainer.val_check_interval=$GLOBAL_STEPS" "${QUIET[@]}" "${EXTRA_ARGS[@]}" \
     hydra.run.dir="$OUT/global"
 fi
 
 step "2/3 fine-tune on [$TARGETS] x [$STRATEGIES] ($FT_STEPS steps each, Hydra multirun)"
 visionpilot-finetune -m ckpt_path="$GLOBAL_CKPT" "region=$TARGETS" "strategy=$STRATEGIES" \
-  "trainer.max_steps=$FT_STEPS" trainer.limit_val_batches=5 "${QUIET[@]}" "${EXTRA_ARGS[@]}" \
-  hydra.sweep.dir="$OUT/finetune"
+  "replay.fraction=$REPLAY" "replay.distill=$DISTILL" "trainer.max_steps=$FT_STEPS" trainer.limit_val_batches=5 \
+  "${QUIET[@]}" "${EXTRA_ARGS[@]}" hydra.sweep.dir="$OUT/finetune"
 
 step "3/3 cross-region matrix on [$EVAL_REGIONS] and gains"
 # Fine-tuned models are evaluated from their region deltas merged onto the global checkpoint: what would travel.

@@ -148,6 +148,9 @@ def test_head_names_are_checked() -> None:
     with pytest.raises(hydra.errors.InstantiationException, match="must not contain"):
         hydra.utils.instantiate(cfg, heads={"lanes.2d": cfg.heads.lanes_2d})
 
+    with pytest.raises(hydra.errors.InstantiationException, match=r"model.net.bev is not a module config.*feature_stride"):
+        hydra.utils.instantiate(cfg, bev={"feature_stride": 8})  # what `experiment=demo ~model/bev` leaves behind
+
 
 @pytest.mark.parametrize("name", ["tiny", "small", "base"])
 def test_model_configs_instantiate_and_run(name: str) -> None:

@@ -50,6 +50,17 @@ def test_every_backbone_runs_fast_dev_run(tmp_path: Path, backbone: str) -> None
     assert metrics["train/steps"] == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("experiment", "cameras", "regions"), [
+    ("demo", 6, ["cn", "de", "gb", "in", "sg", "us"]), ("region_study", 1, ["us", "de", "cn"])])
+def test_experiment_configs_run_fast_dev_run(tmp_path: Path, experiment: str, cameras: int,
+                                             regions: list[str]) -> None:
+    metrics, objects = train(_cfg(tmp_path, [f"experiment={experiment}", "debug=fdr"]))
+    assert metrics["train/steps"] == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert len(objects["datamodule"].camera_names) == cameras
+    assert sorted(objects["datamodule"].selected_regions) == sorted(regions)
+
+
 class _LossRecorder(L.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
