@@ -24,7 +24,6 @@ GLOBAL_STEPS="${GLOBAL_STEPS:-$([ -n "$QUICK" ] && echo 300 || echo 2500)}"
 FT_STEPS="${FT_STEPS:-$([ -n "$QUICK" ] && echo 100 || echo 900)}"
 SCENES="${SCENES:-$([ -n "$QUICK" ] && echo 30 || echo 300)}"      # scenes per region (6 frames each)
 REPLAY="${REPLAY:-0.5}"                                             # share of every fine-tune batch from the global regions
-DISTILL="${DISTILL:-0}"                                             # DER++ weight on the replay frames (0: labels only)
 EVAL_REGIONS="${EVAL_REGIONS:-$GLOBAL_REGIONS,$TARGETS}"
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 START=$(date +%s)
@@ -44,7 +43,7 @@ fi
 
 step "2/3 fine-tune on [$TARGETS] x [$STRATEGIES] ($FT_STEPS steps each, Hydra multirun)"
 visionpilot-finetune -m ckpt_path="$GLOBAL_CKPT" "region=$TARGETS" "strategy=$STRATEGIES" \
-  "replay.fraction=$REPLAY" "replay.distill=$DISTILL" "trainer.max_steps=$FT_STEPS" trainer.limit_val_batches=5 \
+  "replay.fraction=$REPLAY" "trainer.max_steps=$FT_STEPS" trainer.limit_val_batches=5 \
   "${QUIET[@]}" "${EXTRA_ARGS[@]}" hydra.sweep.dir="$OUT/finetune"
 
 step "3/3 cross-region matrix on [$EVAL_REGIONS] and gains"

@@ -22,7 +22,6 @@ from visionpilot.training.finetune import (
     STRATEGIES,
     FinetuneCallback,
     LoRALinear,
-    ReplayDistillation,
     add_adapters,
     apply_strategy,
     finetune,
@@ -241,16 +240,13 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> Non
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("finetune", overrides=[
             f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}", "region=gb", "strategy=adapter",
-            "strategy.rank=4", "replay.distill=0.5", "trainer.max_steps=2", "trainer.limit_val_batches=1",
-            "data.num_workers=0",
+            "strategy.rank=4", "trainer.max_steps=2", "trainer.limit_val_batches=1", "data.num_workers=0",
             "data.persistent_workers=false", "callbacks.progress_bar=null", "logger=csv"])
     metrics, objects = finetune(cfg)
     out = tmp_path / "ft"
     summary = json.loads((out / "finetune.json").read_text())
     assert metrics["train/steps"] == 2 and "val/gb/lane_f1" in json.loads((out / "metrics.json").read_text())
     assert summary["region"] == "gb" and summary["replay_regions"] == ["us"] and summary["strategy"] == "adapter"
-    assert summary["replay_distill"] == 0.5 and metrics["train/replay.distill"] >= 0.0
-    assert not any(k.startswith("teacher") for k in objects["model"].state_dict())  # the global model stays out
     assert summary["delta_bytes"] < 0.1 * summary["checkpoint_bytes"]
     assert objects["config"].model.optimizer.lr == pytest.approx(0.5 * 2e-3)  # strategy lr_scale x base lr
     # The fine-tuned checkpoint rebuilds from its own stored config (adapters included) and equals base + delta.
@@ -261,35 +257,3 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> Non
         a, b = tuned.net(*_inputs()), merged(*_inputs())
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert OmegaConf.select(tuned.config, "model.net._target_").endswith("with_adapters")
-
-
-def test_replay_distillation_pulls_replay_rows_towards_the_global_model_only(tmp_path: Path) -> None:
-    net = load_checkpoint(_base(tmp_path)).net.eval()
-    images, intrinsics, extrinsics = _inputs(3)
-    batch = {"images": images, "intrinsics": intrinsics, "extrinsics": extrinsics, "region": ["gb", "us", "gb"]}
-    distil = ReplayDistillation(net, target_region="gb", weight=2.0)
-    with torch.no_grad():
-        same = net(images, intrinsics, extrinsics)
-    assert distil(same, batch).item() == pytest.approx(0.0, abs=1e-9)  # the global model agrees with itself
-    # Only the replay row (index 1, "us") counts: changing the fine-tune's own rows costs nothing ...
-    moved = {k: v.clone() for k, v in same.items()}
-    for v in moved.values():
-        v[[0, 2]] += 1.0
-    assert distil(moved, batch).item() == pytest.approx(0.0, abs=1e-9)
-    # ... and moving the replay row by 1 costs weight x (one squared unit per output).
-    for v in moved.values():
-        v[1] += 1.0
-    assert distil(moved, batch).item() == pytest.approx(2.0 * len(moved), rel=1e-5)
-    assert distil(moved, {**batch, "region": ["gb"] * 3}).item() == 0.0  # no replay frame in the batch
-    assert not any(p.requires_grad for p in net.parameters()) and not net.training
-    with pytest.raises(ValueError, match="replay.distill"):
-        ReplayDistillation(net, target_region="gb", weight=0.0)
-
-
-def test_distillation_needs_replay(tmp_path: Path) -> None:
-    base_path = _base(tmp_path)
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}",
-                                             "region=gb", "replay.fraction=0", "replay.distill=0.5"])
-    with pytest.raises(ValueError, match=r"replay.distill.*replay.fraction=0.0"):
-        finetune(cfg)

@@ -22,7 +22,6 @@ region, the strategy, the adapter settings and the frame counts. :func:`merge_de
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -298,50 +297,6 @@ class FinetuneCallback(L.Callback):
         checkpoint.setdefault("visionpilot", {})["finetune"] = self.info
 
 
-class ReplayDistillation:
-    """Keeps the fine-tuned network's raw outputs on replay frames close to the global model's (DER++).
-
-    Replay with labels alone still lets the other regions drift: every step on the target moves shared weights, and
-    the replay frames' labels only pull them back as far as the loss cares. Dark Experience Replay++ (Buzzega et
-    al., NeurIPS 2020) adds a mean-squared error between the network's outputs and the outputs the old model gave on
-    the replayed inputs (logits before any sigmoid/softmax, regressions as they are), which keeps the function on the
-    old regions, not only its loss. Here the old model is the frozen global network itself (the fine-tune starts from
-    it, so nothing needs storing): one extra no-grad forward pass over the replay rows of each batch.
-
-    Not an ``nn.Module`` on purpose: the teacher must not become part of the fine-tuned model's state dict.
-
-    Args:
-        teacher: the global network; set to eval mode and frozen here.
-        target_region: rows of this region are the fine-tune's own frames; every other row is a replay frame.
-        weight: multiplies the summed per-output mean squared errors (DER++'s alpha).
-    """
-
-    def __init__(self, teacher: nn.Module, target_region: str, weight: float) -> None:
-        if weight <= 0:
-            raise ValueError(f"replay distillation: field 'replay.distill' must be > 0 to distil, found {weight}")
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.target_region = target_region
-        self.weight = float(weight)
-
-    def __call__(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> Tensor:
-        """The weighted distillation loss of one training batch (0 when it holds no replay frame)."""
-        rows = [i for i, region in enumerate(batch["region"]) if region != self.target_region]
-        anchor = next(iter(outputs.values()))
-        if not rows:
-            return anchor.new_zeros(())
-        images = batch["images"]
-        if next(self.teacher.parameters()).device != images.device:
-            self.teacher.to(images.device)
-        index = torch.tensor(rows, device=images.device)
-        with torch.no_grad():
-            target = self.teacher(images[index], batch["intrinsics"][index], batch["extrinsics"][index])
-        missing = sorted(set(target) - set(outputs))
-        if missing:
-            raise KeyError(f"replay distillation: the fine-tuned network lacks the global model's outputs {missing}")
-        loss = sum(nn.functional.mse_loss(outputs[k][index].float(), v.float()) for k, v in target.items())
-        return self.weight * loss
-
-
 # --- region deltas -----------------------------------------------------------------------------------------------
 
 
@@ -532,11 +487,6 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
     replay = [r for r in resolve_regions(replay) if r != region] if replay else []
     if float(cfg.replay.fraction) <= 0:
         replay = []
-    distill = float(cfg.replay.get("distill") or 0.0)
-    if distill < 0 or (distill > 0 and not replay):
-        raise ValueError(f"visionpilot-finetune: field 'replay.distill' distils on replay frames: expected 0 (off), "
-                         f"or > 0 with replay on (replay.fraction > 0 and replay regions other than {region}), found "
-                         f"distill={distill}, replay.fraction={float(cfg.replay.fraction)}, replay regions {replay}")
     data = OmegaConf.merge(stored.data, {"regions": [region], "replay_regions": replay,
                                          "replay_fraction": float(cfg.replay.fraction)}, _plain(cfg.get("data")) or {})
     data._target_ = "visionpilot.data.replay.ReplayDataModule"
@@ -549,7 +499,7 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
         model.net = adapter_net_config(stored.model.net, _adapter_settings(strategy))
     info = {"base_checkpoint": str(Path(base.path).resolve()), "base_sha256": base.sha256, "base_regions": base_regions,
             "region": region, "strategy": name, "replay_regions": replay,
-            "replay_fraction": float(cfg.replay.fraction), "replay_distill": distill}
+            "replay_fraction": float(cfg.replay.fraction)}
     return OmegaConf.create({
         "task_name": cfg.get("task_name", "finetune"), "seed": cfg.get("seed"), "paths": _plain(cfg.paths),
         "rig": stored.get("rig"), "data": data, "model": model, "trainer": _plain(cfg.trainer),
@@ -594,8 +544,6 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     strategy = run_cfg.strategy.name
     net = base.net.train()
     base_state = {k: v.clone() for k, v in net.state_dict().items()}
-    distill = float(run_cfg.finetune.get("replay_distill") or 0.0)
-    teacher = copy.deepcopy(net) if distill > 0 else None  # the global model, before adapters or any update
     if strategy == "adapter":
         add_adapters(net, **_adapter_settings(run_cfg.strategy))
     datamodule = hydra.utils.instantiate(run_cfg.data, **governance_kwargs(run_cfg))
@@ -603,13 +551,11 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     module.run_config = OmegaConf.to_container(run_cfg, resolve=True)
     base_record = parent_record(checkpoint_lineage(base.meta), base.sha256, base.path)
     module.lineage_parents = [base_record]
-    if teacher is not None:
-        module.distillation = ReplayDistillation(teacher, run_cfg.finetune.region, distill)
     report = apply_strategy(net, strategy)
-    log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g, replay %s, "
-             "distillation %s", base.path, run_cfg.finetune.region, strategy, report.trainable_params,
-             report.total_params, 100.0 * report.trainable_params / max(report.total_params, 1),
-             run_cfg.model.optimizer.lr, list(run_cfg.finetune.replay_regions) or "off", distill or "off")
+    log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g, replay %s",
+             base.path, run_cfg.finetune.region, strategy, report.trainable_params, report.total_params,
+             100.0 * report.trainable_params / max(report.total_params, 1), run_cfg.model.optimizer.lr,
+             list(run_cfg.finetune.replay_regions) or "off")
     info = OmegaConf.to_container(run_cfg.finetune, resolve=True)
     callbacks = [*instantiate_list(run_cfg.get("callbacks")), FinetuneCallback(report.frozen_norms, info)]
     loggers = instantiate_list(run_cfg.get("logger"))

@@ -64,8 +64,6 @@ class PerceptionModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # the resolved Hydra config, stored in checkpoints
         self.lineage_parents: list[dict[str, Any]] = []  # lineage of the model this run starts from (fine-tunes)
         self.num_val_examples = 4
-        # Fine-tunes: an extra loss on replay frames (training.finetune.ReplayDistillation), term "replay.distill".
-        self.distillation: Callable[[dict[str, Tensor], dict[str, Any]], Tensor] | None = None
         self._compiled = False
 
     # --- setup -------------------------------------------------------------------------------------------------
@@ -131,8 +129,6 @@ class PerceptionModule(L.LightningModule):
         batch = self._with_lane_cameras(batch)
         outputs = self(batch)
         losses = self.net.loss(outputs, batch)
-        if self.distillation is not None:
-            losses["replay.distill"] = self.distillation(outputs, batch)
         bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
         if bad:
             values = ", ".join(f"'{k}' = {losses[k].detach().float().cpu().item():.4g}" for k in bad)
