@@ -158,6 +158,12 @@ def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -
     dense_delta = save_delta(tmp_path / "dense.safetensors", dense, dense_state, base_sha256=base.sha256,
                              region="gb", strategy="adapter")
     assert delta.stat().st_size < 0.7 * dense_delta.stat().st_size
+    # A rank whose update would outweigh the layer leaves it dense: the low-rank form must save something.
+    huge = load_checkpoint(base_path).net
+    (name, layer), = [(n, huge.get_submodule(n)) for n in sorted(large)][:1]
+    add_adapters(huge, rank=4, head_rank=-(-layer.weight.numel() // (layer.in_features + layer.out_features)),
+                 head_min_params=4096)
+    assert not isinstance(huge.get_submodule(name), LoRALinear)
 
 
 @pytest.mark.parametrize("strategy", ["adapter", "norm"])

@@ -133,10 +133,12 @@ def adapter_config(net: nn.Module) -> dict[str, Any] | None:
     return getattr(_unwrap(net).backbone, "adapter_config", None)
 
 
-def _large_head_linears(net: nn.Module, min_params: int) -> list[str]:
-    """Names of the head / BEV-branch linear layers with at least ``min_params`` weights."""
+def _large_head_linears(net: nn.Module, min_params: int, rank: int) -> list[str]:
+    """Names of the head / BEV-branch linear layers with at least ``min_params`` weights whose rank-``rank`` update
+    (``rank x (in + out)`` weights) is smaller than the layer itself: the others ship densely for less."""
     return [name for name, m in net.named_modules() if name.startswith(_HEAD_PREFIXES)
-            and type(m) is nn.Linear and m.weight.numel() >= min_params]
+            and type(m) is nn.Linear and m.weight.numel() >= min_params
+            and rank * (m.in_features + m.out_features) < m.weight.numel()]
 
 
 def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None,
@@ -153,7 +155,8 @@ def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Se
         rank: adapter bottleneck width.
         kernel_size: of the down-projection.
         stages: output names to adapt (``["s8", "s16", "s32"]``); default every output of the backbone.
-        head_rank: rank of the low-rank update of large head layers; None trains every head layer densely.
+        head_rank: rank of the low-rank update of large head layers (only where the update is smaller than the
+            layer); None trains every head layer densely.
         head_min_params: a head linear layer with at least this many weights counts as large.
 
     Returns:
@@ -185,7 +188,7 @@ def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Se
     config: dict[str, Any] = {"rank": int(rank), "kernel_size": int(kernel_size), "stages": stages}
     if head_rank:
         inner = _unwrap(net)
-        for name in _large_head_linears(inner, int(head_min_params)):
+        for name in _large_head_linears(inner, int(head_min_params), int(head_rank)):
             parent, _, child = name.rpartition(".")
             owner = inner.get_submodule(parent)
             owner.register_module(child, LoRALinear.wrap(getattr(owner, child), int(head_rank)))
