@@ -160,7 +160,8 @@ def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -
     assert delta.stat().st_size < 0.7 * dense_delta.stat().st_size
     # A rank whose update would outweigh the layer leaves it dense: the low-rank form must save something.
     huge = load_checkpoint(base_path).net
-    (name, layer), = [(n, huge.get_submodule(n)) for n in sorted(large)][:1]
+    name = sorted(large)[0]
+    layer = huge.get_submodule(name)
     add_adapters(huge, rank=4, head_rank=-(-layer.weight.numel() // (layer.in_features + layer.out_features)),
                  head_min_params=4096)
     assert not isinstance(huge.get_submodule(name), LoRALinear)

@@ -56,14 +56,14 @@ class HydraNet(nn.Module):
             raise ValueError(f"HydraNet: head names must not contain '.' nor be '{BEV}', found {bad}")
         if not heads and bev is None:
             raise ValueError("HydraNet: give at least one head or a bev branch")
-        not_factories = [f"heads.{k}" for k, v in heads.items() if not callable(v)] + (
-            ["bev"] if bev is not None and not callable(bev) else [])
-        if not_factories:
-            # What a half-removed config group leaves behind, e.g. `experiment=demo ~model/bev` keeps the demo's
-            # `model.net.bev.feature_stride` as a bare mapping without `_target_`.
-            raise TypeError(f"HydraNet: model.net.{not_factories[0]} is not a module config (no '_target_'), found "
-                            f"{dict(bev if not_factories[0] == 'bev' else heads[not_factories[0][6:]])}; to drop "
-                            f"a branch remove its leftover keys too (e.g. '~model/bev ~model.net.bev')")
+        branches = {**{f"heads.{k}": v for k, v in heads.items()}, **({BEV: bev} if bev is not None else {})}
+        for path, factory in branches.items():
+            if not callable(factory):
+                # What a half-removed config group leaves behind, e.g. `experiment=demo ~model/bev` keeps the
+                # demo's `model.net.bev.feature_stride` as a bare mapping without `_target_`.
+                raise TypeError(f"HydraNet: model.net.{path} is not a module config (no '_target_'), found "
+                                f"{factory!r}; to drop a branch remove its leftover keys too "
+                                f"(e.g. '~model/bev ~model.net.bev')")
         self.backbone = backbone
         self.neck = neck(in_channels=list(backbone.channels), strides=list(backbone.strides))
         self.heads = nn.ModuleDict({name: factory(in_channels=self.neck.out_channels, strides=list(self.neck.strides))
