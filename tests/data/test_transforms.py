@@ -15,13 +15,12 @@ from visionpilot.data.transforms import (
     RandomScaleCrop,
     Resize,
     build_transform,
-    clip_polyline_rect,
     flip_frame,
     mirror_slots,
     warp_image,
 )
 from visionpilot.geometry.boxes import project_box_2d
-from visionpilot.geometry.polylines import project_polyline
+from visionpilot.geometry.polylines import clip_polyline_box, project_polyline
 from visionpilot.geometry.rig import load_rig
 
 
@@ -133,11 +132,11 @@ def test_warp_image_half_pixel_convention() -> None:
 
 def test_clip_polyline_splits_where_it_leaves() -> None:
     pts = np.array([[5.0, 5.0], [15.0, 5.0], [25.0, 5.0], [25.0, 15.0], [5.0, 15.0], [5.0, 8.0]])
-    pieces = clip_polyline_rect(pts, width=20, height=20)
+    pieces = clip_polyline_box(pts, (0, 20), (0, 20), min_length=1.0)  # the image border, as affine_camera cuts
     assert len(pieces) == 2
     np.testing.assert_allclose(pieces[0], [[5, 5], [15, 5], [20, 5]])
     np.testing.assert_allclose(pieces[1], [[20, 15], [5, 15], [5, 8]])
-    assert clip_polyline_rect(pts + 100, 20, 20) == []
+    assert clip_polyline_box(pts + 100, (0, 20), (0, 20), min_length=1.0) == []
 
 
 def test_flip_is_consistent(frame_factory) -> None:

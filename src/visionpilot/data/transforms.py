@@ -104,15 +104,6 @@ def transform_boxes_2d(boxes: np.ndarray, affine: np.ndarray, out_size: Size, mi
     return out[keep].astype(np.float32), keep
 
 
-def clip_polyline_rect(points: np.ndarray, width: float, height: float, min_length: float = 1.0
-                       ) -> list[np.ndarray]:
-    """Clip a 2D polyline (P, 2) to ``[0, width] x [0, height]``; where it leaves and re-enters, split it.
-
-    Pieces shorter than ``min_length`` pixels are dropped.
-    """
-    return clip_polyline_box(points, (0.0, width), (0.0, height), min_length)
-
-
 def _aligned(values: np.ndarray, keep: np.ndarray, field: str, cam: CameraView) -> np.ndarray:
     """Select the kept rows of a per-box field; empty means 'not provided' and stays empty."""
     if len(values) == len(keep):
@@ -131,7 +122,7 @@ def affine_camera(cam: CameraView, affine: np.ndarray, out_size: Size, min_box_s
     lanes = []
     for lane in cam.lanes_2d:
         moved = lane.points @ affine[:2, :2].T + affine[:2, 2]
-        lanes += [Lane(piece, lane.type) for piece in clip_polyline_rect(moved, w, h, min_lane_length)]
+        lanes += [Lane(piece, lane.type) for piece in clip_polyline_box(moved, (0.0, w), (0.0, h), min_lane_length)]
     privacy = {}
     if cam.privacy_boxes is not None:  # faces and plates follow their pixels; only boxes cut off entirely go
         pboxes, pkeep = transform_boxes_2d(cam.privacy_boxes, affine, out_size, 1e-3)

@@ -85,7 +85,7 @@ def clip_polyline_box(points: np.ndarray, x_range: tuple[float, float], y_range:
     pts = np.asarray(points, dtype=np.float64)[:, :2]
     if len(pts) < 2:
         inside = len(pts) == 1 and x_range[0] <= pts[0, 0] <= x_range[1] and y_range[0] <= pts[0, 1] <= y_range[1]
-        return [pts] if inside and min_length <= 0 else []
+        return [pts.copy()] if inside and min_length <= 0 else []  # never a view of the caller's array
     origin = np.array([x_range[0], y_range[0]], dtype=np.float64)
     p, q, keep, p_moved, q_moved = clip_segments_rect(pts[:-1] - origin, pts[1:] - origin, x_range[1] - x_range[0],
                                                       y_range[1] - y_range[0])
