@@ -61,6 +61,10 @@ def _unwrap(net: nn.Module) -> nn.Module:
 
 # --- adapters ----------------------------------------------------------------------------------------------------
 
+#: Adapter defaults, one place for the Python API and for strategy configs that leave a key out; they match
+#: configs/strategy/adapter.yaml (rank 16 with a 3x3 down-projection: the region study in docs/benchmarks.md).
+ADAPTER_RANK, ADAPTER_KERNEL_SIZE, HEAD_MIN_PARAMS = 16, 3, 65536
+
 
 class ConvAdapter(nn.Module):
     """Residual low-rank adapter on a feature map: ``x + up(act(down(x)))``, channels C -> rank -> C.
@@ -74,7 +78,7 @@ class ConvAdapter(nn.Module):
         kernel_size: of the down-projection (1: per pixel; 3 adds spatial context for 9x the down weights).
     """
 
-    def __init__(self, channels: int, rank: int = 8, kernel_size: int = 1) -> None:
+    def __init__(self, channels: int, rank: int = ADAPTER_RANK, kernel_size: int = ADAPTER_KERNEL_SIZE) -> None:
         super().__init__()
         if rank < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"ConvAdapter: rank must be >= 1 and kernel_size odd, found rank={rank}, "
@@ -141,8 +145,9 @@ def _large_head_linears(net: nn.Module, min_params: int, rank: int) -> list[str]
             and rank * (m.in_features + m.out_features) < m.weight.numel()]
 
 
-def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None,
-                 head_rank: int | None = None, head_min_params: int = 65536) -> nn.Module:
+def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = ADAPTER_KERNEL_SIZE,
+                 stages: Sequence[str] | None = None, head_rank: int | None = None,
+                 head_min_params: int = HEAD_MIN_PARAMS) -> nn.Module:
     """Insert a :class:`ConvAdapter` after each tapped backbone stage, inside the backbone graph (in place), and
     with ``head_rank`` turn the large linear layers of the heads into :class:`LoRALinear`.
 
@@ -197,8 +202,9 @@ def add_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Se
     return net
 
 
-def with_adapters(net: nn.Module, rank: int = 8, kernel_size: int = 1, stages: Sequence[str] | None = None,
-                  head_rank: int | None = None, head_min_params: int = 65536) -> nn.Module:
+def with_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = ADAPTER_KERNEL_SIZE,
+                  stages: Sequence[str] | None = None, head_rank: int | None = None,
+                  head_min_params: int = HEAD_MIN_PARAMS) -> nn.Module:
     """Hydra target wrapping a net config, so a fine-tuned adapter checkpoint rebuilds from its stored config."""
     return add_adapters(net, rank, kernel_size, list(stages) if stages else None, head_rank, head_min_params)
 
@@ -520,9 +526,10 @@ def _plain(value: Any) -> Any:
 
 def _adapter_settings(strategy: Mapping[str, Any]) -> dict[str, Any]:
     head_rank = strategy.get("head_rank")
-    return {"rank": int(strategy.get("rank", 8)), "kernel_size": int(strategy.get("kernel_size", 1)),
+    return {"rank": int(strategy.get("rank", ADAPTER_RANK)),
+            "kernel_size": int(strategy.get("kernel_size", ADAPTER_KERNEL_SIZE)),
             "stages": list(strategy.get("stages") or []) or None, "head_rank": int(head_rank) if head_rank else None,
-            "head_min_params": int(strategy.get("head_min_params", 65536))}
+            "head_min_params": int(strategy.get("head_min_params", HEAD_MIN_PARAMS))}
 
 
 def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
