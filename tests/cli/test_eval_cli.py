@@ -34,7 +34,7 @@ def _base(tmp_path: Path) -> Path:
 def _adapter_delta(tmp_path: Path, base_path: Path) -> Path:
     base = load_checkpoint(base_path)
     state = {k: v.clone() for k, v in base.net.state_dict().items()}
-    add_adapters(base.net, rank=4)
+    add_adapters(base.net, rank=4, block_rank=2)
     apply_strategy(base.net, "adapter")
     with torch.no_grad():
         for p in base.net.parameters():

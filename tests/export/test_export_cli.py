@@ -131,7 +131,7 @@ def test_parity_failure_is_loud_and_ships_nothing(checkpoint: Path, tmp_path: Pa
 def test_region_delta_is_merged_and_recorded(checkpoint: Path, tmp_path: Path) -> None:
     base = load_checkpoint(checkpoint)
     state = {k: v.clone() for k, v in base.net.state_dict().items()}
-    add_adapters(base.net, rank=4)
+    add_adapters(base.net, rank=4, block_rank=2)
     apply_strategy(base.net, "adapter")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # stand-in for fine-tuning: small random steps on what the strategy trains

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 
 import hydra
@@ -76,7 +77,7 @@ def _expected(net: nn.Module, name: str, strategy: str) -> bool:
     head = name.startswith(("heads.", "bev."))
     return {"full": True, "heads": head or name.startswith("neck."),
             "norm": head or isinstance(owner, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm),
-            "adapter": head or ".adapter_" in name}[strategy]
+            "adapter": head or name.startswith("neck.") or ".adapter_" in name}[strategy]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -84,7 +85,7 @@ def test_each_strategy_freezes_exactly_what_it_says(tmp_path: Path, strategy: st
     cfg = _train_cfg(tmp_path, "model/bev=tiny")
     net = hydra.utils.instantiate(cfg.model.net)
     if strategy == "adapter":
-        add_adapters(net, rank=4)
+        add_adapters(net, rank=4, block_rank=2)
     report = apply_strategy(net, strategy)
     wrong = [n for n, p in net.named_parameters() if p.requires_grad != _expected(net, n, strategy)]
     assert not wrong, f"{strategy}: requires_grad wrong for {wrong[:5]}"
@@ -108,13 +109,39 @@ def test_adapters_start_as_identity_and_apply_strategy_rejects_missing_adapters(
         apply_strategy(net, "adapter")
     with torch.no_grad():
         before = net(*_inputs())
-        add_adapters(net, rank=4)
+        add_adapters(net, rank=4, block_rank=2)
         after = net(*_inputs())
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="already has adapters"):
         add_adapters(net)
     with pytest.raises(ValueError, match="unknown fine-tuning strategy 'bias'"):
         apply_strategy(net, "bias")
+
+
+@pytest.mark.parametrize(("backbone", "blocks"), [("regnety_400mf", 1 + 3 + 6 + 6), ("resnet18", 2 + 2 + 2 + 2)])
+def test_block_adapters_follow_every_residual_block_of_any_backbone(tmp_path: Path, backbone: str,
+                                                                      blocks: int) -> None:
+    # Found from the fx graph's residual additions, not from a per-backbone list: RegNetY-400MF has 1/3/6/6 blocks
+    # per stage, ResNet-18 2/2/2/2; each adapter sits right after its block's sum and keeps the graph's shapes.
+    net = hydra.utils.instantiate(_train_cfg(tmp_path, f"model/backbone={backbone}").model.net).eval()
+    with torch.no_grad():
+        before = net(*_inputs())
+    add_adapters(net, rank=4, block_rank=3)
+    body = net.backbone.body
+    adapters = {n: m for n, m in body.named_children() if n.startswith("adapter_block_")}
+    assert len(adapters) == blocks and all(m.down.out_channels == 3 for m in adapters.values())
+    for graph in (body.train_graph, body.eval_graph):  # both graphs of the feature extractor route through them
+        called = {n.target: n for n in graph.nodes if n.op == "call_module" and n.target in adapters}
+        assert set(called) == set(adapters)
+        assert all(called[name].args[0].target in (operator.add, operator.iadd) for name in adapters)
+    with torch.no_grad():
+        after = net(*_inputs())
+    assert all(torch.equal(before[k], after[k]) for k in before)  # zero-initialised up-projections: identity
+    assert net.backbone.adapter_config["block_rank"] == 3
+    net.train()
+    out = net(*_inputs())  # and they train: a gradient reaches every block adapter's up-projection
+    sum(v.float().mean() for v in out.values() if v.is_floating_point()).backward()
+    assert all(m.up.weight.grad is not None and m.up.weight.grad.abs().sum() > 0 for m in adapters.values())
 
 
 def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -> None:
@@ -174,7 +201,7 @@ def test_delta_save_then_merge_reproduces_the_finetuned_outputs_exactly(tmp_path
     net = base.net
     base_state = {k: v.clone() for k, v in net.state_dict().items()}
     if strategy == "adapter":
-        add_adapters(net, rank=4)
+        add_adapters(net, rank=4, block_rank=2)
     report = apply_strategy(net, strategy)
     _perturb_trainable(net, report.frozen_norms)
     delta = save_delta(tmp_path / "delta.safetensors", net, base_state, base_sha256=base.sha256, region="gb",
@@ -187,8 +214,10 @@ def test_delta_save_then_merge_reproduces_the_finetuned_outputs_exactly(tmp_path
     changed = {k for k, v in net.state_dict().items() if k not in base_state or not torch.equal(v, base_state[k])}
     assert keys == changed and all(k.startswith(("heads.", "backbone.body.adapter_", "backbone.", "neck."))
                                    for k in keys)
-    if strategy == "adapter":  # only adapters and heads travel
-        assert all(k.startswith(("heads.", "backbone.body.adapter_")) for k in keys)
+    if strategy == "adapter":  # only adapters, neck and heads travel; block adapters included
+        assert all(k.startswith(("heads.", "neck.", "backbone.body.adapter_")) for k in keys)
+        assert any(k.startswith("backbone.body.adapter_block_") for k in keys)
+        assert meta["adapter"]["block_rank"] == 2
     net.eval()
     with torch.no_grad():
         expected = net(*_inputs())
@@ -264,3 +293,8 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> Non
         a, b = tuned.net(*_inputs()), merged(*_inputs())
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert OmegaConf.select(tuned.config, "model.net._target_").endswith("with_adapters")
+    # The strategy config's block adapters are built, recorded and rebuilt on both paths.
+    block_rank = OmegaConf.load(config_dir() / "strategy" / "adapter.yaml").block_rank
+    assert tuned.config.model.net.block_rank == block_rank == read_delta_metadata(out / "delta.safetensors")[
+        "adapter"]["block_rank"]
+    assert any(n.startswith("backbone.body.adapter_block_") for n, _ in merged.named_parameters())

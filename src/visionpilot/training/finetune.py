@@ -8,10 +8,10 @@ normalisation layers are kept in eval mode so their running statistics do not dr
 ``full``    every parameter (except backbone stages the model config freezes, ``backbone.frozen_stages``)
 ``heads``   the neck, the image heads and the BEV branch; the backbone is frozen
 ``norm``    every normalisation layer (affine weights, and BatchNorm statistics adapt) plus heads and BEV branch
-``adapter`` low-rank residual adapters after the backbone's tapped stages plus heads and BEV branch; the backbone
-            and the neck are frozen. Head layers too large to ship densely (linear layers of at least
-            ``head_min_params`` weights, e.g. the row-anchor lane classifier) train as a low-rank update
-            (:class:`LoRALinear`) instead, so the delta stays small
+``adapter`` low-rank residual adapters in the backbone (after every residual block and after every tapped stage)
+            plus the neck, heads and BEV branch; the backbone's own weights are frozen. Head layers too large to
+            ship densely (linear layers of at least ``head_min_params`` weights, e.g. the row-anchor lane
+            classifier) train as a low-rank update (:class:`LoRALinear`) instead, so the delta stays small
 ==========  =====================================================================================================
 
 A **region delta** is a safetensors file with only the tensors that differ from the base network (state-dict keys
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.governance import governance_kwargs
@@ -62,8 +64,12 @@ def _unwrap(net: nn.Module) -> nn.Module:
 # --- adapters ----------------------------------------------------------------------------------------------------
 
 #: Adapter defaults, one place for the Python API and for strategy configs that leave a key out; they match
-#: configs/strategy/adapter.yaml (rank 16 with a 3x3 down-projection: the region study in docs/benchmarks.md).
-ADAPTER_RANK, ADAPTER_KERNEL_SIZE, HEAD_MIN_PARAMS = 16, 3, 65536
+#: configs/strategy/adapter.yaml (the region study in docs/benchmarks.md): stage adapters of rank 16 with a 3x3
+#: down-projection, block adapters of rank 24. The Python API's ``block_rank`` defaults to None instead, so networks
+#: stored before block adapters existed (their config has no ``block_rank``) rebuild as they were trained.
+ADAPTER_RANK, ADAPTER_KERNEL_SIZE, ADAPTER_BLOCK_RANK, HEAD_MIN_PARAMS = 16, 3, 24, 65536
+#: The functions fx records for a residual connection (``out = f(x) + shortcut``, ``out += identity``).
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
 class ConvAdapter(nn.Module):
@@ -145,24 +151,64 @@ def _large_head_linears(net: nn.Module, min_params: int, rank: int) -> list[str]
             and rank * (m.in_features + m.out_features) < m.weight.numel()]
 
 
+def _residual_adds(graph: fx.Graph, last: fx.Node) -> list[fx.Node]:
+    """The residual connections of a backbone graph up to (and including) node ``last``: additions of two tensors."""
+    adds = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _ADDS and len(node.args) == 2 \
+                and all(isinstance(a, fx.Node) for a in node.args):
+            adds.append(node)
+        if node is last:
+            return adds
+    raise ValueError(f"_residual_adds: node {last.name} is not in the graph")
+
+
+def _node_channels(body: fx.GraphModule) -> dict[str, int]:
+    """Channels of every 4D tensor node of the backbone graph, by running it once on a small zero image (fx's
+    ShapeProp, eval mode: BatchNorm statistics untouched). Node names are the same in the train and eval graphs."""
+    training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(body).propagate(torch.zeros(1, 3, 64, 64, device=next(body.parameters()).device))
+    finally:
+        body.train(training)
+    graph = getattr(body, "eval_graph", body.graph)
+    return {n.name: int(n.meta["tensor_meta"].shape[1]) for n in graph.nodes
+            if n.meta.get("tensor_meta") is not None and len(getattr(n.meta["tensor_meta"], "shape", ())) == 4}
+
+
+def _insert_after(graph: fx.Graph, node: fx.Node, module: str) -> None:
+    """Route every user of ``node`` through the submodule ``module`` (``node -> module(node) -> users``)."""
+    with graph.inserting_after(node):
+        new = graph.call_module(module, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+
+
 def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = ADAPTER_KERNEL_SIZE,
                  stages: Sequence[str] | None = None, head_rank: int | None = None,
-                 head_min_params: int = HEAD_MIN_PARAMS) -> nn.Module:
-    """Insert a :class:`ConvAdapter` after each tapped backbone stage, inside the backbone graph (in place), and
-    with ``head_rank`` turn the large linear layers of the heads into :class:`LoRALinear`.
+                 head_min_params: int = HEAD_MIN_PARAMS, block_rank: int | None = None) -> nn.Module:
+    """Insert :class:`ConvAdapter` s into the backbone graph (in place): one after each tapped stage and, with
+    ``block_rank``, one after every residual block up to the last tapped stage; with ``head_rank`` turn the large
+    linear layers of the heads into :class:`LoRALinear`.
 
-    Each adapter feeds both the neck and the following stage, so the adaptation propagates through the trunk.
-    The adapters are submodules ``backbone.body.adapter_<stage>`` (state-dict keys
-    ``backbone.body.adapter_s8.down.weight``, ...). Exports to ONNX like the rest of the graph (two 1x1 convs).
+    A stage adapter feeds both the neck and the following stage; a block adapter sits on the block's output
+    (after the residual sum, before the block's activation: Houlsby-style serial adapters), so the adaptation
+    reaches inside every stage, not only the features the neck reads. Found in the fx graph of the feature
+    extractor (the residual additions), so any torchvision backbone works. The adapters are submodules
+    ``backbone.body.adapter_<stage>`` and ``backbone.body.adapter_block_<add node>`` (state-dict keys
+    ``backbone.body.adapter_s8.down.weight``, ``backbone.body.adapter_block_add_3.up.bias``, ...). They export to
+    ONNX like the rest of the graph (convolutions and a ReLU).
 
     Args:
         net: a HydraNet whose backbone is a :class:`~visionpilot.models.backbones.TorchvisionBackbone`.
-        rank: adapter bottleneck width.
-        kernel_size: of the down-projection.
+        rank: stage adapter bottleneck width.
+        kernel_size: of the stage adapters' down-projection.
         stages: output names to adapt (``["s8", "s16", "s32"]``); default every output of the backbone.
         head_rank: rank of the low-rank update of large head layers (only where the update is smaller than the
             layer); None trains every head layer densely.
         head_min_params: a head linear layer with at least this many weights counts as large.
+        block_rank: bottleneck width of the per-block adapters (1x1 down-projection); None: no block adapters.
 
     Returns:
         ``net`` (for Hydra: ``_target_: visionpilot.training.finetune.with_adapters``).
@@ -177,20 +223,30 @@ def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = AD
     if unknown:
         raise ValueError(f"add_adapters: field 'stages' {unknown} are not backbone outputs; valid choices: {names}")
     channels = dict(zip(names, backbone.channels))
+    graphs = _graphs(body)
+    blocks = {id(g): _residual_adds(g, next(n for n in g.nodes if n.op == "output").args[0][names[-1]])
+              if block_rank else [] for g in graphs}
+    if block_rank and not all(blocks.values()):
+        raise ValueError(f"add_adapters: field 'block_rank' needs residual blocks, but the backbone has no residual "
+                         f"additions up to its output {names[-1]}; use block_rank=null")
+    block_channels = _node_channels(body) if block_rank else {}
     for stage in stages:
         body.add_submodule(f"adapter_{stage}", ConvAdapter(channels[stage], int(rank), int(kernel_size)))
-    for graph in _graphs(body):
+    for name in dict.fromkeys(node.name for nodes in blocks.values() for node in nodes):  # graph order: seeded inits
+        body.add_submodule(f"adapter_block_{name}", ConvAdapter(block_channels[name], int(block_rank), 1))
+    for graph in graphs:
         taps = next(n for n in graph.nodes if n.op == "output").args[0]
+        for node in blocks[id(graph)]:
+            _insert_after(graph, node, f"adapter_block_{node.name}")
         for stage in stages:
-            node = taps[stage]
-            with graph.inserting_after(node):
-                new = graph.call_module(f"adapter_{stage}", (node,))
-            node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+            _insert_after(graph, taps[stage], f"adapter_{stage}")
         graph.lint()
     # Re-assigning the active graph recompiles the module's forward.
     body.graph = body.train_graph if hasattr(body, "train_graph") and body.training else \
         getattr(body, "eval_graph", body.graph)
     config: dict[str, Any] = {"rank": int(rank), "kernel_size": int(kernel_size), "stages": stages}
+    if block_rank:
+        config["block_rank"] = int(block_rank)
     if head_rank:
         inner = _unwrap(net)
         for name in _large_head_linears(inner, int(head_min_params), int(head_rank)):
@@ -204,9 +260,10 @@ def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = AD
 
 def with_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = ADAPTER_KERNEL_SIZE,
                   stages: Sequence[str] | None = None, head_rank: int | None = None,
-                  head_min_params: int = HEAD_MIN_PARAMS) -> nn.Module:
+                  head_min_params: int = HEAD_MIN_PARAMS, block_rank: int | None = None) -> nn.Module:
     """Hydra target wrapping a net config, so a fine-tuned adapter checkpoint rebuilds from its stored config."""
-    return add_adapters(net, rank, kernel_size, list(stages) if stages else None, head_rank, head_min_params)
+    return add_adapters(net, rank, kernel_size, list(stages) if stages else None, head_rank, head_min_params,
+                        block_rank)
 
 
 # --- strategies --------------------------------------------------------------------------------------------------
@@ -244,7 +301,7 @@ def trainable_names(net: nn.Module, strategy: str) -> set[str]:
         if not adapters:
             raise ValueError("strategy 'adapter': the network has no adapters; call add_adapters(net) first")
         low_rank_bases = _params_of(net, LoRALinear, recurse=False)  # their weight and bias: only the update trains
-        chosen = (heads - low_rank_bases) | adapters
+        chosen = (heads - low_rank_bases) | adapters | {n for n in names if n.startswith("neck.")}
     return chosen - _model_frozen(net)
 
 
@@ -529,7 +586,8 @@ def _adapter_settings(strategy: Mapping[str, Any]) -> dict[str, Any]:
     return {"rank": int(strategy.get("rank", ADAPTER_RANK)),
             "kernel_size": int(strategy.get("kernel_size", ADAPTER_KERNEL_SIZE)),
             "stages": list(strategy.get("stages") or []) or None, "head_rank": int(head_rank) if head_rank else None,
-            "head_min_params": int(strategy.get("head_min_params", HEAD_MIN_PARAMS))}
+            "head_min_params": int(strategy.get("head_min_params", HEAD_MIN_PARAMS)),
+            "block_rank": int(strategy.get("block_rank", ADAPTER_BLOCK_RANK) or 0) or None}
 
 
 def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
