@@ -118,11 +118,13 @@ def test_adapters_start_as_identity_and_apply_strategy_rejects_missing_adapters(
         apply_strategy(net, "bias")
 
 
-@pytest.mark.parametrize(("backbone", "blocks"), [("regnety_400mf", 1 + 3 + 6 + 6), ("resnet18", 2 + 2 + 2 + 2)])
+@pytest.mark.parametrize(("backbone", "blocks"), [("regnety_400mf", 1 + 3 + 6 + 6), ("resnet18", 2 + 2 + 2 + 2),
+                                                 ("efficientnet_b0", 9)])
 def test_block_adapters_follow_every_residual_block_of_any_backbone(tmp_path: Path, backbone: str,
                                                                       blocks: int) -> None:
     # Found from the fx graph's residual additions, not from a per-backbone list: RegNetY-400MF has 1/3/6/6 blocks
-    # per stage, ResNet-18 2/2/2/2; each adapter sits right after its block's sum and keeps the graph's shapes.
+    # per stage, ResNet-18 2/2/2/2, EfficientNet-B0 9 residual MBConv blocks (whose stages end in a sum, not an
+    # activation); each adapter sits right after its block's sum and keeps the graph's shapes.
     net = hydra.utils.instantiate(_train_cfg(tmp_path, f"model/backbone={backbone}").model.net).eval()
     with torch.no_grad():
         before = net(*_inputs())
@@ -134,6 +136,10 @@ def test_block_adapters_follow_every_residual_block_of_any_backbone(tmp_path: Pa
         called = {n.target: n for n in graph.nodes if n.op == "call_module" and n.target in adapters}
         assert set(called) == set(adapters)
         assert all(called[name].args[0].target in (operator.add, operator.iadd) for name in adapters)
+        # A stage that ends in a block's sum is adapted after that block's adapter, never on the bare sum.
+        stage_inputs = [n.args[0] for n in graph.nodes if n.op == "call_module" and n.target in ("adapter_s8",
+                                                                                                  "adapter_s16")]
+        assert stage_inputs and all(a.op == "call_module" for a in stage_inputs)
     with torch.no_grad():
         after = net(*_inputs())
     assert all(torch.equal(before[k], after[k]) for k in before)  # zero-initialised up-projections: identity

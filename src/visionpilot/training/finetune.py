@@ -151,6 +151,11 @@ def _large_head_linears(net: nn.Module, min_params: int, rank: int) -> list[str]
             and rank * (m.in_features + m.out_features) < m.weight.numel()]
 
 
+def _taps(graph: fx.Graph) -> dict[str, fx.Node]:
+    """The feature extractor's outputs: output name -> the node that produces it."""
+    return next(n for n in graph.nodes if n.op == "output").args[0]
+
+
 def _residual_adds(graph: fx.Graph, last: fx.Node) -> list[fx.Node]:
     """The residual connections of a backbone graph up to (and including) node ``last``: additions of two tensors."""
     adds = []
@@ -224,8 +229,7 @@ def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = AD
         raise ValueError(f"add_adapters: field 'stages' {unknown} are not backbone outputs; valid choices: {names}")
     channels = dict(zip(names, backbone.channels))
     graphs = _graphs(body)
-    blocks = {id(g): _residual_adds(g, next(n for n in g.nodes if n.op == "output").args[0][names[-1]])
-              if block_rank else [] for g in graphs}
+    blocks = {id(g): _residual_adds(g, _taps(g)[names[-1]]) if block_rank else [] for g in graphs}
     if block_rank and not all(blocks.values()):
         raise ValueError(f"add_adapters: field 'block_rank' needs residual blocks, but the backbone has no residual "
                          f"additions up to its output {names[-1]}; use block_rank=null")
@@ -235,9 +239,9 @@ def add_adapters(net: nn.Module, rank: int = ADAPTER_RANK, kernel_size: int = AD
     for name in dict.fromkeys(node.name for nodes in blocks.values() for node in nodes):  # graph order: seeded inits
         body.add_submodule(f"adapter_block_{name}", ConvAdapter(block_channels[name], int(block_rank), 1))
     for graph in graphs:
-        taps = next(n for n in graph.nodes if n.op == "output").args[0]
         for node in blocks[id(graph)]:
             _insert_after(graph, node, f"adapter_block_{node.name}")
+        taps = _taps(graph)  # after the block adapters: a stage that ends in a block sum is adapted after its block's
         for stage in stages:
             _insert_after(graph, taps[stage], f"adapter_{stage}")
         graph.lint()
@@ -290,10 +294,11 @@ def trainable_names(net: nn.Module, strategy: str) -> set[str]:
     net = _unwrap(net)
     names = {n for n, _ in net.named_parameters()}
     heads = {n for n in names if n.startswith(_HEAD_PREFIXES)}
+    neck = {n for n in names if n.startswith("neck.")}
     if strategy == "full":
         chosen = names
     elif strategy == "heads":
-        chosen = heads | {n for n in names if n.startswith("neck.")}
+        chosen = heads | neck
     elif strategy == "norm":
         chosen = heads | _params_of(net, NORM_TYPES, recurse=False)
     else:
@@ -301,7 +306,7 @@ def trainable_names(net: nn.Module, strategy: str) -> set[str]:
         if not adapters:
             raise ValueError("strategy 'adapter': the network has no adapters; call add_adapters(net) first")
         low_rank_bases = _params_of(net, LoRALinear, recurse=False)  # their weight and bias: only the update trains
-        chosen = (heads - low_rank_bases) | adapters | {n for n in names if n.startswith("neck.")}
+        chosen = (heads - low_rank_bases) | adapters | neck
     return chosen - _model_frozen(net)
 
 
@@ -582,12 +587,12 @@ def _plain(value: Any) -> Any:
 
 
 def _adapter_settings(strategy: Mapping[str, Any]) -> dict[str, Any]:
-    head_rank = strategy.get("head_rank")
+    head_rank, block_rank = strategy.get("head_rank"), strategy.get("block_rank", ADAPTER_BLOCK_RANK)
     return {"rank": int(strategy.get("rank", ADAPTER_RANK)),
             "kernel_size": int(strategy.get("kernel_size", ADAPTER_KERNEL_SIZE)),
             "stages": list(strategy.get("stages") or []) or None, "head_rank": int(head_rank) if head_rank else None,
             "head_min_params": int(strategy.get("head_min_params", HEAD_MIN_PARAMS)),
-            "block_rank": int(strategy.get("block_rank", ADAPTER_BLOCK_RANK) or 0) or None}
+            "block_rank": int(block_rank) if block_rank else None}
 
 
 def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
