@@ -12,12 +12,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 import visionpilot.cli.finetune  # noqa: F401  (registers the open config node finetune.yaml uses)
 from visionpilot.data.replay import MixedBatchSampler, ReplayDataModule
 from visionpilot.data.sources.synthetic import SyntheticSource
 from visionpilot.paths import config_dir
+from visionpilot.training import finetune as ft
 from visionpilot.training.checkpoints import load_checkpoint
 from visionpilot.training.finetune import (
     STRATEGIES,
@@ -25,10 +27,12 @@ from visionpilot.training.finetune import (
     LoRALinear,
     add_adapters,
     apply_strategy,
+    delta_dtype,
     finetune,
     load_model,
     merge_delta,
     read_delta_metadata,
+    round_changed,
     save_delta,
     write_checkpoint,
 )
@@ -77,7 +81,8 @@ def _expected(net: nn.Module, name: str, strategy: str) -> bool:
     head = name.startswith(("heads.", "bev."))
     return {"full": True, "heads": head or name.startswith("neck."),
             "norm": head or isinstance(owner, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm),
-            "adapter": head or name.startswith("neck.") or ".adapter_" in name}[strategy]
+            "adapter": head or name.startswith("neck.") or ".adapter_" in name
+            or (name.startswith("backbone.") and isinstance(owner, nn.Conv2d) and owner.groups > 1)}[strategy]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -89,6 +94,11 @@ def test_each_strategy_freezes_exactly_what_it_says(tmp_path: Path, strategy: st
     report = apply_strategy(net, strategy)
     wrong = [n for n, p in net.named_parameters() if p.requires_grad != _expected(net, n, strategy)]
     assert not wrong, f"{strategy}: requires_grad wrong for {wrong[:5]}"
+    if strategy == "adapter":  # RegNet's 3x3 group convolutions train; without grouped_convs only the adapters
+        assert any(n.endswith(".f.b.0.weight") for n in report.trainable)
+        bare = set(apply_strategy(net, strategy, grouped_convs=False).trainable)
+        assert bare == {n for n in report.trainable if ".f.b.0." not in n}
+        report = apply_strategy(net, strategy)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == set(report.trainable) and any(n.startswith("bev.") for n in trainable)
     # Frozen norm layers keep their statistics through a train-mode forward (the callback puts them in eval).
@@ -166,7 +176,7 @@ def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -
     with torch.no_grad():  # a zero update: exactly the base network
         after = net(*_inputs())
     assert all(torch.equal(before[k], after[k]) for k in before)
-    report = apply_strategy(net, "adapter")
+    report = apply_strategy(net, "adapter", grouped_convs=False)  # the backbone's share aside: heads compared
     trainable = set(report.trainable)
     for name in wrapped:  # the layer itself is frozen, its update trains; the rest of the heads train densely
         assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight"} <= trainable
@@ -187,7 +197,7 @@ def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -
     dense = load_checkpoint(base_path).net
     dense_state = {k: v.clone() for k, v in dense.state_dict().items()}
     add_adapters(dense, rank=4)
-    _perturb_trainable(dense, apply_strategy(dense, "adapter").frozen_norms)
+    _perturb_trainable(dense, apply_strategy(dense, "adapter", grouped_convs=False).frozen_norms)
     dense_delta = save_delta(tmp_path / "dense.safetensors", dense, dense_state, base_sha256=base.sha256,
                              region="gb", strategy="adapter")
     assert delta.stat().st_size < 0.7 * dense_delta.stat().st_size
@@ -220,8 +230,10 @@ def test_delta_save_then_merge_reproduces_the_finetuned_outputs_exactly(tmp_path
     changed = {k for k, v in net.state_dict().items() if k not in base_state or not torch.equal(v, base_state[k])}
     assert keys == changed and all(k.startswith(("heads.", "backbone.body.adapter_", "backbone.", "neck."))
                                    for k in keys)
-    if strategy == "adapter":  # only adapters, neck and heads travel; block adapters included
-        assert all(k.startswith(("heads.", "neck.", "backbone.body.adapter_")) for k in keys)
+    if strategy == "adapter":  # adapters (block adapters included), grouped convolutions, neck and heads travel
+        assert all(k.startswith(("heads.", "neck.", "backbone.body.adapter_")) or _expected(net, k, "adapter")
+                   for k in keys)
+        assert any(k.startswith("backbone.") and ".f.b.0." in k for k in keys)
         assert any(k.startswith("backbone.body.adapter_block_") for k in keys)
         assert meta["adapter"]["block_rank"] == 2
     net.eval()
@@ -277,8 +289,18 @@ def test_replay_datamodule_mixes_other_regions_into_train_batches_only() -> None
 
 
 @pytest.mark.slow
-def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> None:
+def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base_path = _base(tmp_path)
+    # The weights are rounded to the delta's dtype before the validation at the last step (so its metrics are those
+    # of the weights the delta ships), and again, a no-op then, before the files are written.
+    trainers, rounded_at = [], []
+    monkeypatch.setattr(FinetuneCallback, "on_fit_start", lambda self, trainer, module: trainers.append(trainer))
+
+    def spy(net: torch.nn.Module, base_state: dict, dtype: torch.dtype) -> int:
+        rounded_at.append((trainers[0].global_step, trainers[0].validating))
+        return round_changed(net, base_state, dtype)
+
+    monkeypatch.setattr(ft, "round_changed", spy)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("finetune", overrides=[
             f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}", "region=gb", "strategy=adapter",
@@ -288,6 +310,7 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> Non
     out = tmp_path / "ft"
     summary = json.loads((out / "finetune.json").read_text())
     assert metrics["train/steps"] == 2 and "val/gb/lane_f1" in json.loads((out / "metrics.json").read_text())
+    assert rounded_at == [(2, True), (2, False)]
     assert summary["region"] == "gb" and summary["replay_regions"] == ["us"] and summary["strategy"] == "adapter"
     assert summary["delta_bytes"] < 0.1 * summary["checkpoint_bytes"]
     assert objects["config"].model.optimizer.lr == pytest.approx(0.5 * 2e-3)  # strategy lr_scale x base lr
@@ -298,9 +321,43 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path) -> Non
     with torch.no_grad():
         a, b = tuned.net(*_inputs()), merged(*_inputs())
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The delta ships half precision (finetune.yaml's delta_dtype); the fine-tuned weights were rounded to it.
+    dtypes = {t.dtype for t in load_file(out / "delta.safetensors").values()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    assert read_delta_metadata(out / "delta.safetensors")["dtypes"] == sorted(str(d)[6:] for d in dtypes)
     assert OmegaConf.select(tuned.config, "model.net._target_").endswith("with_adapters")
     # The strategy config's block adapters are built, recorded and rebuilt on both paths.
     block_rank = OmegaConf.load(config_dir() / "strategy" / "adapter.yaml").block_rank
     assert tuned.config.model.net.block_rank == block_rank == read_delta_metadata(out / "delta.safetensors")[
         "adapter"]["block_rank"]
     assert any(n.startswith("backbone.body.adapter_block_") for n, _ in merged.named_parameters())
+
+
+def test_half_precision_delta_is_exact_after_rounding_and_keeps_what_float16_cannot_hold(tmp_path: Path) -> None:
+    base_path = _base(tmp_path)
+    base = load_checkpoint(base_path)
+    net = base.net
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    add_adapters(net, rank=4, block_rank=2)
+    _perturb_trainable(net, apply_strategy(net, "adapter").frozen_norms)
+    huge = next(n for n, p in net.named_parameters() if p.requires_grad and n.startswith("heads."))
+    with torch.no_grad():
+        net.get_parameter(huge).view(-1)[0] = 1e6  # beyond float16's range (65,504)
+    unrounded = save_delta(tmp_path / "wide.safetensors", net, base_state, base_sha256=base.sha256, region="gb",
+                           strategy="adapter", dtype=torch.float16)
+    assert "float16" not in read_delta_metadata(unrounded)["dtypes"]  # nothing narrows losslessly before rounding
+    assert round_changed(net, base_state, torch.float16) > 0
+    assert net.get_parameter(huge).view(-1)[0] == 1e6  # left wide, not turned into inf
+    delta = save_delta(tmp_path / "half.safetensors", net, base_state, base_sha256=base.sha256, region="gb",
+                       strategy="adapter", dtype=torch.float16)
+    dtypes = {k: t.dtype for k, t in load_file(delta).items()}
+    assert dtypes[huge] == torch.float32
+    assert all(d == torch.float16 for k, d in dtypes.items() if k != huge and d.is_floating_point)
+    assert delta.stat().st_size < 0.6 * unrounded.stat().st_size
+    net.eval()
+    with torch.no_grad():
+        expected, got = net(*_inputs()), merge_delta(load_checkpoint(base_path).net, delta, base.sha256).eval()(
+            *_inputs())
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(ValueError, match="field 'delta_dtype' must be one of .* found 'half'"):
+        delta_dtype("half")
