@@ -2,7 +2,7 @@
 # The main job on the embedded synthetic multi-region world (nothing to download), end to end:
 #   1. look at the data: labelled previews and label statistics for every region
 #   2. train the global demo model (6 cameras, image heads + bird's-eye view) on six regions; Japan is held out
-#   3. fine-tune it on Japan with a low-rank adapter (+ replay of the other regions): a 3 MB region delta
+#   3. fine-tune it on Japan with a low-rank adapter (+ replay of the other regions): a 2 MB region delta
 #   4. evaluate both models on every region: the cross-region matrix and the gains
 #   5. export the global model to ONNX (fp32 and int8, parity-checked) and compare their metrics
 #   6. benchmark PyTorch vs ONNX fp32 vs int8 on this machine (latency, size, metric) and print the table

@@ -441,7 +441,7 @@ def round_changed(net: nn.Module, base_state: Mapping[str, Tensor], dtype: torch
             if not value.is_floating_point() or torch.finfo(dtype).bits >= torch.finfo(value.dtype).bits:
                 continue
             narrow = value.to(dtype)
-            if torch.isfinite(narrow).all() or not torch.isfinite(value).all():
+            if torch.equal(torch.isfinite(narrow), torch.isfinite(value)):  # no finite value overflowed
                 value.copy_(narrow)
                 count += 1
     return count
