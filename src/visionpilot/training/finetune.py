@@ -294,9 +294,8 @@ def _model_frozen(net: nn.Module) -> set[str]:
 def _grouped_convs(net: nn.Module) -> set[str]:
     """Parameters of the backbone's grouped and depthwise convolutions: the spatial filters of RegNet's, EfficientNet's
     and MobileNet's blocks (none in ResNet), a small share of the weights (306 k of RegNetY-400MF's 3.9 M)."""
-    return {f"{mname}.{p}" for mname, module in net.named_modules()
-            if mname.startswith("backbone.") and isinstance(module, nn.Conv2d) and module.groups > 1
-            for p, _ in module.named_parameters(recurse=False)}
+    return {f"{mname}.{p}" for mname, module in net.backbone.named_modules(prefix="backbone")
+            if isinstance(module, nn.Conv2d) and module.groups > 1 for p, _ in module.named_parameters(recurse=False)}
 
 
 def trainable_names(net: nn.Module, strategy: str, *, grouped_convs: bool = ADAPTER_GROUPED_CONVS) -> set[str]:
@@ -421,9 +420,14 @@ def delta_dtype(name: str | None) -> torch.dtype:
     return DELTA_DTYPES[str(name)]
 
 
+def _narrows(value: Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a narrower floating-point type than ``value``'s (integer buffers never narrow)."""
+    return value.is_floating_point() and torch.finfo(dtype).bits < torch.finfo(value.dtype).bits
+
+
 def _narrowed(value: Tensor, dtype: torch.dtype) -> Tensor:
-    """``value`` cast to ``dtype`` when that loses nothing (a wider or non-float tensor is returned as it is)."""
-    if not value.is_floating_point() or value.dtype == dtype or torch.finfo(dtype).bits >= torch.finfo(value.dtype).bits:
+    """``value`` cast to ``dtype`` when that loses nothing (otherwise ``value`` as it is)."""
+    if not _narrows(value, dtype):
         return value
     narrow = value.to(dtype)
     return narrow if torch.equal(narrow.to(value.dtype), value) else value
@@ -438,7 +442,7 @@ def round_changed(net: nn.Module, base_state: Mapping[str, Tensor], dtype: torch
     count = 0
     with torch.no_grad():
         for value in changed_tensors(net, base_state, copy=False).values():
-            if not value.is_floating_point() or torch.finfo(dtype).bits >= torch.finfo(value.dtype).bits:
+            if not _narrows(value, dtype):
                 continue
             narrow = value.to(dtype)
             if torch.equal(torch.isfinite(narrow), torch.isfinite(value)):  # no finite value overflowed
