@@ -313,7 +313,14 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path, monkey
     assert rounded_at == [(2, True), (2, False)]
     assert summary["region"] == "gb" and summary["replay_regions"] == ["us"] and summary["strategy"] == "adapter"
     assert summary["delta_bytes"] < 0.1 * summary["checkpoint_bytes"]
-    assert objects["config"].model.optimizer.lr == pytest.approx(0.5 * 2e-3)  # strategy lr_scale x base lr
+    # The strategy's learning rates reach the optimiser: lr_scale x the base's 2e-3, the lane head at lr_mult x that.
+    strategy = OmegaConf.load(config_dir() / "strategy" / "adapter.yaml")
+    lr = strategy.lr_scale * 2e-3
+    assert objects["config"].model.optimizer.lr == pytest.approx(lr) and summary["lr"] == pytest.approx(lr)
+    lane_params = {id(p) for p in objects["model"].net.heads.lanes_2d.parameters() if p.requires_grad}
+    lrs = {(id(p) in lane_params, round(g["initial_lr"], 12)) for g in objects["trainer"].optimizers[0].param_groups
+           for p in g["params"]}
+    assert lrs == {(True, round(lr * strategy.lr_mult["heads.lanes_2d"], 12)), (False, round(lr, 12))}
     # The fine-tuned checkpoint rebuilds from its own stored config (adapters included) and equals base + delta.
     tuned = load_checkpoint(out / "checkpoints" / "finetuned.ckpt")
     assert tuned.meta["finetune"]["base_sha256"] == load_checkpoint(base_path).sha256
@@ -361,3 +368,24 @@ def test_half_precision_delta_is_exact_after_rounding_and_keeps_what_float16_can
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     with pytest.raises(ValueError, match="field 'delta_dtype' must be one of .* found 'half'"):
         delta_dtype("half")
+
+
+def test_strategy_learning_rates_reach_the_run_config_unless_the_command_line_sets_them(tmp_path: Path) -> None:
+    base = load_checkpoint(_base(tmp_path))
+
+    def run_config(*overrides: str):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base.path}",
+                                                 "region=gb", *overrides])
+        return ft.build_finetune_config(cfg, base)
+
+    strategy = OmegaConf.load(config_dir() / "strategy" / "adapter.yaml")
+    adapter = run_config("strategy=adapter")
+    assert adapter.model.optimizer.lr == pytest.approx(strategy.lr_scale * base.config.model.optimizer.lr)
+    assert OmegaConf.to_container(adapter.model.lr_mult) == OmegaConf.to_container(strategy.lr_mult)
+    own = run_config("strategy=adapter", "+model.lr_mult={backbone: 0.1}", "model.optimizer.lr=1e-4")
+    assert OmegaConf.to_container(own.model.lr_mult) == {"backbone": 0.1} and own.model.optimizer.lr == 1e-4
+    assert not run_config("strategy=full").model.get("lr_mult")  # full: one learning rate for every weight
+    # A part the network does not have is left out (here a strategy naming a head this model lacks).
+    odd = run_config("strategy=adapter", "+strategy.lr_mult.heads.traffic_lights=3.0")
+    assert OmegaConf.to_container(odd.model.lr_mult) == OmegaConf.to_container(strategy.lr_mult)

@@ -46,7 +46,7 @@ from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
-from visionpilot.training.module import model_signature
+from visionpilot.training.module import flat_lr_mult, model_signature, under_prefix
 from visionpilot.utils.io import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -640,6 +640,12 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
     model = OmegaConf.merge(stored.model, _plain(cfg.get("model")) or {})
     if model.optimizer.get("lr") is None:
         model.optimizer.lr = float(stored.model.optimizer.lr) * float(strategy.get("lr_scale", 1.0))
+    # The strategy's per-part multipliers (adapter: the lane head faster than the rest), unless model.lr_mult is
+    # given; a part this network does not have (a model without a lane head) is left out, not an error.
+    if strategy.get("lr_mult") and not (_plain(cfg.get("model")) or {}).get("lr_mult"):
+        names = [name for name, _ in base.net.named_parameters()]
+        model.lr_mult = {prefix: mult for prefix, mult in flat_lr_mult(strategy["lr_mult"]).items()
+                         if any(under_prefix(name, prefix) for name in names)}
     if name == "adapter":
         model.net = adapter_net_config(stored.model.net, _adapter_settings(strategy))
     info = {"base_checkpoint": str(Path(base.path).resolve()), "base_sha256": base.sha256, "base_regions": base_regions,
@@ -700,9 +706,10 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     module.lineage_parents = [base_record]
     report = apply_strategy(net, strategy,
                             grouped_convs=bool(run_cfg.strategy.get("grouped_convs", ADAPTER_GROUPED_CONVS)))
-    log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g, replay %s",
+    log.info("fine-tuning %s on %s with strategy '%s': %d of %d parameters train (%.1f%%), lr %.3g%s, replay %s",
              base.path, run_cfg.finetune.region, strategy, report.trainable_params, report.total_params,
              100.0 * report.trainable_params / max(report.total_params, 1), run_cfg.model.optimizer.lr,
+             "".join(f" ({k}: x{v:g})" for k, v in (_plain(run_cfg.model.get("lr_mult")) or {}).items()),
              list(run_cfg.finetune.replay_regions) or "off")
     info = OmegaConf.to_container(run_cfg.finetune, resolve=True)
     dtype = delta_dtype(cfg.get("delta_dtype"))
@@ -741,7 +748,8 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                "delta_bytes": delta_path.stat().st_size, "checkpoint_bytes": ckpt_path.stat().st_size,
                "trainable_params": report.trainable_params, "total_params": report.total_params,
                "frame_counts": datamodule.frame_counts.get("train", {}), "replay_frame_counts": replay_counts,
-               "lr": float(run_cfg.model.optimizer.lr), "steps": int(trainer.global_step), "metrics": metrics}
+               "lr": float(run_cfg.model.optimizer.lr), "lr_mult": _plain(run_cfg.model.get("lr_mult")) or {},
+               "steps": int(trainer.global_step), "metrics": metrics}
     write_json_atomic(out_dir / "finetune.json", summary)
     log.info("fine-tuned checkpoint %s, region delta %s (%d bytes)", ckpt_path, delta_path, summary["delta_bytes"])
     return metrics, {"datamodule": datamodule, "model": module, "trainer": trainer, "report": report,

@@ -40,16 +40,21 @@ class PerceptionModule(L.LightningModule):
         nan_policy: ``raise`` or ``skip`` (see :data:`NAN_POLICIES`).
         compile: wrap the network in ``torch.compile``.
         weight_decay_norm: apply weight decay to norm layers and biases too (off: the usual exclusion).
+        lr_mult: learning-rate multiplier per parameter-name prefix of the net (``{"backbone": 0.5}``: the
+            backbone, adapters inside it included, at half the lr); the longest matching prefix wins, others 1.
     """
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  warmup_steps: float = 0.05, min_lr_ratio: float = 0.05,
                  loss_weights: Mapping[str, float] | None = None, lane_cameras: Sequence[str] | None = None,
                  regions: Sequence[str] | None = None, nan_policy: str = "raise", compile: bool = False,
-                 weight_decay_norm: bool = False) -> None:
+                 weight_decay_norm: bool = False, lr_mult: Mapping[str, float] | None = None) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {list(NAN_POLICIES)}, found '{nan_policy}'")
+        for prefix, mult in flat_lr_mult(lr_mult).items():
+            if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not mult > 0:
+                raise ValueError(f"field 'model.lr_mult.{prefix}': expected a positive number, found {mult!r}")
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer
@@ -173,18 +178,35 @@ class PerceptionModule(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for param in self.net.parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if (param.ndim <= 1 and not self.hparams.weight_decay_norm) else decay).append(param)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        optimizer = self.optimizer_factory(self.param_groups())
+        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
+            group["lr"] *= group.pop("lr_mult")
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warm = self.hparams.warmup_steps
         warm = int(warm * total) if isinstance(warm, float) and warm < 1 else int(warm)
         schedule = warmup_cosine(total, warm, self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters grouped by weight decay (none on norm layers and biases unless
+        ``weight_decay_norm``) and by learning-rate multiplier (``lr_mult``); each group carries its ``lr_mult``."""
+        mults = {k: float(v) for k, v in flat_lr_mult(self.hparams.get("lr_mult")).items()}
+        names = [name for name, _ in getattr(self.net, "_orig_mod", self.net).named_parameters()]
+        for prefix in mults:
+            if not any(under_prefix(name, prefix) for name in names):
+                raise ValueError(f"field 'model.lr_mult.{prefix}': no parameter of the net is named {prefix!r} or "
+                                 f"'{prefix}.*' (top-level modules: {sorted({n.split('.')[0] for n in names})})")
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, param in getattr(self.net, "_orig_mod", self.net).named_parameters():
+            if not param.requires_grad:
+                continue
+            matches = [prefix for prefix in mults if under_prefix(name, prefix)]
+            mult = mults[max(matches, key=len)] if matches else 1.0
+            decay = param.ndim > 1 or bool(self.hparams.weight_decay_norm)
+            groups.setdefault((mult, decay), []).append(param)
+        return [{"params": params, "lr_mult": mult, **({} if decay else {"weight_decay": 0.0})}
+                for (mult, decay), params in sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))]
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -212,6 +234,21 @@ class PerceptionModule(L.LightningModule):
         if saved is None:
             return
         check_signature(saved, model_signature(self.net))
+
+
+def flat_lr_mult(lr_mult: Mapping[str, Any] | None, parent: str = "") -> dict[str, Any]:
+    """``lr_mult`` with nested mappings flattened to dotted prefixes: a command-line override
+    ``model.lr_mult.heads.lanes_2d=2`` arrives as ``{"heads": {"lanes_2d": 2}}``, YAML may write ``heads.lanes_2d: 2``."""
+    flat: dict[str, Any] = {}
+    for key, value in dict(lr_mult or {}).items():
+        prefix = f"{parent}.{key}" if parent else str(key)
+        flat.update(flat_lr_mult(value, prefix) if isinstance(value, Mapping) else {prefix: value})
+    return flat
+
+
+def under_prefix(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or inside the module ``prefix`` (``backbone`` not ``backbone2``)."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
