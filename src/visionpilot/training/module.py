@@ -192,13 +192,13 @@ class PerceptionModule(L.LightningModule):
         """The trainable parameters grouped by weight decay (none on norm layers and biases unless
         ``weight_decay_norm``) and by learning-rate multiplier (``lr_mult``); each group carries its ``lr_mult``."""
         mults = {k: float(v) for k, v in flat_lr_mult(self.hparams.get("lr_mult")).items()}
-        names = [name for name, _ in getattr(self.net, "_orig_mod", self.net).named_parameters()]
+        named = list(getattr(self.net, "_orig_mod", self.net).named_parameters())
         for prefix in mults:
-            if not any(under_prefix(name, prefix) for name in names):
+            if not any(under_prefix(name, prefix) for name, _ in named):
                 raise ValueError(f"field 'model.lr_mult.{prefix}': no parameter of the net is named {prefix!r} or "
-                                 f"'{prefix}.*' (top-level modules: {sorted({n.split('.')[0] for n in names})})")
+                                 f"'{prefix}.*' (top-level modules: {sorted({n.split('.')[0] for n, _ in named})})")
         groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-        for name, param in getattr(self.net, "_orig_mod", self.net).named_parameters():
+        for name, param in named:
             if not param.requires_grad:
                 continue
             matches = [prefix for prefix in mults if under_prefix(name, prefix)]
