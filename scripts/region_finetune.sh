@@ -6,10 +6,12 @@
 #   QUICK=1 bash scripts/region_finetune.sh         # a small version (minutes): us,de,cn -> jp, adapter
 #   OUT=runs/rf GLOBAL_REGIONS=us,de TARGETS=jp STRATEGIES=adapter bash scripts/region_finetune.sh
 #   SKIP_GLOBAL=1 bash scripts/region_finetune.sh   # reuse $OUT/global/checkpoints/last.ckpt
+#   SEEDS=42,43,44 bash scripts/region_finetune.sh  # every fine-tune once per seed; the tables average the seeds
 #
-# Results: $OUT/global (the global run), $OUT/finetune/<strategy>-<region>/ (fine-tuned checkpoint, delta.safetensors),
-# $OUT/eval/{eval.json,eval.md,cross_region.png} (the matrix and the gains table). Extra Hydra overrides for every
-# stage go in EXTRA (e.g. EXTRA="trainer=gpu").
+# Results: $OUT/global (the global run), $OUT/finetune/<strategy>-<region>[-s<seed>]/ (fine-tuned checkpoint,
+# delta.safetensors), $OUT/eval/{eval.json,eval.md,cross_region.png} (the matrix, the gains table per model and per
+# strategy: mean gain over the seeds and its share of the full fine-tune's). Extra Hydra overrides for every stage go
+# in EXTRA (e.g. EXTRA="trainer=gpu").
 set -euo pipefail
 if [ -z "${NO_SETUP:-}" ]; then source "$(dirname "$0")/setup_env.sh"; fi
 # One thread per process: on a shared CPU, OpenMP teams that wait for descheduled threads slow training ~10x.
@@ -24,6 +26,8 @@ GLOBAL_STEPS="${GLOBAL_STEPS:-$([ -n "$QUICK" ] && echo 300 || echo 2500)}"
 FT_STEPS="${FT_STEPS:-$([ -n "$QUICK" ] && echo 100 || echo 1800)}"  # 900 left JP/GB detection +3.9/+4.7
 SCENES="${SCENES:-$([ -n "$QUICK" ] && echo 30 || echo 300)}"      # scenes per region (6 frames each)
 REPLAY="${REPLAY:-0.5}"                                             # share of every fine-tune batch from the global regions
+# A fine-tune's gain moves with its seed by as much as strategies differ (docs/benchmarks.md): compare over several.
+SEEDS="${SEEDS:-42}"
 EVAL_REGIONS="${EVAL_REGIONS:-$GLOBAL_REGIONS,$TARGETS}"
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 START=$(date +%s)
@@ -41,25 +45,30 @@ if [ -z "${SKIP_GLOBAL:-}" ]; then
     hydra.run.dir="$OUT/global"
 fi
 
-step "2/3 fine-tune on [$TARGETS] x [$STRATEGIES] ($FT_STEPS steps each, Hydra multirun)"
-visionpilot-finetune -m ckpt_path="$GLOBAL_CKPT" "region=$TARGETS" "strategy=$STRATEGIES" \
+IFS=, read -r -a T <<< "$TARGETS"; IFS=, read -r -a S <<< "$STRATEGIES"; IFS=, read -r -a SEED <<< "$SEEDS"
+SUFFIX=()  # one seed: runs are <strategy>-<region>; several: <strategy>-<region>-s<seed>
+if [ "${#SEED[@]}" -gt 1 ]; then SUFFIX=('hydra.sweep.subdir=${strategy.name}-${data.regions.0}-s${seed}'); fi
+run_name() { echo "$1-$2${SUFFIX:+-s$3}"; }
+
+step "2/3 fine-tune on [$TARGETS] x [$STRATEGIES] x seeds [$SEEDS] ($FT_STEPS steps each, Hydra multirun)"
+visionpilot-finetune -m ckpt_path="$GLOBAL_CKPT" "region=$TARGETS" "strategy=$STRATEGIES" "seed=$SEEDS" \
   "replay.fraction=$REPLAY" "trainer.max_steps=$FT_STEPS" trainer.limit_val_batches=5 \
-  "${QUIET[@]}" "${EXTRA_ARGS[@]}" hydra.sweep.dir="$OUT/finetune"
+  "${QUIET[@]}" "${EXTRA_ARGS[@]}" hydra.sweep.dir="$OUT/finetune" "${SUFFIX[@]}"
 
 step "3/3 cross-region matrix on [$EVAL_REGIONS] and gains"
 # Fine-tuned models are evaluated from their region deltas merged onto the global checkpoint: what would travel.
 MODELS="global: '$GLOBAL_CKPT'"
-IFS=, read -r -a T <<< "$TARGETS"; IFS=, read -r -a S <<< "$STRATEGIES"
-for region in "${T[@]}"; do for strategy in "${S[@]}"; do
-  MODELS="$MODELS, $strategy-$region: '$OUT/finetune/$strategy-$region/delta.safetensors'"
-done; done
+for region in "${T[@]}"; do for strategy in "${S[@]}"; do for seed in "${SEED[@]}"; do
+  name=$(run_name "$strategy" "$region" "$seed")
+  MODELS="$MODELS, $name: '$OUT/finetune/$name/delta.safetensors'"
+done; done; done
 visionpilot-eval "models={$MODELS}" "regions=[$EVAL_REGIONS]" split=val+test "${EXTRA_ARGS[@]}" hydra.run.dir="$OUT/eval"
 
 step "done"
 cat <<TXT
 Results ($(( $(date +%s) - START )) s):
   global model                                  $OUT/global (metrics.json, checkpoints/last.ckpt)
-  fine-tuned models and region deltas           $OUT/finetune/<strategy>-<region>/ (checkpoints/finetuned.ckpt, delta.safetensors, finetune.json)
-  cross-region matrix and gains (tables)        $OUT/eval/eval.md, $OUT/eval/eval.json
+  fine-tuned models and region deltas           $OUT/finetune/$(run_name '<strategy>' '<region>' '<seed>')/ (checkpoints/finetuned.ckpt, delta.safetensors, finetune.json)
+  cross-region matrix, gains per model and per strategy (share of full's)   $OUT/eval/eval.md, $OUT/eval/eval.json
   heatmap (model x evaluation region)           $OUT/eval/cross_region.png
 TXT

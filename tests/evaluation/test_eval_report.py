@@ -14,6 +14,7 @@ from visionpilot.evaluation.report import (
     format_markdown,
     gains_table,
     present_metrics,
+    strategy_table,
     target_region,
     write_report,
 )
@@ -67,3 +68,56 @@ def test_report_json_md_png(tmp_path: Path) -> None:
     assert format_markdown(report) == md
     image = cv2.imread(str(paths["png"]))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 2 * image.shape[0] // 2
+
+
+def _run(gb_lane: float, gb_det: float, us_lane: float = 0.80) -> dict[str, dict[str, float]]:
+    return {"us": {"lane_f1": us_lane, "det_map50": 0.50}, "gb": {"lane_f1": gb_lane, "det_map50": gb_det}}
+
+
+def test_strategy_table_averages_runs_and_compares_with_full() -> None:
+    # Two seeds of full and adapter on gb, one heads run on us' neighbour de, one model with no strategy recorded.
+    results = {"global": _run(0.50, 0.40), "full-1": _run(0.80, 0.50), "full-2": _run(0.70, 0.46),
+               "adapter-1": _run(0.76, 0.45, us_lane=0.79), "adapter-2": _run(0.68, 0.43),
+               "heads-de": {"us": {"lane_f1": 0.70, "det_map50": 0.30}, "de": {"lane_f1": 0.9, "det_map50": 0.5}},
+               "mystery": _run(0.99, 0.99)}
+    info = {"full-1": {"strategy": "full"}, "full-2": {"strategy": "full"}, "adapter-1": {"strategy": "adapter"},
+            "adapter-2": {"strategy": "adapter"}, "heads-de": {"strategy": "heads"}}
+    targets = {"full-1": "gb", "full-2": "gb", "adapter-1": "gb", "adapter-2": "gb", "heads-de": "de",
+               "mystery": "gb"}
+    gains = gains_table(results, ["us", "de", "gb"], "global", targets, ["lane_f1", "det_map50"])
+    rows = {(r["region"], r["strategy"], r["metric"]): r for r in strategy_table(gains, info)}
+    assert set(rows) == {(t, s, m) for t, s in [("gb", "full"), ("gb", "adapter"), ("de", "heads")]
+                         for m in ("lane_f1", "det_map50")}  # "mystery" has no strategy: left out
+    full, adapter = rows["gb", "full", "lane_f1"], rows["gb", "adapter", "lane_f1"]
+    assert full["models"] == ["full-1", "full-2"] and full["runs"] == 2
+    assert full["gain_mean"] == pytest.approx(0.25) and full["share"] == pytest.approx(1.0)
+    assert (adapter["gain_min"], adapter["gain_max"]) == (pytest.approx(0.18), pytest.approx(0.26))
+    assert adapter["share"] == pytest.approx(0.22 / 0.25)  # the share of the mean gains
+    assert adapter["worst_other"] == pytest.approx(-0.01)  # adapter-1 on us
+    assert rows["gb", "adapter", "det_map50"]["share"] == pytest.approx(0.04 / 0.08)
+    assert math.isnan(rows["de", "heads", "lane_f1"]["share"])  # no full run on de to compare with
+    # A run without a value is listed but not averaged; a reference that gained nothing gives no share.
+    results["adapter-2"]["gb"]["lane_f1"] = float("nan")
+    results["full-1"]["gb"]["det_map50"] = results["full-2"]["gb"]["det_map50"] = 0.40
+    gains = gains_table(results, ["us", "de", "gb"], "global", targets, ["lane_f1", "det_map50"])
+    rows = {(r["region"], r["strategy"], r["metric"]): r for r in strategy_table(gains, info)}
+    assert rows["gb", "adapter", "lane_f1"]["runs"] == 1 and len(rows["gb", "adapter", "lane_f1"]["models"]) == 2
+    assert rows["gb", "adapter", "lane_f1"]["gain_mean"] == pytest.approx(0.26)
+    assert math.isnan(rows["gb", "adapter", "det_map50"]["share"])
+
+
+def test_report_shows_strategy_table_and_seeds(tmp_path: Path) -> None:
+    info = {"adapter-gb": {"kind": "delta", "strategy": "adapter", "region": "gb", "seed": 43},
+            "full-gb": {"kind": "delta", "strategy": "full", "region": "gb", "seed": 43}}
+    report = build_report(RESULTS, REGIONS, model_info=info)
+    md = format_markdown(report)
+    assert "## Gains per strategy (points, mean over runs)" in md
+    # full first within a target; adapter's lane gain +15.0 of full's +19.0
+    lines = [line for line in md.splitlines() if line.startswith("| gb | ")]
+    assert lines[0].startswith("| gb | full | lane_f1 | 1 | +19.0 |")
+    assert "| gb | adapter | lane_f1 | 1 | +15.0 | +15.0 / +15.0 | 78.9 % | -1.0 |" in md
+    assert "| gb | adapter | det_map50 | 1 | +7.0 | +7.0 / +7.0 | — | -2.0 |" in md  # full's det value is missing
+    assert "| adapter-gb | delta | adapter | gb | 43 |" in md
+    data = json.loads(write_report(tmp_path, report)["json"].read_text())
+    assert [(r["strategy"], r["metric"]) for r in data["strategies"]][:2] == [("adapter", "lane_f1"),
+                                                                            ("adapter", "det_map50")]

@@ -18,6 +18,7 @@ from torch import nn
 import visionpilot.cli.finetune  # noqa: F401  (registers the open config node finetune.yaml uses)
 from visionpilot.data.replay import MixedBatchSampler, ReplayDataModule
 from visionpilot.data.sources.synthetic import SyntheticSource
+from visionpilot.evaluation.cross_region import load_eval_model
 from visionpilot.paths import config_dir
 from visionpilot.training import finetune as ft
 from visionpilot.training.checkpoints import load_checkpoint
@@ -305,10 +306,14 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path, monkey
         cfg = compose("finetune", overrides=[
             f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}", "region=gb", "strategy=adapter",
             "strategy.rank=4", "trainer.max_steps=2", "trainer.limit_val_batches=1", "data.num_workers=0",
-            "data.persistent_workers=false", "callbacks.progress_bar=null", "logger=csv"])
+            "data.persistent_workers=false", "callbacks.progress_bar=null", "logger=csv", "seed=7"])
     metrics, objects = finetune(cfg)
     out = tmp_path / "ft"
     summary = json.loads((out / "finetune.json").read_text())
+    # The seed is recorded wherever the run's results travel (reports average runs that differ only by it).
+    assert summary["seed"] == 7 and read_delta_metadata(out / "delta.safetensors")["extra"]["seed"] == 7
+    assert load_eval_model("adapter-gb", out / "delta.safetensors").info["seed"] == 7
+    assert load_eval_model("tuned", out / "checkpoints" / "finetuned.ckpt").info["seed"] == 7
     assert metrics["train/steps"] == 2 and "val/gb/lane_f1" in json.loads((out / "metrics.json").read_text())
     assert rounded_at == [(2, True), (2, False)]
     assert summary["region"] == "gb" and summary["replay_regions"] == ["us"] and summary["strategy"] == "adapter"

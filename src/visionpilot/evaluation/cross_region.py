@@ -112,7 +112,8 @@ def load_eval_model(name: str, spec: str | Path) -> EvalModel:
     kind = "delta" if loaded.path.suffix == ".safetensors" else "checkpoint"
     info = {"path": str(loaded.path), "sha256": loaded.sha256, "regions": loaded.meta.get("regions"),
             "strategy": tune.get("strategy"), "region": tune.get("region"),
-            "base_sha256": tune.get("base_sha256"), "bytes": loaded.path.stat().st_size}
+            "base_sha256": tune.get("base_sha256"), "seed": tune.get("seed", (tune.get("extra") or {}).get("seed")),
+            "bytes": loaded.path.stat().st_size}
     return EvalModel(name, torch_decoder(loaded.net), kind, loaded, info)
 
 

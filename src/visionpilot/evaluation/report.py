@@ -5,7 +5,7 @@ the gains table of the region workflow.
 
     {"models": [...], "regions": [...], "results": {model: {region: {metric: value}}},
      "overall": {model: {metric: value}}, "split": "val", "frames": {region: n}, "primary_metrics": [...],
-     "model_info": {model: {...}}, "gains": [...], "baseline": "global"}
+     "model_info": {model: {...}}, "gains": [...], "strategies": [...], "baseline": "global"}
 
 Metric names are those of ``metrics.json`` without ``val/`` (``lane_f1``, ``det_map50``, ...), values in [0, 1].
 Tables and plots show them in points (x100). A fine-tuned model's *target* region comes from its delta or
@@ -80,6 +80,40 @@ def gains_table(results: Results, regions: Sequence[str], baseline: str, targets
     return rows
 
 
+def strategy_table(gains: Sequence[Mapping[str, Any]], model_info: Mapping[str, Mapping[str, Any]],
+                   reference: str = "full") -> list[dict[str, Any]]:
+    """Per target region, fine-tuning strategy and metric, over every model fine-tuned that way (one per seed, say):
+    the mean gain, its range, the worst change on another region, and the mean gain as a share of the
+    ``reference`` strategy's mean gain on the same target and metric — how docs/finetuning.md compares strategies
+    (an adapter should reach >= 80 % of ``full``'s gain). A share of the mean gains (not a mean of per-seed shares)
+    stays finite when one run of the reference gains little. Models without a recorded strategy are left out.
+
+    Returns:
+        rows ``{"region", "strategy", "metric", "models", "runs", "gain_mean", "gain_min", "gain_max",
+        "worst_other", "share"}`` in first-seen order; ``share`` is NaN without a ``reference`` row whose mean gain
+        is positive, and ``runs`` counts the models with a value (a model without one is listed, not averaged).
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for row in gains:
+        strategy = (model_info.get(row["model"]) or {}).get("strategy")
+        if strategy:
+            groups.setdefault((row["region"], str(strategy), row["metric"]), []).append(row)
+    rows = []
+    for (region, strategy, metric), members in groups.items():
+        values = [float(r["gain"]) for r in members if not math.isnan(float(r["gain"]))]
+        worst = [float(r["worst_other"]) for r in members if not math.isnan(float(r["worst_other"]))]
+        rows.append({"region": region, "strategy": strategy, "metric": metric,
+                     "models": [r["model"] for r in members], "runs": len(values),
+                     "gain_mean": sum(values) / len(values) if values else float("nan"),
+                     "gain_min": min(values, default=float("nan")), "gain_max": max(values, default=float("nan")),
+                     "worst_other": min(worst, default=float("nan"))})
+    means = {(r["region"], r["strategy"], r["metric"]): r["gain_mean"] for r in rows}
+    for row in rows:
+        ref = means.get((row["region"], reference, row["metric"]), float("nan"))
+        row["share"] = row["gain_mean"] / ref if ref > 0 else float("nan")
+    return rows
+
+
 def build_report(results: Results, regions: Sequence[str], *, models: Sequence[str] | None = None,
                  overall: Mapping[str, Mapping[str, float]] | None = None, split: str = "val",
                  frames: Mapping[str, int] | None = None, model_info: Mapping[str, Mapping[str, Any]] | None = None,
@@ -95,7 +129,7 @@ def build_report(results: Results, regions: Sequence[str], *, models: Sequence[s
     return {"models": models, "regions": regions, "results": {m: dict(results[m]) for m in models},
             "overall": dict(overall or {}), "split": split, "frames": dict(frames or {}),
             "primary_metrics": primary, "model_info": info, "baseline": baseline if baseline in results else None,
-            "targets": targets, "gains": gains, **extra}
+            "targets": targets, "gains": gains, "strategies": strategy_table(gains, info), **extra}
 
 
 def format_markdown(report: Mapping[str, Any]) -> str:
@@ -116,14 +150,18 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     if report.get("gains"):
         lines += gains_markdown(report["gains"], regions, report.get("baseline") or "baseline")
+    if report.get("strategies"):
+        lines += strategies_markdown(report["strategies"])
     info = report.get("model_info") or {}
     if info:
-        lines += ["## Models", "", "| model | kind | strategy | region | file | MB |", "| --- | --- | --- | --- | --- | ---: |"]
+        lines += ["## Models", "", "| model | kind | strategy | region | seed | file | MB |",
+                  "| --- | --- | --- | --- | ---: | --- | ---: |"]
         for model in models:
             i = info.get(model, {})
             size = f"{i['bytes'] / 1e6:.2f}" if i.get("bytes") else "—"
+            seed = "—" if i.get("seed") is None else i["seed"]
             lines.append(f"| {model} | {i.get('kind', '—')} | {i.get('strategy') or '—'} | {i.get('region') or '—'} "
-                         f"| `{i.get('path', '')}` | {size} |")
+                         f"| {seed} | `{i.get('path', '')}` | {size} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -142,6 +180,23 @@ def gains_markdown(gains: Sequence[Mapping[str, Any]], regions: Sequence[str], b
         lines.append(f"| {row['model']} | {row['metric']} | {row['region']} | {_pts(row['baseline'])} | "
                      f"{_pts(row['value'])} | {_pts(row['gain'], True)} | {_pts(row['worst_other'], True)} | "
                      + " | ".join(deltas) + " |")
+    return [*lines, ""]
+
+
+def strategies_markdown(rows: Sequence[Mapping[str, Any]], reference: str = "full") -> list[str]:
+    """The per-strategy table: mean gain over the runs of each strategy on each target, and its share of
+    ``reference``'s."""
+    lines = ["## Gains per strategy (points, mean over runs)", "",
+             f"Runs: models fine-tuned with that strategy on that target (e.g. one per seed). *of {reference}*: the "
+             f"mean gain as a share of the `{reference}` strategy's mean gain on the same target and metric. "
+             "*worst other*: the largest loss on another region over all the runs.", "",
+             f"| target | strategy | metric | runs | mean gain | min / max | of {reference} | worst other |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in sorted(rows, key=lambda r: (r["region"], r["strategy"] != reference, r["strategy"])):
+        share = "—" if math.isnan(row["share"]) else f"{100 * row['share']:.1f} %"
+        lines.append(f"| {row['region']} | {row['strategy']} | {row['metric']} | {row['runs']} | "
+                     f"{_pts(row['gain_mean'], True)} | {_pts(row['gain_min'], True)} / {_pts(row['gain_max'], True)} "
+                     f"| {share} | {_pts(row['worst_other'], True)} |")
     return [*lines, ""]
 
 

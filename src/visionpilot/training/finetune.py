@@ -650,7 +650,9 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
         model.net = adapter_net_config(stored.model.net, _adapter_settings(strategy))
     info = {"base_checkpoint": str(Path(base.path).resolve()), "base_sha256": base.sha256, "base_regions": base_regions,
             "region": region, "strategy": name, "replay_regions": replay,
-            "replay_fraction": float(cfg.replay.fraction)}
+            "replay_fraction": float(cfg.replay.fraction),
+            # Runs of one setting differ by seed (batch order, augmentation, replay draws); reports average them.
+            "seed": None if cfg.get("seed") is None else int(cfg.seed)}
     return OmegaConf.create({
         "task_name": cfg.get("task_name", "finetune"), "seed": cfg.get("seed"), "paths": _plain(cfg.paths),
         "rig": stored.get("rig"), "data": data, "model": model, "trainer": _plain(cfg.trainer),
@@ -730,7 +732,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                             base_sha256=base.sha256, region=run_cfg.finetune.region, strategy=strategy,
                             frame_counts=datamodule.frame_counts.get("train", {}), replay_frame_counts=replay_counts,
                             base_path=base.path, dtype=dtype, extra={"trainable_params": report.trainable_params,
-                                                        "steps": int(trainer.global_step)},
+                                                        "steps": int(trainer.global_step), "seed": info["seed"]},
                             lineage=build_lineage("region_delta", datamodule=datamodule, config=module.run_config,
                                                   base_sha256=base.sha256, parents=[base_record],
                                                   region=run_cfg.finetune.region, strategy=strategy))
