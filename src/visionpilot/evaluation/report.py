@@ -28,6 +28,9 @@ LABELS = {"lane_f1": "lane F1", "det_map50": "2D mAP@0.5", "det_map": "2D mAP", 
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]
 
+#: The strategy other strategies' gains are a share of (the per-strategy table; docs/finetuning.md).
+REFERENCE_STRATEGY = "full"
+
 
 def _value(results: Results, model: str, region: str, metric: str) -> float:
     value = results.get(model, {}).get(region, {}).get(metric)
@@ -81,7 +84,7 @@ def gains_table(results: Results, regions: Sequence[str], baseline: str, targets
 
 
 def strategy_table(gains: Sequence[Mapping[str, Any]], model_info: Mapping[str, Mapping[str, Any]],
-                   reference: str = "full") -> list[dict[str, Any]]:
+                   reference: str = REFERENCE_STRATEGY) -> list[dict[str, Any]]:
     """Per target region, fine-tuning strategy and metric, over every model fine-tuned that way (one per seed, say):
     the mean gain, its range, the worst change on another region, and the mean gain as a share of the
     ``reference`` strategy's mean gain on the same target and metric — how docs/finetuning.md compares strategies
@@ -183,7 +186,7 @@ def gains_markdown(gains: Sequence[Mapping[str, Any]], regions: Sequence[str], b
     return [*lines, ""]
 
 
-def strategies_markdown(rows: Sequence[Mapping[str, Any]], reference: str = "full") -> list[str]:
+def strategies_markdown(rows: Sequence[Mapping[str, Any]], reference: str = REFERENCE_STRATEGY) -> list[str]:
     """The per-strategy table: mean gain over the runs of each strategy on each target, and its share of
     ``reference``'s."""
     lines = ["## Gains per strategy (points, mean over runs)", "",
