@@ -1,4 +1,5 @@
-"""Row-anchor lane head: shapes, slot assignment, masking, overfitting, and an exact encode -> decode round trip."""
+"""Row-anchor lane heads (MLP and conv): shapes, slot assignment, masking, overfitting, the conv head's sampling
+grid, and an exact encode -> decode round trip."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ H, W = 64, 160
 VANISH = (80.0, 20.0)  # vanishing point of the hand-made straight lanes
 
 
-def _head(**kw) -> RowAnchorLaneHead:
+HEADS = ["mlp", "conv"]
+
+
+def _head(kind: str = "mlp", **kw) -> RowAnchorLaneHead:
     args = dict(in_channels=16, strides=[8, 16, 32], stride=32, num_slots=4, num_rows=8, num_bins=40,
-                row_range=(0.5, 1.0), pool_size=(2, 5), hidden=64, mid_channels=4)
+                row_range=(0.5, 1.0), classifier=kind, pool_size=(2, 5), hidden=64, mid_channels=4, head_channels=8)
     return RowAnchorLaneHead(**(args | kw))
 
 
@@ -60,12 +64,30 @@ def _outputs(head: RowAnchorLaneHead, feats: torch.Tensor, b: int, n: int) -> di
     return {k: v.unflatten(0, (b, n)) for k, v in head({"s32": feats}).items()}
 
 
-def test_forward_shapes() -> None:
-    head = _head()
-    out = head({"s32": torch.randn(6, 16, 2, 5)})
-    assert out["exist"].shape == (6, 4)
-    assert out["columns"].shape == (6, 4, 8, 41)
-    assert out["types"].shape == (6, 4, 6)
+@pytest.mark.parametrize("kind", HEADS)
+def test_forward_shapes(kind: str) -> None:
+    head = _head(kind)
+    for size in [(2, 5), (3, 7)]:  # the outputs do not depend on the input size
+        out = head({"s32": torch.randn(6, 16, *size)})
+        assert out["exist"].shape == (6, 4)
+        assert out["columns"].shape == (6, 4, 8, 41)
+        assert out["types"].shape == (6, 4, 6)
+
+
+def test_conv_head_samples_the_row_anchors_and_bin_centres() -> None:
+    head = _head("conv", stride=8, num_rows=5, num_bins=20, row_range=(0.3, 0.9))
+    h, w = H // 8, W // 8
+    # A stride-8 map whose two channels hold each cell centre's image (u, v): bilinear sampling of a linear ramp
+    # is exact away from the border, so the samples must be the bin centres and the row anchors in pixels.
+    u = (torch.arange(w) + 0.5) * 8
+    v = (torch.arange(h) + 0.5) * 8
+    ramp = torch.stack([u[None, :].expand(h, -1), v[:, None].expand(-1, w)])[None]
+    got = torch.nn.functional.grid_sample(ramp, head.sample_grid, align_corners=False, padding_mode="border")[0]
+    inner = (got[0] > 4) & (got[0] < W - 4) & (got[1] > 4) & (got[1] < H - 4)
+    bins = (torch.arange(20) + 0.5) * W / 20
+    assert inner.sum() > 50
+    torch.testing.assert_close(got[0][inner], bins.expand(5, -1)[inner])
+    torch.testing.assert_close(got[1][inner], head.row_anchors(H)[:, None].expand(-1, 20)[inner])
 
 
 def test_u_at_rows_matches_the_numpy_reference() -> None:
@@ -98,8 +120,9 @@ def test_slots_are_ego_relative_left_to_right() -> None:
     assert t["bins"][1, 0, 1, -1] == 12
 
 
-def test_loss_is_masked_by_presence() -> None:
-    head = _head()
+@pytest.mark.parametrize("kind", HEADS)
+def test_loss_is_masked_by_presence(kind: str) -> None:
+    head = _head(kind)
     lanes = [[(_lane(50.0), 1)], [(_lane(110.0), 1)]]
     feats = torch.randn(2, 16, 2, 5, requires_grad=True)
     out = _outputs(head, feats, 2, 1)
@@ -119,9 +142,10 @@ def test_loss_is_masked_by_presence() -> None:
         torch.testing.assert_close(masked[k], solo[k])
 
 
-def test_overfits_a_tiny_batch() -> None:
+@pytest.mark.parametrize("kind", HEADS)
+def test_overfits_a_tiny_batch(kind: str) -> None:
     torch.manual_seed(0)
-    head = _head()
+    head = _head(kind)
     batch = _batch([[(_lane(50.0), 1), (_lane(115.0), 0)], [(_lane(20.0), 2), (_lane(140.0), 5), (_lane(-30.0), 3)]])
     feats = torch.randn(2, 16, 2, 5)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
@@ -164,6 +188,12 @@ def test_decode_round_trip_recovers_lanes_within_a_bin() -> None:
         np.testing.assert_allclose(got[:, 1].numpy(), rows.numpy())
 
 
-def test_refuses_a_missing_level() -> None:
+@pytest.mark.parametrize("kind", HEADS)
+def test_refuses_a_missing_level(kind: str) -> None:
     with pytest.raises(ValueError, match="stride 4 is not a neck level"):
-        _head(stride=4)
+        _head(kind, stride=4)
+
+
+def test_refuses_an_unknown_classifier() -> None:
+    with pytest.raises(ValueError, match="classifier must be 'mlp' or 'conv', found 'transformer'"):
+        _head("transformer")

@@ -87,22 +87,46 @@ def test_colliding_centres_regress_only_the_largest_box() -> None:
     head = _head()
     # A near car (40x32 px) and a far one (10x8 px) straight behind it: both centres fall in cell (5, 3).
     near, far, elsewhere = [20.0, 10.0, 60.0, 42.0], [36.0, 24.0, 46.0, 32.0], [100.0, 20.0, 110.0, 40.0]
-    t = head.targets(_batch([[(far, 0), (near, 0), (elsewhere, 4)]]), (8, 20))
+    batch = _batch([[(far, 0), (near, 0), (elsewhere, 4)]])
+    t = head.targets(batch, (8, 20))
     assert t["index"][0, 0, 0] == t["index"][0, 0, 1]
     assert t["box_mask"][0, 0].tolist() == [True, True, True]
+    # The far box's only regression cell is the near box's centre cell, which the larger box owns.
     assert t["regress_mask"][0, 0].tolist() == [False, True, True]
+    torch.testing.assert_close(t["size_map"][0, 0, :, 3, 5], torch.tensor([5.0, 4.0]).log())
     # The heatmap still marks both classes' centres; with equal areas the first box wins.
     assert t["heatmap"][0, 0, 0, 3, 5] == 1
     tie = head.targets(_batch([[(near, 0), (near, 1)]]), (8, 20))
     assert tie["regress_mask"][0, 0].tolist() == [True, False]
-    # So a head that predicts the near box exactly at that cell has zero size loss.
+    # So a head that predicts the owners' targets has zero size and offset loss, one that is off at the shared
+    # cell does not.
     out = {k: torch.zeros(1, 1, *v.shape[1:]) for k, v in head({"s8": torch.zeros(1, 16, 8, 20)}).items()}
-    out["size"][0, 0, :, 3, 5] = torch.tensor([5.0, 4.0]).log()
-    out["size"][0, 0, :, 3, 13] = torch.tensor([10 / 8, 20 / 8]).log()
-    out["offset"][0, 0, :, 3, 5] = torch.tensor([0.0, 0.25])
-    out["offset"][0, 0, :, 3, 13] = torch.tensor([0.125, 0.75])
-    losses = head.loss(out, _batch([[(far, 0), (near, 0), (elsewhere, 4)]]))
+    out["size"][0, 0], out["offset"][0, 0] = t["size_map"][0, 0], t["offset_map"][0, 0]
+    losses = head.loss(out, batch)
     assert losses["size"].item() < 1e-6 and losses["offset"].item() < 1e-6
+    out["size"][0, 0, :, 3, 5] = torch.tensor([10 / 8, 1.0]).log()  # the far box's size
+    assert head.loss(out, batch)["size"].item() > 0.1
+
+
+def test_regression_cells_cover_the_box_centre_with_unit_weight_per_box() -> None:
+    # A 40x32 px box at stride 8 (5x4 cells, centre (40, 26) px -> cell (5, 3)): TTFNet's central 0.54 fraction
+    # spans +-1.35 cells across and +-1.08 down, so the 3x3 cells around the centre regress it.
+    gt = [([20.0, 10.0, 60.0, 42.0], 0), ([101.3, 20.7, 110.9, 40.2], 4)]
+    t = _head().targets(_batch([gt]), (8, 20))
+    w0 = t["regress_weight"][0, 0]
+    cells = (w0[:, :10] > 0).nonzero().tolist()
+    assert cells == [[y, x] for y in (2, 3, 4) for x in (4, 5, 6)]
+    assert w0[3, 5] == w0[:, :10].max()  # the gaussian peaks at the centre cell
+    torch.testing.assert_close(w0[:, :10].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(w0[:, 10:].sum(), torch.tensor(1.0))  # a small box: its centre cell alone
+    # Every cell regresses its own offset to the same centre, and the same size.
+    torch.testing.assert_close(t["offset_map"][0, 0, :, 2, 4], torch.tensor([5.0 - 4, 3.25 - 2]))
+    torch.testing.assert_close(t["size_map"][0, 0, :, 4, 6], torch.tensor([5.0, 4.0]).log())
+    # regress_area=0 is CenterNet: the centre cell only.
+    t0 = _head(regress_area=0.0).targets(_batch([gt]), (8, 20))
+    assert (t0["regress_weight"][0, 0] > 0).nonzero().tolist() == [[3, 5], [3, 13]]
+    with pytest.raises(ValueError, match="regress_area must be in"):
+        _head(regress_area=1.5)
 
 
 def test_loss_is_masked_by_presence() -> None:

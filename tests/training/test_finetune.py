@@ -162,7 +162,7 @@ def test_block_adapters_follow_every_residual_block_of_any_backbone(tmp_path: Pa
 
 
 def test_adapter_trains_large_head_layers_as_a_low_rank_update(tmp_path: Path) -> None:
-    base_path = _base(tmp_path, "model/bev=tiny")
+    base_path = _base(tmp_path, "model/bev=tiny", "model.net.heads.lanes_2d.classifier=mlp")
     base = load_checkpoint(base_path)
     net = base.net.eval()
     base_state = {k: v.clone() for k, v in net.state_dict().items()}

@@ -84,8 +84,8 @@ _LAYOUT_OPS = {"Reshape", "Split", "Flatten", "Transpose", "Squeeze", "Unsqueeze
 
 
 def output_layers(model: onnx.ModelProto, prefix: str = RAW_PREFIX) -> list[str]:
-    """Names of the nodes that compute the ``raw/`` outputs (through layout-only ops), e.g. the heads' last convs;
-    through an ``Add``, both summands' layers (a fine-tuned head's low-rank update and the layer it updates)."""
+    """Names of the nodes that compute the ``raw/`` outputs (through layout-only ops, a ``Concat``'s every input
+    and a ``ReduceMean``), e.g. the heads' last convs; through an ``Add``, both summands' layers (a fine-tuned head's low-rank update and the layer it updates)."""
     producer = {out: node for node in model.graph.node for out in node.output}
     found: list[str] = []
     stack = [o.name for o in model.graph.output if o.name.startswith(prefix)]
@@ -95,7 +95,9 @@ def output_layers(model: onnx.ModelProto, prefix: str = RAW_PREFIX) -> list[str]
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
-        if node.op_type in _LAYOUT_OPS:
+        if node.op_type == "Concat":  # every input is data (e.g. the lane head's column and "absent" logits)
+            stack.extend(node.input)
+        elif node.op_type in _LAYOUT_OPS or node.op_type == "ReduceMean":  # ReduceMean: a pooled layer output
             stack.extend(node.input[:1])  # the data input (the others are shapes / split sizes / indices)
         elif node.op_type == "Add":  # a layer's bias, or a low-rank update (LoRALinear): W x + up(down(x))
             found.append(node.name)
