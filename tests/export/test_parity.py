@@ -111,6 +111,21 @@ def test_compare_gates_on_the_lowest_agreement() -> None:
     assert compare([ref], [ref], tolerance_for("fp32"))["passed"]
 
 
+def test_fp32_raw_gate_is_absolute_up_to_unit_scale_and_relative_beyond() -> None:
+    from visionpilot.export.parity import RAW_PREFIX, failures
+    fp32 = tolerance_for("fp32")
+    ref = {f"{RAW_PREFIX}probs": np.full((1, 4), 0.5, np.float32), f"{RAW_PREFIX}logits": np.full((1, 4), 8.0, np.float32)}
+    # 3e-4 off on logits of 8 is 4e-5 relative (under the 8e-4 gate); the same on values of 0.5 is not.
+    got = {f"{RAW_PREFIX}probs": ref[f"{RAW_PREFIX}probs"] + 3e-4, f"{RAW_PREFIX}logits": ref[f"{RAW_PREFIX}logits"] + 3e-4}
+    report = compare([ref], [got], fp32)
+    assert report["raw_gate"][f"{RAW_PREFIX}logits"] == pytest.approx(8e-4)
+    assert report["raw_gate"][f"{RAW_PREFIX}probs"] == pytest.approx(1e-4)
+    assert not report["raw_within_tolerance"]
+    assert failures(report) == [f"{RAW_PREFIX}probs: max abs diff 0.0003 > 0.0001 (0.0001 x max(1, max |output|))"]
+    got[f"{RAW_PREFIX}probs"] = ref[f"{RAW_PREFIX}probs"] + 5e-5
+    assert compare([ref], [got], fp32)["passed"]
+
+
 def test_unknown_box_layout_is_a_clear_error() -> None:
     ref = {"x.boxes": np.zeros((1, 1, 5)), "x.scores": np.ones((1, 1)), "x.classes": np.zeros((1, 1), np.int64)}
     with pytest.raises(ValueError, match=r"'x\.boxes' has 5 values per box; expected 4"):

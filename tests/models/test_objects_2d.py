@@ -83,8 +83,9 @@ def test_targets_put_a_unit_peak_at_each_centre() -> None:
     assert 0 < heat[0, 3, 4] < 1  # the gaussian spreads to neighbours
 
 
-def test_colliding_centres_regress_only_the_largest_box() -> None:
-    head = _head()
+@pytest.mark.parametrize("area", [0.0, 0.54])
+def test_colliding_centres_regress_only_the_largest_box(area: float) -> None:
+    head = _head(regress_area=area)
     # A near car (40x32 px) and a far one (10x8 px) straight behind it: both centres fall in cell (5, 3).
     near, far, elsewhere = [20.0, 10.0, 60.0, 42.0], [36.0, 24.0, 46.0, 32.0], [100.0, 20.0, 110.0, 40.0]
     batch = _batch([[(far, 0), (near, 0), (elsewhere, 4)]])
@@ -98,6 +99,9 @@ def test_colliding_centres_regress_only_the_largest_box() -> None:
     assert t["heatmap"][0, 0, 0, 3, 5] == 1
     tie = head.targets(_batch([[(near, 0), (near, 1)]]), (8, 20))
     assert tie["regress_mask"][0, 0].tolist() == [True, False]
+    # Areas that differ by a sliver (0.50 and 0.52 cells, the smaller first) still go to the larger box.
+    close = head.targets(_batch([[([40.0, 20.0, 44.0, 28.0], 0), ([40.0, 20.0, 44.0, 28.32], 1)]]), (8, 20))
+    assert close["regress_mask"][0, 0].tolist() == [False, True]
     # So a head that predicts the owners' targets has zero size and offset loss, one that is off at the shared
     # cell does not.
     out = {k: torch.zeros(1, 1, *v.shape[1:]) for k, v in head({"s8": torch.zeros(1, 16, 8, 20)}).items()}
@@ -112,7 +116,7 @@ def test_regression_cells_cover_the_box_centre_with_unit_weight_per_box() -> Non
     # A 40x32 px box at stride 8 (5x4 cells, centre (40, 26) px -> cell (5, 3)): TTFNet's central 0.54 fraction
     # spans +-1.35 cells across and +-1.08 down, so the 3x3 cells around the centre regress it.
     gt = [([20.0, 10.0, 60.0, 42.0], 0), ([101.3, 20.7, 110.9, 40.2], 4)]
-    t = _head().targets(_batch([gt]), (8, 20))
+    t = _head(regress_area=0.54).targets(_batch([gt]), (8, 20))
     w0 = t["regress_weight"][0, 0]
     cells = (w0[:, :10] > 0).nonzero().tolist()
     assert cells == [[y, x] for y in (2, 3, 4) for x in (4, 5, 6)]
@@ -122,8 +126,8 @@ def test_regression_cells_cover_the_box_centre_with_unit_weight_per_box() -> Non
     # Every cell regresses its own offset to the same centre, and the same size.
     torch.testing.assert_close(t["offset_map"][0, 0, :, 2, 4], torch.tensor([5.0 - 4, 3.25 - 2]))
     torch.testing.assert_close(t["size_map"][0, 0, :, 4, 6], torch.tensor([5.0, 4.0]).log())
-    # regress_area=0 is CenterNet: the centre cell only.
-    t0 = _head(regress_area=0.0).targets(_batch([gt]), (8, 20))
+    # regress_area=0 (the default) is CenterNet: the centre cell only.
+    t0 = _head().targets(_batch([gt]), (8, 20))
     assert (t0["regress_weight"][0, 0] > 0).nonzero().tolist() == [[3, 5], [3, 13]]
     with pytest.raises(ValueError, match="regress_area must be in"):
         _head(regress_area=1.5)

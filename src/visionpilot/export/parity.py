@@ -52,8 +52,10 @@ class Tolerance:
     """What counts as agreeing for one precision.
 
     Attributes:
-        raw_max_abs: gate on every raw output's max abs difference; None reports without gating (int8, where
-            logits move by design and only decisions matter).
+        raw_max_abs: gate on every raw output's max abs difference, scaled by the output's largest magnitude when
+            that exceeds 1 (``raw_max_abs * max(1, max |torch|)``: float error is relative, and a logit of 10 fed by
+            a 10^4-cell weighted sum carries ten times the error of a probability); None reports without gating
+            (int8, where logits move by design and only decisions matter).
         atol, rtol: a decoded float element that is not a position agrees when
             ``|onnx - torch| <= atol + rtol * |torch|`` (scores, probabilities, sizes; yaw uses ``atol`` alone).
         min_agreement: the least fraction of compared elements that must agree, per decoded output.
@@ -241,7 +243,9 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], candidate: Iterable[M
                if np.issubdtype(ref[k].dtype, np.floating)}
     agreement, compared = decoded_agreement(ref, got, tol)
     raw_diffs = {k: v for k, v in max_abs.items() if k.startswith(RAW_PREFIX)}
-    raw_ok = tol.raw_max_abs is None or all(v <= tol.raw_max_abs for v in raw_diffs.values())
+    raw_gate = ({} if tol.raw_max_abs is None else
+                {k: tol.raw_max_abs * max(1.0, float(np.abs(ref[k]).max(initial=0.0))) for k in raw_diffs})
+    raw_ok = all(raw_diffs[k] <= g for k, g in raw_gate.items())
     decoded_agree = all(v >= tol.min_agreement for v in agreement.values())
     return {
         "frames": int(ref[keys[0]].shape[0]),
@@ -249,6 +253,7 @@ def compare(reference: Iterable[Mapping[str, np.ndarray]], candidate: Iterable[M
         "max_abs_diff_raw": max(raw_diffs.values()) if raw_diffs else None,
         "agreement": agreement,
         "compared": compared,
+        "raw_gate": raw_gate,
         "raw_within_tolerance": raw_ok,
         "decoded_agree": decoded_agree,
         "passed": raw_ok and decoded_agree,
@@ -289,9 +294,9 @@ def failures(report: Mapping[str, Any]) -> list[str]:
     """Human-readable reasons a parity report failed (empty when it passed)."""
     tol = report["tolerance"]
     out = []
-    if tol["raw_max_abs"] is not None:
-        out += [f"{k}: max abs diff {v:.3g} > {tol['raw_max_abs']:g}" for k, v in report["max_abs_diff"].items()
-                if k.startswith(RAW_PREFIX) and v > tol["raw_max_abs"]]
+    gate = report.get("raw_gate", {})
+    out += [f"{k}: max abs diff {report['max_abs_diff'][k]:.3g} > {g:.3g} ({tol['raw_max_abs']:g} x max(1, max "
+            f"|output|))" for k, g in gate.items() if report["max_abs_diff"][k] > g]
     out += [f"{k}: agreement {v:.3f} < {tol['min_agreement']:g} ({report['compared'][k]} elements compared)"
             for k, v in report["agreement"].items() if v < tol["min_agreement"]]
     return out

@@ -85,7 +85,8 @@ _LAYOUT_OPS = {"Reshape", "Split", "Flatten", "Transpose", "Squeeze", "Unsqueeze
 
 def output_layers(model: onnx.ModelProto, prefix: str = RAW_PREFIX) -> list[str]:
     """Names of the nodes that compute the ``raw/`` outputs (through layout-only ops, a ``Concat``'s every input
-    and a ``ReduceMean``), e.g. the heads' last convs; through an ``Add``, both summands' layers (a fine-tuned head's low-rank update and the layer it updates)."""
+    and a ``ReduceMean``), e.g. the heads' last convs; through an ``Add``, both summands' layers (a fine-tuned
+    head's low-rank update and the layer it updates)."""
     producer = {out: node for node in model.graph.node for out in node.output}
     found: list[str] = []
     stack = [o.name for o in model.graph.output if o.name.startswith(prefix)]

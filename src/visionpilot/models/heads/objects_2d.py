@@ -42,12 +42,13 @@ class CenterNetHead(nn.Module):
         min_overlap: IoU a box shifted by the gaussian radius still has with the GT (CenterNet's 0.7).
         prior: initial centre probability (heatmap bias ``-log((1 - prior) / prior)``, CenterNet's -2.19).
         regress_area: fraction of each box's width and height, around its centre cell, whose cells regress its
-            size and offset (TTFNet's beta, 0.54); 0 regresses at the centre cell only (CenterNet).
+            size and offset: 0 the centre cell only (CenterNet), 0.54 TTFNet's. On the 250-step demo TTFNet's did
+            not beat the centre cell over two seeds (docs/benchmarks.md), so 0 is the default.
     """
 
     def __init__(self, in_channels: int, strides: Sequence[int], stride: int = 8,
                  num_classes: int = len(OBJECT_CLASSES), head_channels: int = 64, top_k: int = 100,
-                 min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.54) -> None:
+                 min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.0) -> None:
         super().__init__()
         if stride not in strides:
             raise ValueError(f"objects_2d head: stride {stride} is not a neck level (neck strides {list(strides)}); "
@@ -115,10 +116,10 @@ class CenterNetHead(nn.Module):
         index = (iy * w + ix).long()
         size = torch.stack([bw, bh], -1).clamp(min=eps).log() * box_mask[..., None]  # (B, N, M, 2)
 
-        # Regression cells (TTFNet, Liu et al. 2020): not only the centre cell but every cell of the box's central
-        # `regress_area` fraction regresses its size and its offset to the centre, weighted by an elliptical
-        # gaussian (peak 1 at the centre cell); each box's weights sum to 1, so a box counts once whatever its size.
-        # Many more regression samples per box is what made TTFNet train several times faster than CenterNet.
+        # Regression cells: the centre cell (CenterNet, regress_area=0) or, as in TTFNet (Liu et al. 2020), every
+        # cell of the box's central `regress_area` fraction regresses its size and its offset to the centre,
+        # weighted by an elliptical gaussian (peak 1 at the centre cell); each box's weights sum to 1, so a box
+        # counts once whatever its size. TTFNet credits these extra samples with much of its faster training.
         a = self.regress_area
         sig_x, sig_y = (a * bw / 6).clamp(min=1e-2)[..., None], (a * bh / 6).clamp(min=1e-2)[..., None]
         rx = torch.exp(-dx**2 / (2 * sig_x**2)) * (dx.abs() <= (a * bw / 2)[..., None])  # (B, N, M, w)
@@ -128,9 +129,8 @@ class CenterNetHead(nn.Module):
         # behind a near one, common at stride 8 on small images) the largest box owns the cell; two boxes pulling
         # one cell towards different targets would be an irreducible loss floor. Ties: the first box.
         area = torch.where(box_mask, bw * bh, -1.0)
-        order = torch.arange(m, device=boxes.device, dtype=boxes.dtype)
-        rank = torch.where(area_w > 0, (area * (m + 1) - order)[..., None, None], -1.0)  # larger area, then first
-        owner = rank.argmax(dim=2, keepdim=True)  # (B, N, 1, h, w)
+        # argmax returns the first of equal maxima: the larger box, then the first one.
+        owner = torch.where(area_w > 0, area[..., None, None], -1.0).argmax(dim=2, keepdim=True)  # (B, N, 1, h, w)
         owned = (torch.arange(m, device=boxes.device)[:, None, None] == owner) & (area_w > 0)  # (B, N, M, h, w)
         mass = (area_w * owned).sum(dim=(-2, -1))  # (B, N, M)
         regress_mask = box_mask & (mass > 0)
@@ -184,7 +184,7 @@ class CenterNetHead(nn.Module):
         offset_l = F.l1_loss(outputs["offset"], t["offset_map"], reduction="none") * weight
         return {
             "heatmap": heat_loss,
-            # Sum over x and y, as the centre-cell mean did per coordinate: divide by 2 per box.
+            # A mean over boxes and their two coordinates (each box's cell weights sum to 1).
             "size": size_l.sum() / (2 * n_boxes),
             "offset": offset_l.sum() / (2 * n_boxes),
         }
