@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from visionpilot.export.parity import compare, decoded_agreement, tolerance_for
+from visionpilot.export.parity import RAW_PREFIX, compare, decoded_agreement, failures, tolerance_for
 
 INT8 = tolerance_for("int8")
 
@@ -112,7 +112,6 @@ def test_compare_gates_on_the_lowest_agreement() -> None:
 
 
 def test_fp32_raw_gate_is_absolute_up_to_unit_scale_and_relative_beyond() -> None:
-    from visionpilot.export.parity import RAW_PREFIX, failures
     fp32 = tolerance_for("fp32")
     ref = {f"{RAW_PREFIX}probs": np.full((1, 4), 0.5, np.float32), f"{RAW_PREFIX}logits": np.full((1, 4), 8.0, np.float32)}
     # 3e-4 off on logits of 8 is 4e-5 relative (under the 8e-4 gate); the same on values of 0.5 is not.

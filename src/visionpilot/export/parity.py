@@ -294,9 +294,8 @@ def failures(report: Mapping[str, Any]) -> list[str]:
     """Human-readable reasons a parity report failed (empty when it passed)."""
     tol = report["tolerance"]
     out = []
-    gate = report.get("raw_gate", {})
     out += [f"{k}: max abs diff {report['max_abs_diff'][k]:.3g} > {g:.3g} ({tol['raw_max_abs']:g} x max(1, max "
-            f"|output|))" for k, g in gate.items() if report["max_abs_diff"][k] > g]
+            f"|output|))" for k, g in report["raw_gate"].items() if report["max_abs_diff"][k] > g]
     out += [f"{k}: agreement {v:.3f} < {tol['min_agreement']:g} ({report['compared'][k]} elements compared)"
             for k, v in report["agreement"].items() if v < tol["min_agreement"]]
     return out

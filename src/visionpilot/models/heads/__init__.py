@@ -6,12 +6,13 @@ Image-space heads (per camera, cameras folded into the batch by the net):
 - :mod:`~visionpilot.models.heads.lanes_2d` — row-anchor lane lines (:class:`RowAnchorLaneHead`).
 - :mod:`~visionpilot.models.heads.objects_2d` — CenterNet-style 2D boxes (:class:`CenterNetHead`).
 
-Shared helpers live here (not in a head file) so every head masks its losses the same way.
+Shared helpers live here (not in a head file) so every head masks its losses the same way, and the two row-anchor
+lane heads (image and BEV) build their convolutions and read lines out the same way.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -21,3 +22,18 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     back-propagates zeros instead of breaking ``backward()`` or producing NaN.
     """
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> nn.Sequential:
+    """Conv (no bias, "same" padding for any kernel and dilation) + BatchNorm + ReLU."""
+    padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def line_weights(logits: Tensor) -> Tensor:
+    """(..., S, R, G + 1) row-anchor logits (G columns + "absent" last) -> (..., S, R, G) weights along each slot's
+    line: per row the probability of each column, normalised to sum to 1 over the slot (a soft read-out of what
+    lies under the predicted line, e.g. its lane type)."""
+    cols = logits.softmax(dim=-1)[..., :-1]
+    return cols / cols.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-6)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import LANE_TYPES
-from visionpilot.models.heads import masked_mean
+from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean
 
 
 class RowAnchorLaneHead(nn.Module):
@@ -124,14 +124,9 @@ class RowAnchorLaneHead(nn.Module):
         grid = torch.stack([u[None, :].expand(r, -1), v[:, None].expand(-1, g)], dim=-1)
         self.register_buffer("sample_grid", grid[None], persistent=False)  # (1, R, G, 2) as (x, y)
         self.register_buffer("coords", grid.permute(2, 0, 1)[None].clone(), persistent=False)  # (1, 2, R, G)
-
-        def conv_bn_relu(cin: int, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> nn.Sequential:
-            padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
-            return nn.Sequential(nn.Conv2d(cin, head_channels, kernel, padding=padding, dilation=dilation,
-                                           bias=False), nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True))
-
-        self.stem = conv_bn_relu(in_channels + 2, (3, 3))
-        self.context = nn.ModuleList(conv_bn_relu(head_channels, (1, 3), (1, int(d))) for d in context_dilations)
+        self.stem = conv_bn_relu(in_channels + 2, head_channels, (3, 3))
+        self.context = nn.ModuleList(conv_bn_relu(head_channels, head_channels, (1, 3), (1, int(d)))
+                                     for d in context_dilations)
         self.columns = nn.Conv2d(head_channels, self.num_slots, 1)
         self.absent = nn.Conv2d(head_channels, self.num_slots, 1)
         self.type_logits = nn.Conv2d(head_channels, self.num_types, 1)
@@ -166,11 +161,9 @@ class RowAnchorLaneHead(nn.Module):
         absent = self.absent(x).mean(dim=3, keepdim=True)  # (BN, S, R, 1)
         columns = torch.cat([self.columns(x), absent], dim=3)  # (BN, S, R, G + 1)
         exist = self.exist(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))  # (BN, S)
-        # The slot's type: per-cell type logits averaged along its line (the softmax over bins of each row,
-        # normalised over the slot), so the type is learned where the paint is and read out per slot.
-        prob = columns.softmax(dim=3)[..., :-1]  # (BN, S, R, G)
-        weights = prob / prob.sum(dim=(2, 3), keepdim=True).clamp(min=1e-6)
-        types = torch.einsum("bsrg,btrg->bst", weights, self.type_logits(x))  # (BN, S, T)
+        # The slot's type: per-cell type logits averaged along its predicted line, so the type is learned where
+        # the paint is and read out per slot.
+        types = torch.einsum("bsrg,btrg->bst", line_weights(columns), self.type_logits(x))  # (BN, S, T)
         return {"exist": exist, "columns": columns, "types": types}
 
     def row_anchors(self, height: int) -> Tensor:

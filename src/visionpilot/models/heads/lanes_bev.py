@@ -40,15 +40,10 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from visionpilot.data.vocab import LANE_TYPES
+from visionpilot.models.heads import conv_bn_relu, line_weights
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("seg", "pos", "exist", "type", "z")
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> nn.Sequential:
-    padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class LanesBEVHead(nn.Module):
@@ -89,9 +84,9 @@ class LanesBEVHead(nn.Module):
         self.register_buffer("coords", coords[None], persistent=False)  # (1, 2, X, Y)
         self.register_buffer("y_centers", grid.y_centers(), persistent=False)  # (Y,)
         self.register_buffer("x_centers", grid.x_centers(), persistent=False)  # (X,)
-        self.stem = _conv_bn_relu(in_channels + 2, head_channels, (3, 3))
+        self.stem = conv_bn_relu(in_channels + 2, head_channels, (3, 3))
         self.context = nn.ModuleList(
-            _conv_bn_relu(head_channels, head_channels, (3, 1), (d, 1)) for d in context_dilations
+            conv_bn_relu(head_channels, head_channels, (3, 1), (d, 1)) for d in context_dilations
         )
         self.seg = nn.Conv2d(head_channels, num_types, 1)
         self.z = nn.Conv2d(head_channels, 1, 1)
@@ -116,16 +111,9 @@ class LanesBEVHead(nn.Module):
         pos = torch.cat([col, absent], dim=3)  # (B, S, X, Y + 1)
         pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # (B, 2 * C)
         exist = self.exist(pooled)  # (B, S)
-        weights = self._line_weights(pos)  # (B, S, X, Y)
+        weights = line_weights(pos)  # (B, S, X, Y), summing to 1 per slot
         lane_type = torch.einsum("bsxy,btxy->bst", weights, seg)  # (B, S, T) seg logits along the slot's line
         return {"seg": seg, "z": self.z(x), "pos": pos, "exist": exist, "type": lane_type}
-
-    @staticmethod
-    def _line_weights(pos: Tensor) -> Tensor:
-        """(B, S, X, Y + 1) logits -> (B, S, X, Y) weights along each slot's line, summing to 1 per slot."""
-        prob = pos.softmax(dim=3)
-        cols = prob[..., :-1]  # (B, S, X, Y): P(row crossed at column j)
-        return cols / cols.sum(dim=(2, 3), keepdim=True).clamp(min=1e-6)
 
     @torch.no_grad()
     def build_targets(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
