@@ -160,8 +160,8 @@ def test_forward_shapes_batch_and_helpers() -> None:
 
 
 def test_channels_last_training_gives_the_same_gradients() -> None:
-    # The lift hands a contiguous gradient to the camera sum's backward (a layout change for speed, see
-    # view_transform._ContiguousGrad); values must match a plain contiguous-format run exactly.
+    # Channels-last convolutions around the lift hand its per-camera grid_sample backward a channels-last
+    # gradient (a layout change for speed); values must match a plain contiguous-format run exactly.
     grid = BEVGrid(x_range=(-6, 6), y_range=(-5, 5), z_range=(-1, 3), cell_size=1.0, z_levels=2)
     torch.manual_seed(0)
     vt = ViewTransform(grid, in_channels=6, out_channels=5, lift_channels=3)
