@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from visionpilot.export.benchmark import ROW_FIELDS, benchmark, detect_precision, model_specs, summarise
+from visionpilot.export.benchmark import (
+    ROW_FIELDS,
+    ProcessRunner,
+    Target,
+    WorkerError,
+    benchmark,
+    detect_precision,
+    model_specs,
+    summarise,
+)
 from visionpilot.export.onnx_export import export_onnx, save_onnx_atomic, set_metadata
 from visionpilot.export.scaling import linear_fit
 from visionpilot.paths import config_dir
@@ -70,7 +80,11 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
     assert data["rows"] == json.loads(json.dumps(report["rows"]))
     assert set(data["machine"]) >= MACHINE_FIELDS and data["machine"]["threads"]["onnxruntime_intra_op"] == 1
     assert data["settings"]["interleave"] is True and data["settings"]["ort_spinning"] is False
+    assert data["settings"]["isolate"] is True
     rows = data["rows"]
+    # Each model was loaded and timed in a worker process of its own, not in this one.
+    pids = {r["model"]: r["worker_pid"] for r in rows if r["batch"] == 1}
+    assert len(set(pids.values())) == 3 and os.getpid() not in pids.values()
     # One row per model x backend x precision x batch; every documented field, with sane types and order.
     keys = {(r["model"], r["backend"], r["precision"]) for r in rows}
     assert keys == {("pytorch", "torch-eager", "fp32"), ("onnx-fp32", "onnxruntime-cpu", "fp32"),
@@ -120,14 +134,31 @@ def test_a_failing_backend_is_a_row_not_a_crash(models: dict[str, Path], tmp_pat
     def no_compiler(*args: object, **kwargs: object) -> None:
         raise RuntimeError("inductor needs a C++ compiler")
 
-    monkeypatch.setattr(torch, "compile", no_compiler)
-    report = benchmark(_cfg(tmp_path, f"models={{pytorch: '{models['ckpt']}'}}", *FAST, "torch_compile=true"))
+    monkeypatch.setattr(torch, "compile", no_compiler)  # patched in this process: time the models here
+    report = benchmark(_cfg(tmp_path, f"models={{pytorch: '{models['ckpt']}'}}", *FAST, "torch_compile=true",
+                            "isolate=false"))
     status = {(r["backend"], r["batch"]): r["status"] for r in report["rows"]}
     assert status[("torch-eager", 1)] == "ok" and status[("torch-eager", 2)] == "ok"
     assert status[("torch-compile", 1)] == "error: RuntimeError: inductor needs a C++ compiler"
     failed = next(r for r in report["rows"] if r["backend"] == "torch-compile")
     assert failed["p50_ms"] is None and failed["fps"] is None
     assert "| pytorch | torch-compile | fp32 | error: RuntimeError" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_a_failure_in_a_worker_process_reaches_the_parent_as_a_status(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    kwargs = {"name": "broken", "path": broken, "providers": ["cpu"], "threads": 1, "input_shape": None, "seed": 0}
+    target = Target("broken", "onnxruntime-cpu", "fp32", "cpu", broken, 1, 1, 1, 0.0, load=lambda: None,
+                    recipe=("onnx", kwargs, 0))
+    runner = ProcessRunner(target, threads=1)
+    try:
+        with pytest.raises(WorkerError) as info:
+            runner.load(0)
+        assert info.value.status.startswith("error: ") and "broken.onnx" in info.value.status
+    finally:
+        runner.close()
+    assert not runner.process.is_alive()
 
 
 def test_missing_file_names_the_model_and_path(tmp_path: Path) -> None:

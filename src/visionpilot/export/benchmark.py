@@ -14,6 +14,10 @@ What is timed is what the vehicle runs: for a PyTorch model ``net.decode(net(ima
 for an external ONNX file (another detector, to compare with) random inputs of the graph's dtypes at the
 ``input_shape`` given. How:
 
+- every model is loaded, warmed up and called in a worker process of its own (``isolate=true``,
+  :class:`ProcessRunner`): models sharing a process slow each other down — eager PyTorch ran the demo model at
+  37 ms alone and 54-97 ms with onnxruntime sessions alive beside it (idle ones too), which made onnxruntime look
+  up to 2x faster than it is;
 - warm-up runs first; then ``iters`` timed calls per row, interleaved round-robin across the models (rotating
   the order every round) so that load from other jobs on a shared machine hits every backend alike;
 - torch and onnxruntime get the same intra-op thread count (``threads``; recorded), onnxruntime one inter-op
@@ -30,8 +34,10 @@ for an external ONNX file (another detector, to compare with) random inputs of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,10 +56,10 @@ from visionpilot.export.onnx_export import example_inputs, read_metadata
 from visionpilot.export.timing import (
     PeakMemory,
     available_cores,
+    call_interleaved,
     machine_info,
     release_memory,
     summarise,
-    time_interleaved,
 )
 from visionpilot.utils.io import write_json_atomic, write_text_atomic
 
@@ -107,6 +113,8 @@ class Target:
     static_batch: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"
+    #: How a fresh process rebuilds this target: (factory kind, its keyword arguments, index in what it returns).
+    recipe: tuple[str, dict[str, Any], int] | None = None
 
     def row(self, batch: int) -> dict[str, Any]:
         return {"model": self.model, "backend": self.backend, "precision": self.precision, "batch": batch,
@@ -203,7 +211,10 @@ def onnx_targets(name: str, path: Path, providers: Sequence[str], threads: int, 
                  seed: int, spinning: bool = False) -> list[Target]:
     """One row per execution provider for an ONNX file (a visionpilot export, or any graph given its shape).
     ``spinning``: onnxruntime's intra-op threads spin-wait for work (its default) or sleep at once."""
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError does not say which file
+        raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
     meta = read_metadata(proto)
     precision = str(meta.get("precision") or detect_precision(proto))
     names = [i.name for i in proto.graph.input]
@@ -283,64 +294,196 @@ def _error(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {text[0][:200] if text else ''}"
 
 
-def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iters: int, batch_iters: int,
-            interleave: bool = True) -> list[dict[str, Any]]:
-    """Load every target (timed, with its peak memory), then time each batch size; one row per target and batch
-    (a graph with a static batch: one row, at its batch)."""
-    makers: dict[int, Callable[[int], Callable[[], Any]]] = {}
-    loading: dict[int, dict[str, Any]] = {}
-    for i, t in enumerate(targets):
-        loading[i] = {"session_s": None, "first_run_s": None, "peak_rss_mb": None}
-        if t.status != "ok":
-            continue
-        log.info("loading %s (%s, %s)", t.model, t.backend, t.precision)
+def _serve(conn: Any, kind: str, kwargs: dict[str, Any], index: int, threads: int) -> None:
+    """A worker process: rebuild one target, then answer the parent's commands (:class:`ProcessRunner`)."""
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+    runner: LocalRunner | None = None
+    while True:
         try:
-            with PeakMemory() as mem:
-                t0 = time.perf_counter()
-                make = t.load()
-                loading[i]["session_s"] = time.perf_counter() - t0
-                run = make(1 if t.dynamic_batch else t.static_batch)
-                t0 = time.perf_counter()
-                run()  # lazy initialisation, kernel selection; torch.compile compiles here
-                loading[i]["first_run_s"] = time.perf_counter() - t0
-                for _ in range(warmup):
-                    run()
-            loading[i]["peak_rss_mb"] = mem.mb
-            makers[i] = make
-        except Exception as err:  # one backend failing (compile, a provider) must not lose the others
-            log.warning("%s on %s failed: %s", t.model, t.backend, err)
-            t.status = _error(err)
-    rows = []
-    for batch in batches:
-        wanted = [i for i, t in enumerate(targets) if batch == 1 or t.dynamic_batch]
-        runs: dict[int, Callable[[], Any]] = {}
-        for i in (i for i in wanted if i in makers and targets[i].status == "ok"):
-            try:
-                runs[i] = makers[i](batch if targets[i].dynamic_batch else targets[i].static_batch)
-                for _ in range(warmup if batch != 1 else 0):  # batch 1 was warmed up while loading
-                    runs[i]()
-            except Exception as err:  # e.g. out of memory at a large batch
-                targets[i].status = _error(err)
-                runs.pop(i, None)
-        n = iters if batch == 1 else batch_iters
-        log.info("timing batch %d: %d calls of %d models%s", batch, n, len(runs), " (interleaved)" * interleave)
-        order = list(runs)
-        if interleave:
-            times = dict(zip(order, time_interleaved([runs[i] for i in order], n)))
-        else:
-            times = {i: time_interleaved([runs[i]], n)[0] for i in order}
-        for i in wanted:
-            t = targets[i]
-            row = t.row(batch if t.dynamic_batch else t.static_batch)
-            if batch == 1:
-                row.update(loading[i])
-            if i in times:
-                stats = summarise(times[i], row["batch"])
-                row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras, 1))
-            rows.append(row)
-        runs.clear()
+            command, *args = conn.recv()
+        except EOFError:  # the parent is gone
+            break
+        if command == "stop":
+            break
+        try:
+            if runner is None:
+                runner = LocalRunner(build_target(kind, kwargs, index))
+            conn.send(("ok", getattr(runner, command)(*args)))
+        except Exception as err:  # reported to the parent, which turns it into the row's status
+            conn.send(("error", _error(err)))
+    conn.close()
+
+
+#: What builds the targets of a model, by kind; a target's ``recipe`` names one.
+TARGET_FACTORIES: dict[str, Callable[..., list[Target]]] = {"torch": torch_targets, "onnx": onnx_targets}
+
+
+def build_target(kind: str, kwargs: Mapping[str, Any], index: int) -> Target:
+    """The target ``index`` of ``TARGET_FACTORIES[kind](**kwargs)`` (in a worker process)."""
+    return TARGET_FACTORIES[kind](**kwargs)[index]
+
+
+class WorkerError(RuntimeError):
+    """A command failed in a worker process; ``status`` is the row status it reported."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class LocalRunner:
+    """A target loaded and called in this process."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.make: Callable[[int], Callable[[], Any]] | None = None
+        self.run: Callable[[], Any] | None = None
+
+    def load(self, warmup: int) -> dict[str, Any]:
+        """Load, first call and warm-up at batch 1; session / first-run seconds and peak memory."""
+        t = self.target
+        loading: dict[str, Any] = {"worker_pid": os.getpid()}
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            self.make = t.load()
+            loading["session_s"] = time.perf_counter() - t0
+            self.run = self.make(1 if t.dynamic_batch else t.static_batch)
+            t0 = time.perf_counter()
+            self.run()  # lazy initialisation, kernel selection; torch.compile compiles here
+            loading["first_run_s"] = time.perf_counter() - t0
+            for _ in range(warmup):
+                self.run()
+        loading["peak_rss_mb"] = mem.mb
+        return loading
+
+    def prepare(self, batch: int, warmup: int) -> None:
+        """Inputs of ``batch`` and ``warmup`` untimed calls."""
+        self.run = self.make(batch)
+        for _ in range(warmup):
+            self.run()
+
+    def call(self) -> float:
+        """One timed call, seconds."""
+        t0 = time.perf_counter()
+        self.run()
+        return time.perf_counter() - t0
+
+    def release(self) -> None:
+        self.run = None
         release_memory()
-    return rows
+
+    def close(self) -> None:
+        self.make = self.run = None
+
+
+class ProcessRunner:
+    """A target loaded and called in a worker process of its own, driven through a pipe.
+
+    Why: models sharing a process slow each other down. On the 2-vCPU AMD EPYC of docs/benchmarks.md, eager
+    PyTorch ran the demo model at 37 ms alone and 54-97 ms with onnxruntime sessions alive in the same process
+    (idle ones included, spinning off) — so in-process rows flattered onnxruntime. A worker that waits on the pipe
+    holds no core; each call is timed inside the worker, so the pipe's round trip is not in the figure.
+    """
+
+    def __init__(self, target: Target, threads: int) -> None:
+        if target.recipe is None:
+            raise ValueError(f"{target.model} ({target.backend}): no recipe to rebuild it in a worker process")
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or allocator state inherited
+        self.conn, child = ctx.Pipe()
+        kind, kwargs, index = target.recipe
+        # Not a daemon: torch.compile's inductor may start worker processes of its own, which daemons cannot. A
+        # worker whose parent died reads EOF from the pipe and exits.
+        self.process = ctx.Process(target=_serve, args=(child, kind, kwargs, index, threads))
+        self.process.start()
+        child.close()
+
+    def _ask(self, command: str, *args: Any) -> Any:
+        self.conn.send((command, *args))
+        try:
+            status, value = self.conn.recv()
+        except EOFError:  # the worker died (a crash in native code, out of memory)
+            raise WorkerError(f"error: worker process exited with code {self.process.exitcode}") from None
+        if status == "error":
+            raise WorkerError(value)
+        return value
+
+    def load(self, warmup: int) -> dict[str, Any]:
+        return self._ask("load", warmup)
+
+    def prepare(self, batch: int, warmup: int) -> None:
+        self._ask("prepare", batch, warmup)
+
+    def call(self) -> float:
+        return self._ask("call")
+
+    def release(self) -> None:
+        self._ask("release")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(("stop",))
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+
+def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iters: int, batch_iters: int,
+            interleave: bool = True, isolate: bool = True, threads: int = 1) -> list[dict[str, Any]]:
+    """Load every target (timed, with its peak memory), then time each batch size; one row per target and batch
+    (a graph with a static batch: one row, at its batch). ``isolate``: each target in a worker process of its own
+    (:class:`ProcessRunner`); else all in this one."""
+    runners: dict[int, LocalRunner | ProcessRunner] = {}
+    loading: dict[int, dict[str, Any]] = {}
+    try:
+        for i, t in enumerate(targets):
+            loading[i] = {"session_s": None, "first_run_s": None, "peak_rss_mb": None}
+            if t.status != "ok":
+                continue
+            log.info("loading %s (%s, %s)%s", t.model, t.backend, t.precision, " in a worker process" * isolate)
+            runner = ProcessRunner(t, threads) if isolate else LocalRunner(t)
+            try:
+                loading[i] = runner.load(warmup)
+                runners[i] = runner
+            except Exception as err:  # one backend failing (compile, a provider) must not lose the others
+                log.warning("%s on %s failed: %s", t.model, t.backend, err)
+                t.status = err.status if isinstance(err, WorkerError) else _error(err)
+                runner.close()
+        rows = []
+        for batch in batches:
+            wanted = [i for i, t in enumerate(targets) if batch == 1 or t.dynamic_batch]
+            active: dict[int, LocalRunner | ProcessRunner] = {}
+            for i in (i for i in wanted if i in runners and targets[i].status == "ok"):
+                try:  # batch 1 was warmed up while loading
+                    runners[i].prepare(batch if targets[i].dynamic_batch else targets[i].static_batch,
+                                       warmup if batch != 1 else 0)
+                    active[i] = runners[i]
+                except Exception as err:  # e.g. out of memory at a large batch
+                    targets[i].status = err.status if isinstance(err, WorkerError) else _error(err)
+            n = iters if batch == 1 else batch_iters
+            log.info("timing batch %d: %d calls of %d models%s", batch, n, len(active),
+                     " (interleaved)" * interleave)
+            order = list(active)
+            if interleave:
+                times = dict(zip(order, call_interleaved([active[i].call for i in order], n)))
+            else:
+                times = {i: call_interleaved([active[i].call], n)[0] for i in order}
+            for i in wanted:
+                t = targets[i]
+                row = t.row(batch if t.dynamic_batch else t.static_batch)
+                if batch == 1:
+                    row.update(loading[i])
+                if i in times:
+                    stats = summarise(times[i], row["batch"])
+                    row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras, 1))
+                rows.append(row)
+            for runner in active.values():
+                runner.release()
+        return rows
+    finally:
+        for runner in runners.values():
+            runner.close()
 
 
 # --- the job -----------------------------------------------------------------------------------------------------
@@ -434,7 +577,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     settings = {"threads": threads, "device": device, "providers": providers, "batches": batches,
                 "warmup": int(cfg.warmup), "iters": int(cfg.iters),
                 "batch_iters": int(cfg.get("batch_iters") or cfg.iters),
-                "interleave": bool(cfg.get("interleave", True)), "torch_compile": bool(cfg.get("torch_compile")),
+                "interleave": bool(cfg.get("interleave", True)), "isolate": bool(cfg.get("isolate", True)),
+                "torch_compile": bool(cfg.get("torch_compile")),
                 "ort_spinning": bool(cfg.get("ort_spinning", False)), "seed": seed,
                 "eval_json": str(eval_json) if eval_json else None}
 
@@ -446,18 +590,25 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         for name, spec in specs.items():
             if paths[name].suffix == ".onnx":
                 shape = spec.get("input_shape", cfg.get("input_shape"))
-                targets += onnx_targets(name, paths[name], providers, threads, shape, seed,
-                                        spinning=settings["ort_spinning"])
+                shape = OmegaConf.to_container(shape) if OmegaConf.is_config(shape) else shape
+                kind, kwargs = "onnx", {"name": name, "path": paths[name], "providers": providers,
+                                        "threads": threads, "input_shape": shape, "seed": seed,
+                                        "spinning": settings["ort_spinning"]}
             else:
-                targets += torch_targets(name, spec["path"], device, cfg.get("compile_mode"),
-                                         settings["torch_compile"], seed)
+                kind, kwargs = "torch", {"name": name, "spec": spec["path"], "device": device,
+                                         "compile_mode": cfg.get("compile_mode"),
+                                         "torch_compile": settings["torch_compile"], "seed": seed}
+            built = TARGET_FACTORIES[kind](**kwargs)
+            for index, target in enumerate(built):
+                target.recipe = (kind, kwargs, index)
+            targets += built
         for t in targets:  # a provider asked for by name but not installed: a row that says so
             full = next((f for f, b in PROVIDERS.values() if b == t.backend), None)
             if full is not None and full not in available:
                 t.status = f"skipped: {full} not in this onnxruntime ({sorted(available)})"
         machine = machine_info(threads)
         rows = measure(targets, batches, settings["warmup"], settings["iters"], settings["batch_iters"],
-                       interleave=settings["interleave"])
+                       interleave=settings["interleave"], isolate=settings["isolate"], threads=threads)
         metric = str(cfg.get("metric") or "lane_f1")
         for row in rows:
             row["metric"] = _metric(evaluation, row["model"], Path(row["path"]), metric)
@@ -515,6 +666,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
              f"{m.get('load_avg_1m_end', '?')}",
              f"Latency: batch 1, {s['iters']} calls per row after {s['warmup']} warm-up calls"
              + (", interleaved across models" if s["interleave"] else "")
+             + (", each model in a process of its own" if s.get("isolate") else ", all models in one process")
              + (f"; frames/s at batch {', '.join(map(str, batches))}: {s['batch_iters']} calls" if batches else ""), ""]
     header = (["model", "backend", "precision", "status", "MB"] + ([metric] if metric else [])
               + ["p50 ms", "p90 ms", "p99 ms", "min ms", "ms / camera", "vs first", "FPS (b1)"]

@@ -148,13 +148,25 @@ def summarise(seconds: Sequence[float], batch: int) -> dict[str, Any]:
             "samples_ms": [round(float(v), 3) for v in ms]}  # in call order: shows bursts of outside load
 
 
+def call_interleaved(calls: Sequence[Callable[[], float]], iters: int) -> list[list[float]]:
+    """``iters`` calls of every timed call (each returns its own seconds), round-robin with the order rotated each
+    round."""
+    times: list[list[float]] = [[] for _ in calls]
+    for i in range(iters):
+        for k in range(len(calls)):
+            j = (k + i) % len(calls)
+            times[j].append(float(calls[j]()))
+    return times
+
+
 def time_interleaved(runs: Sequence[Callable[[], Any]], iters: int) -> list[list[float]]:
     """``iters`` timed calls of every run, round-robin with the order rotated each round."""
-    times: list[list[float]] = [[] for _ in runs]
-    for i in range(iters):
-        for k in range(len(runs)):
-            j = (k + i) % len(runs)
-            t0 = time.perf_counter()
-            runs[j]()
-            times[j].append(time.perf_counter() - t0)
-    return times
+    return call_interleaved([_timed(run) for run in runs], iters)
+
+
+def _timed(run: Callable[[], Any]) -> Callable[[], float]:
+    def call() -> float:
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+    return call
