@@ -26,7 +26,8 @@ visionpilot-train experiment=demo "${QUIET[@]}" hydra.run.dir="$OUT/train"
 GLOBAL="$OUT/train/checkpoints/last.ckpt"
 
 step "3/6 fine-tune on JP: adapter strategy with replay"
-visionpilot-finetune ckpt_path="$GLOBAL" region=jp strategy=adapter trainer.max_steps=60 "${QUIET[@]}" \
+# 120 steps of the checkpoint's 4 frames (a quarter replayed from the other regions): 480 frames, ~1.5 minutes
+visionpilot-finetune ckpt_path="$GLOBAL" region=jp strategy=adapter trainer.max_steps=120 "${QUIET[@]}" \
   hydra.run.dir="$OUT/finetune/adapter-jp"
 
 step "4/6 cross-region matrix: global vs adapter-jp on every region"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from visionpilot.export.parity import RAW_PREFIX, compare, decoded_agreement, failures, tolerance_for
+from visionpilot.export.pipeline import summary
 
 INT8 = tolerance_for("int8")
 
@@ -122,7 +123,16 @@ def test_fp32_raw_gate_is_absolute_up_to_unit_scale_and_relative_beyond() -> Non
     assert not report["raw_within_tolerance"]
     assert failures(report) == [f"{RAW_PREFIX}probs: max abs diff 0.0003 > 0.0001 (0.0001 x max(1, max |output|))"]
     got[f"{RAW_PREFIX}probs"] = ref[f"{RAW_PREFIX}probs"] + 5e-5
-    assert compare([ref], [got], fp32)["passed"]
+    report = compare([ref], [got], fp32)
+    assert report["passed"]
+    # The console line names the output closest to its own gate, not the unscaled base gate.
+    result = {"precision": "fp32", "model": "model.onnx", "size_mb": 1.0, "opset": 17, "inputs": [], "outputs": [],
+              "seconds": 1.0, "parity": {**report, "frames": 1, "regions": ["us"]}}
+    line = summary(result).splitlines()[1]
+    assert f"closest to its gate: {RAW_PREFIX}probs 5.00e-05 <= 1.00e-04" in line, line
+    report = compare([ref], [got], tolerance_for("int8"))
+    line = summary({**result, "precision": "int8", "parity": {**report, "frames": 1, "regions": ["us"]}})
+    assert "(not gated at int8)" in line.splitlines()[1]
 
 
 def test_unknown_box_layout_is_a_clear_error() -> None:
