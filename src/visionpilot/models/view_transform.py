@@ -10,16 +10,18 @@ Grid layout (used by every BEV head): a BEV tensor is ``(B, C, X, Y)``; index ``
 is ``x = x_min + (i + 0.5) * cell_size`` (forward), ``y = y_min + (j + 0.5) * cell_size`` (left). So rows run
 along ego +x, columns along ego +y; for a "forward is up, left is left" picture flip both axes.
 
-Export: only ops of the default ONNX domain at opset 17 — one 4D ``GridSample`` per camera (Z folded into the height
-dimension; the camera count is fixed by the export), elementwise projection, no matrix inverse (rigid inverse written out), no data-dependent
-shapes. Voxels a camera does not see get a sampling coordinate far outside the image, so ``grid_sample`` with
-zero padding returns exactly 0 for them and no separate masking pass over the features is needed.
+Export: only ops of the default ONNX domain at opset 17 — one 4D ``GridSample`` per camera (Z folded into the
+height dimension; the export fixes the camera count), elementwise projection, no matrix inverse (rigid inverse
+written out), no data-dependent shapes. Voxels a camera does not see get a sampling coordinate far outside the
+image, so ``grid_sample`` with zero padding returns exactly 0 for them and no separate masking pass over the
+features is needed.
 
-Cost (per frame, forward): the sampled volume is ``N_cam * C_lift * Z * X * Y`` floats. The default grid
-(200 x 200 cells of 0.5 m, 8 Z levels) with 6 cameras and 64 channels is 123 M floats (0.5 GB) — fine on a GPU,
-too much for a CPU demo. ``configs/model/bev/tiny.yaml`` uses 1.0 m cells and 4 levels (16x fewer voxels) and
-16 sampled channels (a 1x1 conv reduces the neck's width *before* sampling, which is where the cost is): 3.8 M
-floats, about 7 ms for this whole module at 6 x 256 x 704 on 2 CPU threads (the tiny BEV branch: ~28 ms).
+Cost (per frame, forward): ``N_cam * C_lift * Z * X * Y`` samples, accumulated camera by camera, so memory holds
+one camera's share and the sum. The default grid (200 x 200 cells of 0.5 m, 8 Z levels) with 6 cameras and 64
+channels is 123 M samples (20 M floats, 82 MB, per camera) — fine on a GPU, too much for a CPU demo.
+``configs/model/bev/tiny.yaml`` uses 1.0 m cells and 4 levels (16x fewer voxels) and 16 sampled channels (a 1x1
+conv reduces the neck's width *before* sampling, which is where the cost is): 3.8 M samples, about 7 ms for this
+whole module at 6 x 256 x 704 on 2 CPU threads (the tiny BEV branch: ~28 ms).
 The price of the coarse grid is resolution: objects closer than ~1 m merge and far lane lines blur.
 """
 
