@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from visionpilot.export.benchmark import (
     WorkerError,
     benchmark,
     detect_precision,
+    measure,
     model_specs,
     summarise,
 )
@@ -80,7 +82,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
     assert data["rows"] == json.loads(json.dumps(report["rows"]))
     assert set(data["machine"]) >= MACHINE_FIELDS and data["machine"]["threads"]["onnxruntime_intra_op"] == 1
     assert data["settings"]["interleave"] is True and data["settings"]["ort_spinning"] is False
-    assert data["settings"]["isolate"] is True
+    assert data["settings"]["isolate"] is True and data["settings"]["worker_timeout_s"] == 600
     rows = data["rows"]
     # Each model was loaded and timed in a worker process of its own, not in this one.
     pids = {r["model"]: r["worker_pid"] for r in rows if r["batch"] == 1}
@@ -161,6 +163,48 @@ def test_a_failure_in_a_worker_process_reaches_the_parent_as_a_status(tmp_path: 
     assert not runner.process.is_alive()
 
 
+def test_a_worker_that_stops_answering_is_killed_after_the_timeout(models: dict[str, Path]) -> None:
+    path = models["onnx"]
+    kwargs = {"name": "fp32", "path": path, "providers": ["cpu"], "threads": 1, "input_shape": None, "seed": 0}
+    target = Target("fp32", "onnxruntime-cpu", "fp32", "cpu", path, 1, 64, 176, 0.0, load=lambda: None,
+                    recipe=("onnx", kwargs, 0))
+    runner = ProcessRunner(target, threads=1, timeout_s=2)
+    try:
+        runner.load(0)
+        assert runner.call() > 0
+        os.kill(runner.process.pid, signal.SIGSTOP)  # hung: alive, never answers
+        with pytest.raises(WorkerError, match=r"no answer to 'call' within worker_timeout_s=2 s; worker killed"):
+            runner.call()
+        assert not runner.process.is_alive()
+        with pytest.raises(WorkerError, match="worker process exited"):  # later commands fail at once
+            runner.call()
+    finally:
+        runner.close()
+
+
+def test_a_model_failing_while_timed_keeps_the_other_rows(tmp_path: Path) -> None:
+    def target(name: str, fail_after: int | None) -> Target:
+        calls = []
+
+        def load() -> object:
+            def make(batch: int) -> object:
+                def run() -> None:
+                    calls.append(batch)
+                    if fail_after is not None and len(calls) > fail_after:
+                        raise MemoryError("out of memory")
+                return run
+            return make
+        return Target(name, "onnxruntime-cpu", "fp32", "cpu", tmp_path / f"{name}.onnx", 1, 8, 8, 0.0, load=load)
+
+    good, bad = target("good", None), target("bad", 4)  # bad: fine while loading (first run + 1 warm-up), then fails
+    rows = measure([good, bad], batches=[1, 2], warmup=1, iters=5, batch_iters=3, isolate=False)
+    by = {(r["model"], r["batch"]): r for r in rows}
+    assert by[("good", 1)]["status"] == "ok" and by[("good", 1)]["p50_ms"] is not None
+    assert by[("good", 2)]["status"] == "ok" and by[("good", 2)]["fps"] is not None
+    assert by[("bad", 1)]["status"] == "error: MemoryError: out of memory" and by[("bad", 1)]["p50_ms"] is None
+    assert ("bad", 2) in by and by[("bad", 2)]["p50_ms"] is None  # still listed, with its status
+
+
 def test_missing_file_names_the_model_and_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"models\.det: file not found: .*missing\.onnx"):
         benchmark(_cfg(tmp_path, f"models={{det: '{tmp_path / 'missing.onnx'}'}}", *FAST))
@@ -185,3 +229,9 @@ def test_model_names_and_helpers() -> None:
     assert fit["intercept"] == pytest.approx(10.0) and fit["slope"] == pytest.approx(2.0) and fit["r2"] == 1.0
     conv = onnx.helper.make_node("QLinearConv", [], [], name="q")
     assert detect_precision(onnx.helper.make_model(onnx.helper.make_graph([conv], "g", [], []))) == "int8"
+
+
+def test_worker_timeout_must_be_positive_seconds_or_null(tmp_path: Path) -> None:
+    for bad in ("-5", "soon"):
+        with pytest.raises(ValueError, match=rf"field 'worker_timeout_s': expected seconds > 0, or null .*{bad}"):
+            benchmark(_cfg(tmp_path, "models=[x.onnx]", f"worker_timeout_s={bad}"))

@@ -17,7 +17,8 @@ for an external ONNX file (another detector, to compare with) random inputs of t
 - every model is loaded, warmed up and called in a worker process of its own (``isolate=true``,
   :class:`ProcessRunner`): models sharing a process slow each other down — eager PyTorch ran the demo model at
   37 ms alone and 54-97 ms with onnxruntime sessions alive beside it (idle ones too), which made onnxruntime look
-  up to 2x faster than it is;
+  up to 2x faster than it is; a worker that does not answer within ``worker_timeout_s`` is killed, and a model
+  that fails anywhere (loading, a batch size, mid-timing) keeps a row with the error as its status;
 - warm-up runs first; then ``iters`` timed calls per row, interleaved round-robin across the models (rotating
   the order every round) so that load from other jobs on a shared machine hits every backend alike;
 - torch and onnxruntime get the same intra-op thread count (``threads``; recorded), onnxruntime one inter-op
@@ -37,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import time
@@ -386,9 +388,10 @@ class ProcessRunner:
     holds no core; each call is timed inside the worker, so the pipe's round trip is not in the figure.
     """
 
-    def __init__(self, target: Target, threads: int) -> None:
+    def __init__(self, target: Target, threads: int, timeout_s: float | None = None) -> None:
         if target.recipe is None:
             raise ValueError(f"{target.model} ({target.backend}): no recipe to rebuild it in a worker process")
+        self.timeout_s = timeout_s  # None: wait for every answer as long as it takes
         ctx = mp.get_context("spawn")  # a fresh interpreter: no threads or allocator state inherited
         self.conn, child = ctx.Pipe()
         kind, kwargs, index = target.recipe
@@ -399,7 +402,15 @@ class ProcessRunner:
         child.close()
 
     def _ask(self, command: str, *args: Any) -> Any:
+        if not self.process.is_alive():
+            raise WorkerError(f"error: worker process exited with code {self.process.exitcode}")
         self.conn.send((command, *args))
+        # poll() is also true at EOF, so a dead worker falls through to recv()'s EOFError below.
+        if self.timeout_s is not None and not self.conn.poll(self.timeout_s):
+            self.process.kill()  # a hung call (a deadlock, a runaway compile) must not hang the benchmark
+            self.process.join(timeout=30)
+            raise WorkerError(f"error: no answer to '{command}' within worker_timeout_s={self.timeout_s:g} s; "
+                              f"worker killed")
         try:
             status, value = self.conn.recv()
         except EOFError:  # the worker died (a crash in native code, out of memory)
@@ -430,10 +441,12 @@ class ProcessRunner:
 
 
 def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iters: int, batch_iters: int,
-            interleave: bool = True, isolate: bool = True, threads: int = 1) -> list[dict[str, Any]]:
+            interleave: bool = True, isolate: bool = True, threads: int = 1,
+            timeout_s: float | None = None) -> list[dict[str, Any]]:
     """Load every target (timed, with its peak memory), then time each batch size; one row per target and batch
     (a graph with a static batch: one row, at its batch). ``isolate``: each target in a worker process of its own
-    (:class:`ProcessRunner`); else all in this one."""
+    (:class:`ProcessRunner`, which gives up on a command after ``timeout_s``); else all in this one. A target that
+    fails while loading, preparing or being timed gets the error as its status; the others go on."""
     runners: dict[int, LocalRunner | ProcessRunner] = {}
     loading: dict[int, dict[str, Any]] = {}
     try:
@@ -442,7 +455,7 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
             if t.status != "ok":
                 continue
             log.info("loading %s (%s, %s)%s", t.model, t.backend, t.precision, " in a worker process" * isolate)
-            runner = ProcessRunner(t, threads) if isolate else LocalRunner(t)
+            runner = ProcessRunner(t, threads, timeout_s) if isolate else LocalRunner(t)
             try:
                 loading[i] = runner.load(warmup)
                 runners[i] = runner
@@ -465,25 +478,42 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
             log.info("timing batch %d: %d calls of %d models%s", batch, n, len(active),
                      " (interleaved)" * interleave)
             order = list(active)
+            calls = [_guarded(targets[i], active[i]) for i in order]
             if interleave:
-                times = dict(zip(order, call_interleaved([active[i].call for i in order], n)))
+                times = dict(zip(order, call_interleaved(calls, n)))
             else:
-                times = {i: call_interleaved([active[i].call], n)[0] for i in order}
+                times = {i: call_interleaved([call], n)[0] for i, call in zip(order, calls)}
             for i in wanted:
                 t = targets[i]
                 row = t.row(batch if t.dynamic_batch else t.static_batch)
                 if batch == 1:
                     row.update(loading[i])
-                if i in times:
+                if i in times and t.status == "ok":
                     stats = summarise(times[i], row["batch"])
                     row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras, 1))
                 rows.append(row)
-            for runner in active.values():
-                runner.release()
+            for i, runner in active.items():
+                if targets[i].status == "ok":
+                    runner.release()
         return rows
     finally:
         for runner in runners.values():
             runner.close()
+
+
+def _guarded(target: Target, runner: LocalRunner | ProcessRunner) -> Callable[[], float]:
+    """``runner.call`` that, once it has failed, records the error as the target's status and returns NaN from then
+    on, so the models timed beside it keep their rows."""
+    def call() -> float:
+        if target.status != "ok":
+            return math.nan
+        try:
+            return runner.call()
+        except Exception as err:
+            log.warning("%s on %s failed while being timed: %s", target.model, target.backend, err)
+            target.status = err.status if isinstance(err, WorkerError) else _error(err)
+            return math.nan
+    return call
 
 
 # --- the job -----------------------------------------------------------------------------------------------------
@@ -514,6 +544,19 @@ def model_specs(models: Any) -> dict[str, dict[str, Any]]:
                              f" name them, e.g. models={{pytorch: ..., onnx-int8: ...}}")
         out[str(name)] = {**entry, "path": str(entry["path"])}
     return out
+
+
+def _timeout(value: Any) -> float | None:
+    """``worker_timeout_s``: seconds (> 0), or null / 0 for no limit."""
+    if value is None or value == 0:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise ValueError(f"field 'worker_timeout_s': expected seconds > 0, or null for no limit, found {value!r}")
+    return seconds
 
 
 def _check_path(name: str, spec: str) -> Path:
@@ -554,6 +597,7 @@ def _metric(evaluation: Mapping[str, Any] | None, name: str, path: Path, metric:
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Time ``cfg.models``; write ``benchmark.json``, ``benchmark.md`` (and ``scaling.png``); return the report."""
     start = time.perf_counter()
+    worker_timeout_s = _timeout(cfg.get("worker_timeout_s", 600))
     specs = model_specs(cfg.get("models"))
     if not specs:
         raise ValueError("visionpilot-benchmark: field 'models' is empty; give {name: path} pairs or a list of "
@@ -578,6 +622,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                 "warmup": int(cfg.warmup), "iters": int(cfg.iters),
                 "batch_iters": int(cfg.get("batch_iters") or cfg.iters),
                 "interleave": bool(cfg.get("interleave", True)), "isolate": bool(cfg.get("isolate", True)),
+                "worker_timeout_s": worker_timeout_s,
                 "torch_compile": bool(cfg.get("torch_compile")),
                 "ort_spinning": bool(cfg.get("ort_spinning", False)), "seed": seed,
                 "eval_json": str(eval_json) if eval_json else None}
@@ -608,7 +653,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                 t.status = f"skipped: {full} not in this onnxruntime ({sorted(available)})"
         machine = machine_info(threads)
         rows = measure(targets, batches, settings["warmup"], settings["iters"], settings["batch_iters"],
-                       interleave=settings["interleave"], isolate=settings["isolate"], threads=threads)
+                       interleave=settings["interleave"], isolate=settings["isolate"], threads=threads,
+                       timeout_s=settings["worker_timeout_s"])
         metric = str(cfg.get("metric") or "lane_f1")
         for row in rows:
             row["metric"] = _metric(evaluation, row["model"], Path(row["path"]), metric)
