@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from visionpilot.evaluation.detection_bev import (
     NUSCENES_CLASS_RANGES,
@@ -152,3 +153,26 @@ def test_merge_state_equals_single_instance() -> None:
         parts[1].update(*zip(*frames[2:]))
         parts[order[0]].merge_state(parts[order[1]])
         assert floats(parts[order[0]].compute()) == pytest.approx(expected)
+
+
+def test_the_evaluator_counts_boxes_within_nuscenes_class_ranges() -> None:
+    # A cone found at 10 m, one missed at 35 m (inside the +-50 m grid, beyond nuScenes' 30 m for cones): only the
+    # first counts, so AP is 1 — as nuScenes scores it; cut to the grid alone it would count the miss.
+    from visionpilot.evaluation.evaluator import PerceptionEvaluator
+    from visionpilot.models.view_transform import BEVGrid
+
+    grid = BEVGrid(x_range=(-50, 50), y_range=(-50, 50), z_range=(-1, 3), cell_size=1.0, z_levels=2)
+    cone = CONE
+    gt = torch.tensor([[[10.0, 0.0, 0.3, 0.4, 0.4, 0.7, 0.0], [35.0, 0.0, 0.3, 0.4, 0.4, 0.7, 0.0]]])
+    batch = {"boxes_3d": gt, "boxes_3d_classes": torch.tensor([[cone, cone]]),
+             "boxes_3d_mask": torch.tensor([[True, True]]), "has_boxes_3d": torch.tensor([True]), "region": ["us"]}
+    decoded = {"bev.objects_boxes": gt[:, :1], "bev.objects_scores": torch.tensor([[0.9]]),
+               "bev.objects_classes": torch.tensor([[cone]])}
+    results = {}
+    for name, ranges in (("nuscenes", NUSCENES_CLASS_RANGES), ("grid", None)):
+        evaluator = PerceptionEvaluator(["us"], (64, 176), ["CAM_FRONT"], tasks=["objects_3d"], bev_grid=grid,
+                                        bev_class_ranges=ranges)
+        evaluator.update(batch, decoded)
+        results[name] = float(evaluator.compute()["bev_map"])
+    assert results["nuscenes"] == pytest.approx(1.0)
+    assert results["grid"] < 0.5

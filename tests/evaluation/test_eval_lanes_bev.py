@@ -33,8 +33,9 @@ def test_grid_layout_matches_the_model() -> None:
     assert np.allclose(GRID.to_pixels(np.array([[-9.75, -4.75], [9.75, 4.75]])), [[0.0, 0.0], [19.0, 39.0]])
     mask = rasterize_polylines([np.array([[9.75, 4.75], [9.75, 4.75]])], [2], GRID)
     assert mask.shape == (6, 40, 20) and mask[2, 39, 19] and mask.sum() == 1
-    # A line ahead of the car, right of centre (y = -2.25): rows 20..39 (x > 0), column 5.
-    lane = rasterize_polylines([np.array([[0.25, -2.25], [9.75, -2.25]])], [1], GRID, line_width=0.5)[1]
+    # A line ahead of the car, right of centre (y = -2.25): rows 20..39 (x > 0), column 5. (0.2 m wide: a band
+    # of exactly one cell centred on it would touch the borders, and its neighbours' closed edges, too.)
+    lane = rasterize_polylines([np.array([[0.25, -2.25], [9.75, -2.25]])], [1], GRID, line_width=0.2)[1]
     rows, cols = np.nonzero(lane)
     assert set(cols) == {5} and rows.min() == 20 and rows.max() == 39
 
@@ -49,7 +50,7 @@ def test_grid_from_model_config() -> None:
 def test_rasterize_skips_padding_and_ignores_z() -> None:
     line3d = np.concatenate([along_x(0.25), np.ones((5, 1))], axis=1)
     padded = np.full((5, 3), np.nan)
-    masks = rasterize_polylines([line3d, padded, line3d], [0, 3, -1], GRID)
+    masks = rasterize_polylines([line3d, padded, line3d], [0, 3, -1], GRID, line_width=0.2)
     assert masks[0].sum() == 40 and masks[3].sum() == 0  # full column, one cell wide
 
 
@@ -62,25 +63,60 @@ def test_identical_masks_iou_one() -> None:
 
 
 def test_shifted_line_iou() -> None:
-    # 3 cells wide (1.5 m at 0.5 m), shifted by one cell across the full grid: intersection 2 columns, union 4.
-    gt = rasterize_polylines([along_x(0.25)], [0], GRID, line_width=1.5)
-    pred = rasterize_polylines([along_x(0.75)], [0], GRID, line_width=1.5)
+    # 3 cells wide (1.4 m at 0.5 m: y in [-0.45, 0.95] touches 3 columns), shifted by one cell across the full
+    # grid: intersection 2 columns, union 4.
+    gt = rasterize_polylines([along_x(0.25)], [0], GRID, line_width=1.4)
+    pred = rasterize_polylines([along_x(0.75)], [0], GRID, line_width=1.4)
     assert gt[0].sum() == 3 * 40
     metric = BevLaneIoU()
     metric.update(pred[None], gt[None])
     assert float(metric.compute()["bev_lane_iou"]) == pytest.approx(0.5)
 
 
-def test_mean_over_types_present_in_gt() -> None:
+def test_mean_over_types_in_gt_or_predictions() -> None:
     gt = rasterize_polylines([along_x(0.25), along_x(-3.25)], [0, 1], GRID)
-    # Perfect white_dashed, nothing for white_solid, a spurious yellow_solid (absent in GT: not averaged).
+    # Perfect white_dashed, nothing for white_solid, a spurious yellow_solid (no GT: IoU 0, as in HDMapNet).
     pred = rasterize_polylines([along_x(0.25), along_x(3.25)], [0, 3], GRID)
     probs = torch.as_tensor(pred, dtype=torch.float32) * 0.9  # probabilities, thresholded at 0.5
     metric = BevLaneIoU()
     metric.update(probs[None], torch.as_tensor(gt)[None])
     out = floats(metric.compute())
-    assert out["bev_lane_iou"] == pytest.approx(0.5)
-    assert out["bev_lane_iou_white_solid"] == 0.0 and "bev_lane_iou_yellow_solid" not in out
+    assert out["bev_lane_iou"] == pytest.approx(1 / 3)
+    assert out["bev_lane_iou_white_dashed"] == 1.0
+    assert out["bev_lane_iou_white_solid"] == 0.0 and out["bev_lane_iou_yellow_solid"] == 0.0
+    assert "bev_lane_iou_road_edge" not in out  # neither drawn nor true: undefined, not averaged
+
+
+def test_the_heads_own_target_scores_iou_one_in_the_evaluator() -> None:
+    # The evaluator draws ground truth with the head's target rasteriser: a head that outputs exactly its
+    # training target scores 1 (before, a 1-cell centre line against ~2-cell targets capped it near 0.5).
+    from visionpilot.evaluation.evaluator import PerceptionEvaluator
+    from visionpilot.models.heads.lanes_bev import LanesBEVHead
+    from visionpilot.models.view_transform import BEVGrid
+
+    grid = BEVGrid(x_range=(-10, 10), y_range=(-5, 5), z_range=(-1, 3), cell_size=0.5, z_levels=2)
+    xs = np.linspace(-12.0, 12.0, 9)
+    lines = [np.stack([xs, 1.3 + 0.02 * xs**2, np.zeros_like(xs)], 1), np.stack([xs, -2.1 + 0.1 * xs, xs * 0], 1)]
+    pts = torch.zeros(1, 3, 9, 3)
+    valid = torch.zeros(1, 3, 9, dtype=torch.bool)
+    for i, line in enumerate(lines):
+        pts[0, i], valid[0, i] = torch.as_tensor(line, dtype=torch.float32), True
+    valid[0, 1, 4] = False  # a gap: the head draws no segment across it, neither may the ground truth
+    batch = {"lanes_3d": pts, "lanes_3d_valid": valid, "lanes_3d_types": torch.tensor([[0, 4, -1]]),
+             "has_lanes_3d": torch.tensor([True]), "region": ["us"]}
+    for width in (1.0, 1.5, 3.0):  # cells
+        head = LanesBEVHead(in_channels=8, grid=grid, line_width=width)
+        target = head.build_targets(batch)["seg"]
+        evaluator = PerceptionEvaluator(["us"], (64, 176), ["CAM_FRONT"], tasks=["lanes_bev"], bev_grid=grid,
+                                        bev_line_width=width * grid.cell_size)
+        empty = torch.zeros(1, head.num_slots, grid.shape[0], 3)
+        evaluator.update(batch, {"bev.lanes_seg_prob": target, "bev.lanes_points": empty,
+                                 "bev.lanes_valid": torch.zeros(empty.shape[:3], dtype=torch.bool),
+                                 "bev.lanes_scores": torch.zeros(1, head.num_slots),
+                                 "bev.lanes_types": torch.zeros(1, head.num_slots, dtype=torch.long)})
+        out = evaluator.compute()
+        assert out["bev_lane_iou"] == pytest.approx(1.0), width
+        assert target[0, 0].sum() > target[0, 4].sum() > 0  # both lines drawn, the gap left out of the second
 
 
 def test_chamfer_of_offset_line() -> None:
@@ -162,3 +198,15 @@ def test_merge_state_equals_single_instance() -> None:
     second.update(*zip(*frames[1:]))
     first.merge_state(second)
     assert floats(first.compute()) == pytest.approx(floats(whole.compute()))
+
+
+def test_lines_without_length_are_no_instances() -> None:
+    # MapTR skips predictions of fewer than two points, and its ground truth are line strings: a single valid row
+    # of a slot is not a false positive, and a GT line that only touches the grid's edge is not a miss.
+    gt = along_x(1.0, -9.75, 9.75)
+    metric = BevLaneChamferF1(grid=GRID)
+    dot = np.array([[3.0, -2.0]])
+    edge = np.array([[10.0, 1.0], [12.0, 1.0]])  # x from the grid's far edge outwards: a zero-length piece inside
+    metric.update([[gt, dot]], [[0.9, 0.8]], [[0, 0]], [[gt, edge]], [[0, 0]])
+    out = floats(metric.compute())
+    assert out["bev_lane_f1"] == 1.0 and out["bev_lane_ap"] == 1.0

@@ -41,8 +41,9 @@ from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.evaluation._common import ArrayLike, cat_state, to_numpy
 
 NUSCENES_DIST_THRESHOLDS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-#: nuScenes' evaluation ranges (metres) mapped onto our vocabulary (motorcycle/bicycle -> two_wheeler,
-#: barrier -> traffic_cone).
+#: nuScenes' evaluation ranges (metres) mapped onto our vocabulary (car, truck with trailer and construction
+#: vehicle, bus: 50; motorcycle and bicycle -> two_wheeler, pedestrian: 40; traffic_cone: 30; barriers are not
+#: in the vocabulary). The evaluator applies them by default (``PerceptionEvaluator(bev_class_ranges=...)``).
 NUSCENES_CLASS_RANGES: dict[str, float] = {"car": 50.0, "truck": 50.0, "bus": 50.0, "two_wheeler": 40.0,
                                            "pedestrian": 40.0, "traffic_cone": 30.0}
 _ERRORS = ("ate", "ase", "aoe")

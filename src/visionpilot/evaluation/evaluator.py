@@ -18,7 +18,7 @@ the cameras in ``lane_cameras`` (row-anchor lanes are defined for forward- and r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.evaluation.detection_2d import Detection2DMAP
-from visionpilot.evaluation.detection_bev import BevDetectionMetric
+from visionpilot.evaluation.detection_bev import NUSCENES_CLASS_RANGES, BevDetectionMetric
 from visionpilot.evaluation.lane_2d import CULaneF1
 from visionpilot.evaluation.lanes_bev import BevGrid, BevLaneChamferF1, BevLaneIoU, rasterize_polylines
 from visionpilot.evaluation.per_region import PerRegionMetric, flatten_region_results
@@ -49,14 +49,19 @@ class PerceptionEvaluator(nn.Module):
         lane_threshold: existence probability above which a predicted lane counts.
         tasks: which of ``lanes_2d``, ``objects_2d``, ``objects_3d``, ``lanes_bev`` to evaluate.
         bev_grid: the BEV grid (``x_range``, ``y_range``, ``cell_size``); ground truth outside it is not counted.
-        bev_line_width: width in metres of ground-truth lines rasterised for the BEV lane IoU (the model's
-            training target width, so the IoU measures what the head was asked to draw).
+        bev_line_width: width in metres of ground-truth lines rasterised for the BEV lane IoU: the head's training
+            target width; with the head's own rasteriser (``lanes_bev.rasterize_polylines``) the IoU measures
+            what the head was asked to draw.
+        bev_class_ranges: BEV detection counts boxes (predicted and true) whose centre is closer to the ego than
+            their class's range, as nuScenes does (:data:`NUSCENES_CLASS_RANGES`: vehicles 50 m, pedestrians and
+            two-wheelers 40 m, cones 30 m), and inside the grid; None: every box inside the grid.
     """
 
     def __init__(self, regions: Sequence[str], image_size: Sequence[int], camera_names: Sequence[str],
                  lane_cameras: Sequence[str] | None = None, lane_rows: Sequence[float] = (0.45, 0.98),
                  lane_threshold: float = 0.5, tasks: Sequence[str] = ("lanes_2d", "objects_2d"),
-                 bev_grid: Any = None, bev_line_width: float = 1.0) -> None:
+                 bev_grid: Any = None, bev_line_width: float = 1.0,
+                 bev_class_ranges: Mapping[str, float] | None = NUSCENES_CLASS_RANGES) -> None:
         super().__init__()
         self.regions = [str(r).lower() for r in regions]
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -79,7 +84,8 @@ class PerceptionEvaluator(nn.Module):
         if ("objects_3d" in self.tasks or "lanes_bev" in self.tasks) and self.bev_grid is None:
             raise ValueError("PerceptionEvaluator: BEV tasks need bev_grid")
         if "objects_3d" in self.tasks:
-            metrics["objects_3d"] = PerRegionMetric(partial(BevDetectionMetric, OBJECT_CLASSES), self.regions)
+            metrics["objects_3d"] = PerRegionMetric(partial(BevDetectionMetric, OBJECT_CLASSES,
+                                                            class_ranges=bev_class_ranges), self.regions)
         if "lanes_bev" in self.tasks:
             metrics["lanes_bev_iou"] = PerRegionMetric(partial(BevLaneIoU, LANE_TYPES), self.regions)
             metrics["lanes_bev_f1"] = PerRegionMetric(partial(BevLaneChamferF1, LANE_TYPES, grid=self.bev_grid),
@@ -160,7 +166,7 @@ class PerceptionEvaluator(nn.Module):
         classes = decoded["bev.objects_classes"].cpu()
         gt = batch["boxes_3d"].cpu()
         gt_cls = batch["boxes_3d_classes"].cpu()
-        # Both sides are cut to the grid, as nuScenes cuts both to its class ranges: the grid is what the model sees.
+        # Both sides are cut to the grid (what the model sees); the metric then applies the class ranges.
         gt_ok = batch["boxes_3d_mask"].cpu() & self._in_grid(gt[..., :2])
         keep = (classes >= 0) & self._in_grid(boxes[..., :2])
         self.metrics["objects_3d"].update(
@@ -177,8 +183,10 @@ class PerceptionEvaluator(nn.Module):
         types = batch["lanes_3d_types"].cpu().numpy()
         gt_lines = [[lanes[b, i][valid[b, i], :2] for i in range(types.shape[1]) if types[b, i] >= 0] for b in frames]
         gt_types = [types[b][types[b] >= 0] for b in frames]
-        targets = np.stack([rasterize_polylines(lines, t, self.bev_grid, line_width=self.bev_line_width)
-                            for lines, t in zip(gt_lines, gt_types)])
+        # Drawn as the head draws its target: invalid points are NaN and break a line, as in the head's segments.
+        padded = np.where(valid[..., None], lanes[..., :2], np.nan)
+        targets = np.stack([rasterize_polylines(padded[b], types[b], self.bev_grid, line_width=self.bev_line_width)
+                            for b in frames])
         prob = decoded["bev.lanes_seg_prob"].float().cpu()[frames]
         codes = [regions[b] for b in frames]
         self.metrics["lanes_bev_iou"].update(codes, prob, torch.from_numpy(targets))

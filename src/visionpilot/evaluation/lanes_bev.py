@@ -5,8 +5,10 @@ mask index ``[i, j]`` is the cell whose centre is ``x = x_min + (i + 0.5) * res`
 ``y = y_min + (j + 0.5) * res`` (left). Rows run along ego +x, columns along ego +y; for a "forward is up, left is
 left" picture flip both axes.
 
-Mask IoU (HDMapNet-style semantic map IoU): intersection and union per lane type summed over the dataset;
-``bev_lane_iou`` is the mean over the types present in the ground truth.
+Mask IoU (HDMapNet's semantic map IoU): intersection and union per lane type summed over the dataset;
+``bev_lane_iou`` is the mean over the types with a non-empty union (in the ground truth or the predictions: a type
+predicted where there is none scores 0). Ground-truth lines are drawn by the BEV lane head's own target rasteriser
+(:func:`rasterize_polylines`), as HDMapNet draws its training target and its evaluation masks alike.
 
 Vectorised F1 / AP (MapTR's evaluation, ``tpfp_chamfer`` + ``custom_polyline_score``): every polyline is resampled
 to ``num_points`` points at equal arc length (xy only); the Chamfer distance of a prediction and a GT line of the
@@ -21,11 +23,14 @@ perception range, and the labels here reach beyond the grid (lanes from 60 m beh
 grid), which would put every match metres away (a prediction along the whole grid against a GT line 80 % longer).
 A line that leaves the grid and re-enters it becomes two instances, as MapTR splits a multi-line map element.
 
+Lines without length (a single point, a piece that only touches the grid's edge) are no instances on either side.
 Deviations from MapTR: ties in score are ranked false positives first (MapTR's ``argsort`` leaves them arbitrary),
-so results do not depend on the order frames arrive in (e.g. the process order of a DDP gather); the number of
-resampled points is a parameter (MapTR uses its configured fixed point count; 100 here for a less quantised
-distance); MapTR skips pairs whose 2 m buffers do not intersect, which cannot change a result at thresholds
-<= 1.5 m, so every pair is computed here.
+so results do not depend on the order frames arrive in (e.g. the process order of a DDP gather); MapTR skips pairs
+whose 2 m buffers do not intersect (a pre-check that only matters for lines shorter than about a metre, which can be
+within 1.5 m Chamfer distance without their buffers meeting), so every pair is computed here; the number of
+resampled points is a parameter (100, as MapTR's evaluation hard-codes). ``bev_lane_ap`` ranks the predictions the
+decoder reports (the evaluator passes a slot's rows only where its score reaches the head's ``score_threshold``),
+not every query as MapTR does, so the precision-recall curve stops at that score.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from scipy.spatial.distance import cdist
@@ -51,8 +55,6 @@ from visionpilot.evaluation._common import (
     voc_area_ap,
 )
 from visionpilot.geometry.polylines import clip_polyline_box, resample_polyline
-
-_SHIFT = 4  # OpenCV fixed-point bits: sub-pixel (1/16 px) vertex positions when rasterising
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,18 @@ class BevGrid:
         return cls(float(x_min), float(x_max), float(y_min), float(y_max), float(cell))
 
     @property
+    def x_range(self) -> tuple[float, float]:
+        return (self.x_min, self.x_max)
+
+    @property
+    def y_range(self) -> tuple[float, float]:
+        return (self.y_min, self.y_max)
+
+    @property
+    def cell_size(self) -> float:
+        return self.resolution
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(X, Y): rows along x, columns along y."""
         return (round((self.x_max - self.x_min) / self.resolution), round((self.y_max - self.y_min) / self.resolution))
@@ -96,46 +110,56 @@ class BevGrid:
         return np.stack([u, v], axis=1)
 
 
-def rasterize_polylines(polylines: Sequence[ArrayLike], types: ArrayLike, grid: BevGrid | Mapping[str, Any] | Any,
-                        num_types: int = len(LANE_TYPES), line_width: float = 0.5) -> np.ndarray:
-    """Draw ego-frame polylines into per-type BEV masks.
+def rasterize_polylines(polylines: Sequence[ArrayLike] | ArrayLike, types: ArrayLike,
+                        grid: BevGrid | Mapping[str, Any] | Any, num_types: int = len(LANE_TYPES),
+                        line_width: float = 0.5) -> np.ndarray:
+    """Draw ego-frame polylines into per-type BEV masks, exactly as the BEV lane head draws its training target.
 
-    The centre line is drawn one cell wide with ``cv2.polylines`` (sub-cell vertex precision) and widened to
-    every cell whose centre lies within ``line_width / 2`` of it (``cv2.distanceTransform``): OpenCV's own thick
-    lines come out wider than asked at small widths (thickness 3 draws 5 cells), which would bias a per-cell IoU.
+    This is :func:`visionpilot.models.heads.lanes_bev.rasterize_lines` (every cell that a band ``line_width``
+    metres wide along the line touches; about ``line_width / resolution + 1`` cells across on average), so the
+    BEV lane IoU scores the masks the head is trained to produce: a head that reproduces its target scores 1.
+    (HDMapNet rasterises its training target and its evaluation ground truth the same way, too.)
 
     Args:
-        polylines: (P_i, >=2) ego-frame points (x, y[, z]); z is ignored, NaN points dropped.
+        polylines: (P_i, >=2) ego-frame points (x, y[, z]), or a padded (L, P, >=2) array; z is ignored. A
+            segment is drawn between consecutive finite points (NaN points are padding and break a line, as
+            invalid points do in the head's target); a line with one finite point draws nothing.
         types: (L,) lane type index per polyline (negative = padding, skipped).
         grid: the BEV grid (:class:`BevGrid`, or the model's grid / config, see :meth:`BevGrid.from_any`).
         num_types: number of mask channels.
-        line_width: width in metres; a width up to one cell draws the centre line only.
+        line_width: width in metres.
 
     Returns:
         (num_types, X, Y) bool masks.
     """
+    from visionpilot.models.heads.lanes_bev import rasterize_lines  # the one definition of a drawn lane line
+
     grid = BevGrid.from_any(grid)
-    height, width = grid.shape
-    centre = np.zeros((num_types, height, width), dtype=np.uint8)
-    lines, keep = clean_polylines(polylines, dim=2, types=types)
     type_arr = to_numpy(types, np.int64).reshape(-1)
-    for line, t in zip(lines, type_arr[keep]):
+    if len(type_arr) != len(polylines):
+        raise ValueError(f"rasterize_polylines: {len(polylines)} polylines but {len(type_arr)} types")
+    lines = []
+    for i, (line, t) in enumerate(zip(polylines, type_arr)):
+        if t < 0:
+            continue
         if t >= num_types:
             raise ValueError(f"rasterize_polylines: lane type {t} outside the {num_types} mask channels")
-        pts = np.round(grid.to_pixels(line) * (1 << _SHIFT)).astype(np.int32)
-        if len(pts) == 1:
-            pts = np.concatenate([pts, pts])
-        cv2.polylines(centre[t], [pts.reshape(-1, 1, 2)], isClosed=False, color=1, thickness=1,
-                      lineType=cv2.LINE_8, shift=_SHIFT)
-    half = 0.5 * line_width / grid.resolution  # in cells
-    if half < 1.0:
-        return centre.astype(bool)
-    masks = np.zeros(centre.shape, dtype=bool)
-    for t in np.flatnonzero(centre.reshape(num_types, -1).any(axis=1)):
-        # Distance of every cell to the nearest centre-line cell (zero pixels of the input).
-        dist = cv2.distanceTransform((centre[t] == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        masks[t] = dist <= half + 1e-6
-    return masks
+        pts = to_numpy(line)
+        if pts.ndim != 2 or pts.shape[1] < 2:
+            raise ValueError(f"rasterize_polylines: polyline #{i} must have shape (P, >=2), found {pts.shape}")
+        lines.append((pts[:, :2], int(t)))
+    if not lines:
+        return np.zeros((num_types, *grid.shape), dtype=bool)
+    width = max(2, max(len(pts) for pts, _ in lines))
+    padded = np.full((1, len(lines), width, 2), np.nan, dtype=np.float32)  # float32, as the training target
+    for k, (pts, _) in enumerate(lines):
+        padded[0, k, : len(pts)] = pts
+    finite = np.isfinite(padded).all(axis=-1)
+    seg_ok = torch.from_numpy(finite[:, :, :-1] & finite[:, :, 1:])
+    pts = torch.from_numpy(np.nan_to_num(padded))
+    type_t = torch.tensor([[t for _, t in lines]], dtype=torch.long)
+    masks = rasterize_lines(pts, seg_ok, type_t, grid, num_types, line_width / grid.resolution)
+    return masks[0].numpy() > 0.5
 
 
 class BevLaneIoU(Metric):
@@ -145,7 +169,8 @@ class BevLaneIoU(Metric):
         type_names: names of the mask channels (the lane vocabulary by default).
         threshold: a float prediction (probability) counts as lane where ``>= threshold``; bool masks as they are.
 
-    ``compute()`` keys: ``bev_lane_iou`` (mean over types with GT pixels) and ``bev_lane_iou_<type>`` for them.
+    ``compute()`` keys: ``bev_lane_iou`` (mean over the types that are in the ground truth or the predictions) and
+    ``bev_lane_iou_<type>`` for them.
     """
 
     full_state_update = False
@@ -180,7 +205,9 @@ class BevLaneIoU(Metric):
         self.gt_pixels += g.sum(dim=(0, 2, 3)).to(self.gt_pixels.device)
 
     def compute(self) -> dict[str, Tensor]:
-        present = self.gt_pixels > 0
+        # Types with ground truth or predictions (a non-empty union): a type drawn where there is none scores 0,
+        # as in HDMapNet's per-class IoU; a type absent from both is undefined and left out.
+        present = self.union > 0
         iou = self.intersection.double() / self.union.clamp(min=1).double()
         out = {"bev_lane_iou": iou[present].mean().float() if present.any() else torch.tensor(float("nan"))}
         for t, name in enumerate(self.type_names):
@@ -223,7 +250,7 @@ class BevLaneChamferF1(Metric):
         type_names: lane type names (the lane vocabulary by default).
         thresholds: Chamfer thresholds in metres.
         num_points: points each polyline is resampled to.
-        score_threshold: predictions counted by F1 (AP uses all).
+        score_threshold: predictions counted by F1 (AP uses all it is given).
         grid: the BEV grid (:class:`BevGrid`, or anything :meth:`BevGrid.from_any` reads); predictions and ground
             truth are cut to its extent first. None compares the lines as given.
 
@@ -257,6 +284,10 @@ class BevLaneChamferF1(Metric):
             box = (self.grid.x_min, self.grid.x_max), (self.grid.y_min, self.grid.y_max)
             inside = [(piece, i) for line, i in zip(kept, index) for piece in clip_polyline_box(line, *box)]
             kept, index = [p for p, _ in inside], np.asarray([i for _, i in inside], dtype=np.int64)
+        # A line needs a length (MapTR skips predictions of fewer than two points; its GT are line strings): a
+        # single point, or a piece that only touches the grid's edge, is no instance on either side.
+        has_length = [len(p) >= 2 and float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum()) > 0 for p in kept]
+        kept, index = [p for p, ok in zip(kept, has_length) if ok], np.asarray(index, dtype=np.int64)[has_length]
         pts = np.stack([resample_polyline(p, num=self.num_points) for p in kept]) if kept else \
             np.zeros((0, self.num_points, 2))
         return pts, to_numpy(types, np.int64).reshape(-1)[index], index

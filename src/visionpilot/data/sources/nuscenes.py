@@ -71,6 +71,8 @@ MAP_ORIGINS: dict[str, tuple[float, float]] = {
 }
 _EARTH_RADIUS_M = 6_378_137.0  # as the devkit's export_poses.py
 #: nuScenes category -> our class; None: ignored (as the nuScenes detection benchmark ignores them, or no class).
+#: Emergency vehicles, which the benchmark ignores, are kept as what they are on the road (a police car is a car,
+#: an ambulance a truck-sized vehicle): a driving model must see them; BEV mAP here counts them accordingly.
 CATEGORY_MAP: dict[str, str | None] = {
     "vehicle.car": "car",
     "vehicle.emergency.police": "car",

@@ -211,14 +211,18 @@ class LanesBEVHead(nn.Module):
 
 def rasterize_lines(pts: Tensor, seg_ok: Tensor, types: Tensor, grid: BEVGrid, num_types: int,
                     line_width: float) -> Tensor:
-    """Draw polylines into per-type BEV masks.
+    """Draw polylines into per-type BEV masks: the head's segmentation target, and the ground truth of the BEV lane
+    IoU (``evaluation/lanes_bev.rasterize_polylines``), so that the metric scores what the head is asked to draw.
 
     Every real segment is sampled every half cell along its length and across ``line_width`` cells, and the
-    samples are scatter-maxed into the grid. Only real segments are sampled, each in proportion to its length, so
+    samples are scatter-maxed into the grid: every cell the band touches is marked, its closed edges included
+    (about ``line_width + 1`` cells across for a line at an arbitrary offset; a band whose edges fall exactly on
+    cell borders also marks the cells beyond them). Only real segments are sampled, each in proportion to its length, so
     a long two-point line costs what its length costs.
 
     Args:
         pts: (B, L, P, >=2) ego-frame polylines (x, y used).
+        grid: the BEV grid (anything with ``shape``, ``cell_size``, ``x_range``, ``y_range``).
         seg_ok: (B, L, P - 1) segments to draw.
         types: (B, L) lane type index (used where ``seg_ok``).
 
