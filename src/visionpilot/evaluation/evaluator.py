@@ -30,7 +30,7 @@ from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.evaluation.detection_2d import Detection2DMAP
 from visionpilot.evaluation.detection_bev import NUSCENES_CLASS_RANGES, BevDetectionMetric
 from visionpilot.evaluation.lane_2d import CULaneF1
-from visionpilot.evaluation.lanes_bev import BevGrid, BevLaneChamferF1, BevLaneIoU, rasterize_polylines
+from visionpilot.evaluation.lanes_bev import BevGrid, BevLaneChamferF1, BevLaneIoU, rasterize_lane_batch
 from visionpilot.evaluation.per_region import PerRegionMetric, flatten_region_results
 
 #: CULane annotates at most the 4 lane lines of the ego lane and its two neighbours.
@@ -183,13 +183,13 @@ class PerceptionEvaluator(nn.Module):
         types = batch["lanes_3d_types"].cpu().numpy()
         gt_lines = [[lanes[b, i][valid[b, i], :2] for i in range(types.shape[1]) if types[b, i] >= 0] for b in frames]
         gt_types = [types[b][types[b] >= 0] for b in frames]
-        # Drawn as the head draws its target: invalid points are NaN and break a line, as in the head's segments.
-        padded = np.where(valid[..., None], lanes[..., :2], np.nan)
-        targets = np.stack([rasterize_polylines(padded[b], types[b], self.bev_grid, line_width=self.bev_line_width)
-                            for b in frames])
+        # Drawn as the head draws its target (the same segments and rasteriser), the whole batch at once.
+        targets = rasterize_lane_batch(batch["lanes_3d"][frames].cpu(), batch["lanes_3d_valid"][frames].cpu(),
+                                       batch["lanes_3d_types"][frames].cpu(), self.bev_grid, len(LANE_TYPES),
+                                       self.bev_line_width)
         prob = decoded["bev.lanes_seg_prob"].float().cpu()[frames]
         codes = [regions[b] for b in frames]
-        self.metrics["lanes_bev_iou"].update(codes, prob, torch.from_numpy(targets))
+        self.metrics["lanes_bev_iou"].update(codes, prob, targets)
         pts = decoded["bev.lanes_points"].float().cpu().numpy()  # (B, S, X, 3)
         ok = decoded["bev.lanes_valid"].cpu().numpy()
         scores = decoded["bev.lanes_scores"].float().cpu().numpy()

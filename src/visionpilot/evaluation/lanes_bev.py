@@ -132,34 +132,32 @@ def rasterize_polylines(polylines: Sequence[ArrayLike] | ArrayLike, types: Array
     Returns:
         (num_types, X, Y) bool masks.
     """
-    from visionpilot.models.heads.lanes_bev import rasterize_lines  # the one definition of a drawn lane line
-
     grid = BevGrid.from_any(grid)
     type_arr = to_numpy(types, np.int64).reshape(-1)
     if len(type_arr) != len(polylines):
         raise ValueError(f"rasterize_polylines: {len(polylines)} polylines but {len(type_arr)} types")
-    lines = []
-    for i, (line, t) in enumerate(zip(polylines, type_arr)):
-        if t < 0:
-            continue
-        if t >= num_types:
-            raise ValueError(f"rasterize_polylines: lane type {t} outside the {num_types} mask channels")
-        pts = to_numpy(line)
+    if (type_arr >= num_types).any():
+        raise ValueError(f"rasterize_polylines: lane type {type_arr.max()} outside the {num_types} mask channels")
+    arrays = [to_numpy(line) for line in polylines]
+    for i, pts in enumerate(arrays):
         if pts.ndim != 2 or pts.shape[1] < 2:
             raise ValueError(f"rasterize_polylines: polyline #{i} must have shape (P, >=2), found {pts.shape}")
-        lines.append((pts[:, :2], int(t)))
-    if not lines:
-        return np.zeros((num_types, *grid.shape), dtype=bool)
-    width = max(2, max(len(pts) for pts, _ in lines))
-    padded = np.full((1, len(lines), width, 2), np.nan, dtype=np.float32)  # float32, as the training target
-    for k, (pts, _) in enumerate(lines):
-        padded[0, k, : len(pts)] = pts
-    finite = np.isfinite(padded).all(axis=-1)
-    seg_ok = torch.from_numpy(finite[:, :, :-1] & finite[:, :, 1:])
-    pts = torch.from_numpy(np.nan_to_num(padded))
-    type_t = torch.tensor([[t for _, t in lines]], dtype=torch.long)
-    masks = rasterize_lines(pts, seg_ok, type_t, grid, num_types, line_width / grid.resolution)
-    return masks[0].numpy() > 0.5
+    padded = np.full((1, len(arrays), max([1, *(len(a) for a in arrays)]), 2), np.nan, dtype=np.float32)
+    for k, pts in enumerate(arrays):
+        padded[0, k, : len(pts)] = pts[:, :2]
+    finite = torch.from_numpy(np.isfinite(padded).all(axis=-1))
+    return rasterize_lane_batch(torch.from_numpy(np.nan_to_num(padded)), finite, torch.from_numpy(type_arr)[None],
+                                grid, num_types, line_width)[0].numpy()
+
+
+def rasterize_lane_batch(lanes: Tensor, valid: Tensor, types: Tensor, grid: BevGrid, num_types: int,
+                         line_width: float, has: Tensor | None = None) -> Tensor:
+    """Batched :func:`rasterize_polylines` on the batch contract's padded lanes (B, L, P, >=2), their valid points
+    (B, L, P) and types (B, L): (B, num_types, X, Y) bool, drawn exactly as the BEV lane head's target."""
+    from visionpilot.models.heads.lanes_bev import lane_segments, rasterize_lines  # one definition of a drawn line
+
+    pts, seg_ok, types = lane_segments(lanes, valid, types, num_types, has)
+    return rasterize_lines(pts, seg_ok, types, grid, num_types, line_width / grid.resolution) > 0.5
 
 
 class BevLaneIoU(Metric):

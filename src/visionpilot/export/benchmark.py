@@ -62,6 +62,7 @@ from visionpilot.export.timing import (
     machine_info,
     release_memory,
     summarise,
+    time_call,
 )
 from visionpilot.utils.io import write_json_atomic, write_text_atomic
 
@@ -296,6 +297,11 @@ def _error(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {text[0][:200] if text else ''}"
 
 
+def _status(err: BaseException) -> str:
+    """A row's status for a failure: the worker's own report, or this process's exception."""
+    return err.status if isinstance(err, WorkerError) else _error(err)
+
+
 def _serve(conn: Any, kind: str, kwargs: dict[str, Any], index: int, threads: int) -> None:
     """A worker process: rebuild one target, then answer the parent's commands (:class:`ProcessRunner`)."""
     torch.set_flush_denormal(True)
@@ -367,9 +373,7 @@ class LocalRunner:
 
     def call(self) -> float:
         """One timed call, seconds."""
-        t0 = time.perf_counter()
-        self.run()
-        return time.perf_counter() - t0
+        return time_call(self.run)
 
     def release(self) -> None:
         self.run = None
@@ -461,7 +465,7 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
                 runners[i] = runner
             except Exception as err:  # one backend failing (compile, a provider) must not lose the others
                 log.warning("%s on %s failed: %s", t.model, t.backend, err)
-                t.status = err.status if isinstance(err, WorkerError) else _error(err)
+                t.status = _status(err)
                 runner.close()
         rows = []
         for batch in batches:
@@ -473,7 +477,7 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
                                        warmup if batch != 1 else 0)
                     active[i] = runners[i]
                 except Exception as err:  # e.g. out of memory at a large batch
-                    targets[i].status = err.status if isinstance(err, WorkerError) else _error(err)
+                    targets[i].status = _status(err)
             n = iters if batch == 1 else batch_iters
             log.info("timing batch %d: %d calls of %d models%s", batch, n, len(active),
                      " (interleaved)" * interleave)
@@ -511,7 +515,7 @@ def _guarded(target: Target, runner: LocalRunner | ProcessRunner) -> Callable[[]
             return runner.call()
         except Exception as err:
             log.warning("%s on %s failed while being timed: %s", target.model, target.backend, err)
-            target.status = err.status if isinstance(err, WorkerError) else _error(err)
+            target.status = _status(err)
             return math.nan
     return call
 

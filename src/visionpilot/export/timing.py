@@ -164,9 +164,12 @@ def time_interleaved(runs: Sequence[Callable[[], Any]], iters: int) -> list[list
     return call_interleaved([_timed(run) for run in runs], iters)
 
 
+def time_call(run: Callable[[], Any]) -> float:
+    """Seconds one call of ``run`` takes."""
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
 def _timed(run: Callable[[], Any]) -> Callable[[], float]:
-    def call() -> float:
-        t0 = time.perf_counter()
-        run()
-        return time.perf_counter() - t0
-    return call
+    return lambda: time_call(run)

@@ -123,14 +123,8 @@ class LanesBEVHead(nn.Module):
             seg: (B, T, X, Y) {0, 1}; pos: (B, S, X) column index, Y = absent; exist: (B, S) {0, 1};
             type: (B, S) lane type, -1 for empty slots; z: (B, S, X) metres (meaningful where pos < Y).
         """
-        pts = batch["lanes_3d"].float()  # (B, L, P, 3)
-        pvalid = batch["lanes_3d_valid"].bool()  # (B, L, P)
-        types = batch["lanes_3d_types"].long()  # (B, L)
-        if pts.shape[2] < 2:  # a batch without lanes is padded to P = 1: add an invalid point so segments exist
-            pts = F.pad(pts, (0, 0, 0, 1))
-            pvalid = F.pad(pvalid, (0, 1))
-        lane_ok = (types >= 0) & (types < self.num_types) & batch["has_lanes_3d"].bool()[:, None]  # (B, L)
-        seg_ok = pvalid[:, :, :-1] & pvalid[:, :, 1:] & lane_ok[..., None]  # (B, L, P - 1) real segments
+        pts, seg_ok, types = lane_segments(batch["lanes_3d"], batch["lanes_3d_valid"], batch["lanes_3d_types"],
+                                           self.num_types, batch["has_lanes_3d"])
         seg = rasterize_lines(pts, seg_ok, types, self.grid, self.num_types, self.line_width)
         y_row, z_row, col, present = row_crossings(pts, seg_ok, self.grid)
         slot = assign_slots(y_row, present, self.x_centers, self.num_slots)  # (B, L), -1 = no slot
@@ -207,6 +201,29 @@ class LanesBEVHead(nn.Module):
             "types": outputs["type"].argmax(dim=-1),
             "seg_prob": torch.sigmoid(outputs["seg"]),
         }
+
+
+def lane_segments(lanes: Tensor, valid: Tensor, types: Tensor, num_types: int, has: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch contract's padded 3D lanes as drawable segments (for :func:`rasterize_lines`, :func:`row_crossings`).
+
+    Args:
+        lanes: (B, L, P, >=2) ego-frame polylines; valid: (B, L, P) real points; types: (B, L) (-1 padding);
+        has: optional (B,) frames whose lanes are labelled.
+
+    Returns:
+        ``pts`` (B, L, P', D) float, ``seg_ok`` (B, L, P' - 1) segments between two real points of a labelled lane
+        of a known type, ``types`` (B, L) int64. A batch without lanes is padded to P = 1; P' adds an invalid point
+        so that the segment dimension exists.
+    """
+    pts, pvalid, types = lanes.float(), valid.bool(), types.long()
+    if pts.shape[2] < 2:
+        pts = F.pad(pts, (0, 0, 0, 1))
+        pvalid = F.pad(pvalid, (0, 1))
+    lane_ok = (types >= 0) & (types < num_types)  # (B, L)
+    if has is not None:
+        lane_ok = lane_ok & has.bool().to(lane_ok.device)[:, None]
+    return pts, pvalid[:, :, :-1] & pvalid[:, :, 1:] & lane_ok[..., None], types
 
 
 def rasterize_lines(pts: Tensor, seg_ok: Tensor, types: Tensor, grid: BEVGrid, num_types: int,
