@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 
-from visionpilot.viz.draw import draw_boxes_2d
+from visionpilot.viz.draw import camera_grid, draw_boxes_2d, outlined_text
 
 
 def test_dashed_boxes_are_clipped_to_the_image() -> None:
@@ -26,3 +27,21 @@ def test_solid_boxes_draw_where_they_are() -> None:
     image = np.zeros((32, 32, 3), np.uint8)
     draw_boxes_2d(image, np.array([[4.5, 4.5, 20.5, 20.5]]), np.array([0]))
     assert image[4, 4:20].any() and image[12, 12].sum() == 0
+
+
+def test_camera_names_are_outlined_without_a_trailing_shadow() -> None:
+    # OpenCV 5 widens the glyph advance with the stroke: a thick dark copy under a thin white name ran past it
+    # (a dark extra letter after every camera name). The outline must end where the name ends, plus its 1 px.
+    grid = camera_grid([np.full((40, 200, 3), 128, np.uint8)], ["CAM_FRONT_LEFT"])
+    width = cv2.getTextSize("CAM_FRONT_LEFT", cv2.FONT_HERSHEY_SIMPLEX, 0.42, 1)[0][0]
+    changed = np.nonzero((grid != 128).any(axis=(0, 2)))[0]
+    assert changed.min() >= 5 - 2 and changed.max() <= 5 + width + 1
+    dark, light = (grid < 100).all(-1), (grid > 200).all(-1)
+    assert dark.any() and light.any()  # a white name on a dark ring
+
+
+def test_outlined_text_clips_at_the_image_border() -> None:
+    image = np.zeros((20, 30, 3), np.uint8)
+    outlined_text(image, "edge", (-8, 4), 0.42)  # starts left of and above the image
+    outlined_text(image, "gone", (100, 100), 0.42)  # wholly outside: nothing drawn, no error
+    assert image.any() and image[15:].sum() == 0

@@ -160,9 +160,31 @@ def camera_grid(tiles: Sequence[np.ndarray], names: Sequence[str], columns: int 
     for i, (tile, name) in enumerate(zip(tiles, names)):
         r, c = divmod(i, cols)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
-        cv2.putText(grid, name, (c * w + 5, r * h + 14), _FONT, 0.42, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(grid, name, (c * w + 5, r * h + 14), _FONT, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+        outlined_text(grid, name, (c * w + 5, r * h + 14), 0.42)
     return grid
+
+
+def outlined_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float,
+                  color: tuple[int, int, int] = (255, 255, 255), outline: tuple[int, int, int] = (0, 0, 0)) -> None:
+    """Write ``text`` in ``color`` with a 1-px ``outline``, readable on any image, in place.
+
+    The outline is the text's own mask dilated by one pixel, not the text drawn again thicker: from OpenCV 5 a
+    thicker stroke also widens the glyphs' advance, so a thick dark copy under a thin light one drifts to the right
+    along the string (a dark trailing letter on every camera name).
+    """
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+    x0, y0 = max(org[0] - 2, 0), max(org[1] - th - 2, 0)  # the text's box and the outline's pixel, clipped
+    x1, y1 = min(org[0] + tw + 2, image.shape[1]), min(org[1] + base + 2, image.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return
+    roi = image[y0:y1, x0:x1]
+    mask = np.zeros(roi.shape[:2], np.uint8)
+    cv2.putText(mask, text, (org[0] - x0, org[1] - y0), _FONT, scale, 255, 1, cv2.LINE_AA)
+    text_a = (mask.astype(np.float32) / 255.0)[..., None]
+    ring_a = (cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(np.float32) / 255.0)[..., None]
+    out = roi.astype(np.float32) * (1 - ring_a) + np.float32(outline) * ring_a
+    out = out * (1 - text_a) + np.float32(color) * text_a
+    roi[...] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def legend(width: int) -> np.ndarray:
