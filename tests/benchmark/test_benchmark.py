@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,7 @@ from visionpilot.export.benchmark import (
     Target,
     WorkerError,
     benchmark,
+    contention_note,
     detect_precision,
     measure,
     model_specs,
@@ -29,6 +31,7 @@ from visionpilot.export.benchmark import (
 )
 from visionpilot.export.onnx_export import export_onnx, save_onnx_atomic, set_metadata
 from visionpilot.export.scaling import linear_fit
+from visionpilot.export.timing import OthersCpu
 from visionpilot.paths import config_dir
 from visionpilot.training.finetune import write_checkpoint
 
@@ -99,6 +102,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
         assert isinstance(r["batch"], int) and isinstance(r["cameras"], int) and isinstance(r["height"], int)
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["fps"] > 0 and r["size_mb"] > 0
         assert r["per_camera_ms"] == pytest.approx(r["p50_ms"] / r["cameras"])
+        assert r["others_cores"] is None or r["others_cores"] >= 0  # what other processes used meanwhile
     first = {r["model"]: r for r in rows if r["batch"] == 1}
     assert (first["pytorch"]["cameras"], first["pytorch"]["height"], first["pytorch"]["width"]) == (1, 64, 176)
     assert (first["det"]["cameras"], first["det"]["height"], first["det"]["width"]) == (1, 32, 48)
@@ -113,6 +117,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
     assert table[0].startswith("| model | backend | precision | status | MB | lane_f1 | p50 ms")
     assert sorted(line.split(" | ")[0][2:] for line in table[1:] if "ok" in line.split(" | ")) == [
         "det", "onnx-fp32", "pytorch"]
+    assert "Other processes while timing" in md or "**Contended:**" in md
     # Scaling: both sweeps, their fits and the plot.
     sc = data["scaling"]
     assert sc["status"] == "ok" and sc["model"] == "pytorch" and sc["backend"] == "onnxruntime-cpu"
@@ -235,3 +240,38 @@ def test_worker_timeout_must_be_positive_seconds_or_null(tmp_path: Path) -> None
     for bad in ("-5", "soon"):
         with pytest.raises(ValueError, match=rf"field 'worker_timeout_s': expected seconds > 0, or null .*{bad}"):
             benchmark(_cfg(tmp_path, "models=[x.onnx]", f"worker_timeout_s={bad}"))
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc")
+def test_others_cpu_counts_other_processes_not_our_own() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        others = OthersCpu([os.getpid()])
+        others.start()
+        subprocess.run(["sleep", "1.5"], check=True)  # a process of its own that sleeps: we idle meanwhile
+        others.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert others.cores is not None and others.cores >= 0.6  # the busy loop holds one core
+
+    ours = OthersCpu([os.getpid()])
+    ours.start()
+    deadline = time.perf_counter() + 1.0
+    while time.perf_counter() < deadline:  # this process busy: its own ticks are not someone else's
+        pass
+    ours.stop()
+    assert ours.cores is not None and ours.cores < 0.6
+
+
+def test_contention_is_reported_under_the_table() -> None:
+    def row(model: str, others: float | None) -> dict:
+        return {"model": model, "backend": "torch-eager", "precision": "fp32", "batch": 1, "others_cores": others}
+
+    quiet = contention_note([row("a", 0.03), row("b", 0.08)], cores=2, threads=2)
+    assert quiet == ["Other processes while timing: at most 0.08 cores busy (0 left free): uncontended."]
+    hit = contention_note([row("a", 0.03), row("b", 0.8)], cores=2, threads=2)
+    assert hit[0].startswith("**Contended:**") and "b (torch-eager, fp32, batch 1: 0.80)" in hit[0] and "a (" not in hit[0]
+    # Cores the benchmark does not use may be busy: 8 cores, 2 threads, 5 cores busy elsewhere is not contention.
+    assert "uncontended" in contention_note([row("a", 5.0)], cores=8, threads=2)[0]
+    assert contention_note([row("a", None)], cores=2, threads=2) == []  # off Linux: nothing to say

@@ -20,7 +20,11 @@ for an external ONNX file (another detector, to compare with) random inputs of t
   up to 2x faster than it is; a worker that does not answer within ``worker_timeout_s`` is killed, and a model
   that fails anywhere (loading, a batch size, mid-timing) keeps a row with the error as its status;
 - warm-up runs first; then ``iters`` timed calls per row, interleaved round-robin across the models (rotating
-  the order every round) so that load from other jobs on a shared machine hits every backend alike;
+  the order every round) so that a change in outside load falls on every backend's calls alike. It does not hurt
+  them alike: eager PyTorch's OpenMP threads meet at a barrier after every operator, and with a busy loop on one
+  of two cores the demo model ran 5.7x slower in eager PyTorch and 1.6x slower in onnxruntime. So each row
+  records how many cores other processes kept busy during its calls (``others_cores``, hypervisor steal
+  included: :class:`~visionpilot.export.timing.OthersCpu`), and ``benchmark.md`` says when that contended a row;
 - torch and onnxruntime get the same intra-op thread count (``threads``; recorded), onnxruntime one inter-op
   thread, ``ORT_ENABLE_ALL`` graph optimisation and no spin-waiting (``ort_spinning=false``: each session has its
   own thread pool, and an idle pool that spins takes a core from the model timed next — on 2 cores it made eager
@@ -56,6 +60,7 @@ from torch import Tensor, nn
 
 from visionpilot.export.onnx_export import example_inputs, read_metadata
 from visionpilot.export.timing import (
+    OthersCpu,
     PeakMemory,
     available_cores,
     call_interleaved,
@@ -482,7 +487,9 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
             log.info("timing batch %d: %d calls of %d models%s", batch, n, len(active),
                      " (interleaved)" * interleave)
             order = list(active)
-            calls = [_guarded(targets[i], active[i]) for i in order]
+            ours = [os.getpid()] + [r.process.pid for r in runners.values() if isinstance(r, ProcessRunner)]
+            others = {i: OthersCpu(ours) for i in order}
+            calls = [_watched(_guarded(targets[i], active[i]), others[i]) for i in order]
             if interleave:
                 times = dict(zip(order, call_interleaved(calls, n)))
             else:
@@ -495,6 +502,8 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
                 if i in times and t.status == "ok":
                     stats = summarise(times[i], row["batch"])
                     row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras, 1))
+                    cores = others[i].cores
+                    row["others_cores"] = None if cores is None else round(cores, 2)
                 rows.append(row)
             for i, runner in active.items():
                 if targets[i].status == "ok":
@@ -503,6 +512,18 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
     finally:
         for runner in runners.values():
             runner.close()
+
+
+def _watched(call: Callable[[], float], others: OthersCpu) -> Callable[[], float]:
+    """``call``, with what other processes used meanwhile added up in ``others`` (read between the calls, outside
+    the timed region)."""
+    def run() -> float:
+        others.start()
+        try:
+            return call()
+        finally:
+            others.stop()
+    return run
 
 
 def _guarded(target: Target, runner: LocalRunner | ProcessRunner) -> Callable[[], float]:
@@ -703,6 +724,26 @@ def _f(value: Any, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def contention_note(rows: Sequence[Mapping[str, Any]], cores: int, threads: int) -> list[str]:
+    """The lines under the table on what other processes used while the rows were timed: a warning naming the
+    contended rows when they took more than the cores the benchmark left free (``cores - threads``, + 0.1 for
+    the odd daemon), else one line saying the machine was quiet."""
+    seen = [r for r in rows if r.get("others_cores") is not None]
+    if not seen:
+        return []
+    free = max(cores - threads, 0)
+    hit = [r for r in seen if r["others_cores"] > free + 0.1]
+    if not hit:
+        return [f"Other processes while timing: at most {max(r['others_cores'] for r in seen):.2f} cores busy "
+                f"({free} left free): uncontended."]
+    names = ", ".join(f"{r['model']} ({r['backend']}, {r['precision']}, batch {r['batch']}: "
+                      f"{r['others_cores']:.2f})" for r in hit)
+    return [f"**Contended:** other processes kept cores busy (hypervisor steal included) beyond the {free} this "
+            f"benchmark left free while these rows were timed: {names}. Their times are too slow, eager PyTorch's "
+            f"most (its threads wait for each other at every operator); rerun on a quiet machine or with fewer "
+            f"'threads'."]
+
+
 def format_markdown(report: Mapping[str, Any]) -> str:
     """``benchmark.md``: the machine, one table row per model x backend x precision (batch-1 latency and the
     frames/s of every batch), the ratio to the first row that ran, and the scaling tables."""
@@ -742,6 +783,7 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     if reference:
         lines.append(f"\n'vs first': p50 / p50 of {reference['model']} ({reference['backend']}, "
                      f"{reference['precision']}); 'peak MB': {m['memory_method']}")
+    lines += contention_note(rows, m["cores_available"], s["threads"])
     sc = report.get("scaling")
     if sc and sc.get("status") == "ok":
         from visionpilot.export.scaling import scaling_markdown

@@ -173,3 +173,65 @@ def time_call(run: Callable[[], Any]) -> float:
 
 def _timed(run: Callable[[], Any]) -> Callable[[], float]:
     return lambda: time_call(run)
+
+
+# --- other processes ---------------------------------------------------------------------------------------------
+
+def _busy_ticks() -> int | None:
+    """CPU ticks the whole machine spent busy since boot: user, nice, system, irq, softirq and steal (time a
+    hypervisor gave this machine's virtual CPUs to other guests); idle and iowait are not busy."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError):
+        return None
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_ticks(pid: int) -> int:
+    """CPU ticks (user + system, all threads) process ``pid`` has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+
+
+class OthersCpu:
+    """How many cores processes other than ``pids`` kept busy, averaged over the stretches between :meth:`start`
+    and :meth:`stop` (Linux ``/proc``; ``cores`` is None elsewhere).
+
+    Why: a timing is only as good as the machine was quiet. Eager PyTorch suffers most: with a busy loop on one of
+    two cores, its demo-model latency went from 39 to 222 ms while onnxruntime's went from 35 to 56 ms
+    (docs/benchmarks.md), so a contended run changes the ratios the benchmark exists to give. The load average is
+    a minute-long mean that counts the benchmark's own threads; this counts only the others, while each model ran.
+    Ticks are 10 ms, so single short calls are coarse, but many of them average out.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self.ticks = 0
+        self.seconds = 0.0
+        self.ok = _busy_ticks() is not None
+        self._start: tuple[int, int, float] | None = None
+
+    def _own(self) -> int:
+        return sum(_process_ticks(pid) for pid in self.pids)
+
+    def start(self) -> None:
+        if self.ok:
+            self._start = (_busy_ticks() or 0, self._own(), time.perf_counter())
+
+    def stop(self) -> None:
+        if self._start is None:
+            return
+        busy, own, t0 = self._start
+        self.ticks += max((_busy_ticks() or 0) - busy - (self._own() - own), 0)
+        self.seconds += time.perf_counter() - t0
+        self._start = None
+
+    @property
+    def cores(self) -> float | None:
+        if not self.ok or self.seconds <= 0:
+            return None
+        return self.ticks / os.sysconf("SC_CLK_TCK") / self.seconds
