@@ -1,0 +1,207 @@
+"""Where a trained model's 2D lanes and 2D boxes go wrong: the error analysis behind docs/benchmarks.md.
+
+    python benchmarks/error_analysis.py runs/demo/checkpoints/last.ckpt [--regions cn de gb in sg us] [--split val]
+
+Runs the checkpoint over the split of the regions (its own data config, as ``visionpilot-eval`` does) and prints:
+
+- 2D lanes, with the evaluator's own pieces (slot assignment, CULane IoU of lanes drawn 30 px wide at 1640 x 590
+  scaled to the image, Hungarian matching at IoU 0.5): F1 at existence thresholds 0.3-0.7 (flat: existence is
+  not the problem; rising or falling: it is), the IoU of the matched pairs, the best IoU every ground-truth line
+  gets from any slot whatever its existence (a line found but 1-2 px off scores 0.3-0.5), F1 per camera and
+  recall per slot (slots are ordered left to right);
+- 2D boxes (COCO through torchmetrics, as the evaluator): AP@0.5 and recall per class, AP@0.5 by ground-truth
+  height, and for boxes at least 16 px tall how far the prediction that overlaps each most is off (centre
+  error / size, log size ratio, right class, score).
+
+Labels and predictions are the evaluator's: a model scoring ``val/lane_f1`` 0.556 in training prints F1 0.556 at
+threshold 0.5 here on the same frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+
+from visionpilot.data.vocab import OBJECT_CLASSES
+from visionpilot.evaluation.cross_region import build_eval_datamodule, build_evaluator, torch_decoder
+from visionpilot.evaluation.evaluator import CULANE_SLOTS
+from visionpilot.evaluation.lane_2d import lane_iou_matrix, match_lanes
+from visionpilot.models.heads.lanes_2d import assign_slots
+from visionpilot.training.checkpoints import load_checkpoint
+
+
+def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> str:
+    return " / ".join(f"{v:.2f}" for v in np.quantile(values, qs)) + "  (10/25/50/75/90 %)"
+
+
+def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list]:
+    """Per lane image: (exist probs, predicted lanes, GT lanes, slots of the GT, camera); per box image: preds, GT."""
+    loaded = load_checkpoint(ckpt)
+    dm = build_eval_datamodule(loaded, regions)
+    dm.setup("validate")  # both splits, as visionpilot-eval sets them up
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    ev = build_evaluator(loaded, regions, loaded.image_size, loaded.camera_names)  # training's lane settings
+    decode = torch_decoder(loaded.net)
+    lane_images, box_preds, box_gts = [], [], []
+    for batch in loader:
+        d = decode(batch)
+        if "lanes_2d.points" in d:
+            height = batch["images"].shape[-2]
+            rows = torch.linspace(ev.lane_rows[0], ev.lane_rows[1], 64) * height
+            gt = assign_slots({**batch, "lanes_2d_camera_mask": ev.lanes_camera_mask(batch)}, rows, CULANE_SLOTS)
+            points, pvalid = d["lanes_2d.points"].float().numpy(), d["lanes_2d.points_valid"].numpy()
+            exist = d["lanes_2d.exist"].float().numpy()
+            lanes, valid = batch["lanes_2d"].numpy(), batch["lanes_2d_valid"].numpy()
+            for b, n in zip(*np.nonzero(gt["image_mask"].numpy())):
+                slots = [s for s in range(exist.shape[-1]) if pvalid[b, n, s].sum() >= 2]
+                lane_images.append({
+                    "exist": exist[b, n, slots], "preds": [points[b, n, s][pvalid[b, n, s]] for s in slots],
+                    "gts": [lanes[b, n, i][valid[b, n, i]] for i in gt["lane_index"][b, n].tolist() if i >= 0],
+                    "gt_slots": [s for s, i in enumerate(gt["lane_index"][b, n].tolist()) if i >= 0],
+                    "camera": loaded.camera_names[n]})
+        if "objects_2d.boxes" in d:
+            image_mask = batch["has_boxes_2d"][:, None] & batch["camera_mask"]
+            for b, n in zip(*torch.nonzero(image_mask, as_tuple=True)):
+                keep = d["objects_2d.classes"][b, n] >= 0
+                box_preds.append({"boxes": d["objects_2d.boxes"][b, n][keep].float(),
+                                  "scores": d["objects_2d.scores"][b, n][keep].float(),
+                                  "labels": d["objects_2d.classes"][b, n][keep].long()})
+                gm = batch["boxes_2d_mask"][b, n]
+                box_gts.append({"boxes": batch["boxes_2d"][b, n][gm].float(),
+                                "labels": batch["boxes_2d_classes"][b, n][gm].long()})
+    return lane_images, box_preds, box_gts, [loaded.image_size]
+
+
+def lanes_report(images: list[dict], image_size: tuple[int, int]) -> dict[str, float]:
+    """Print the lane analysis; return the F1 at each existence threshold (``f1@0.5`` is the evaluator's lane F1)."""
+    out = {}
+    for img in images:
+        img["iou"] = lane_iou_matrix(img["preds"], img["gts"], image_size)  # (preds, gts)
+    n_gt = sum(len(img["gts"]) for img in images)
+    print(f"\n2D lanes: {len(images)} lane-camera images, {n_gt} ground-truth lines")
+
+    def f1(images: list[dict], threshold: float) -> tuple[int, int, int]:
+        tp = fp = fn = 0
+        for img in images:
+            t, f, n = match_lanes(img["iou"][img["exist"] >= threshold], 0.5)
+            tp, fp, fn = tp + t, fp + f, fn + n
+        return tp, fp, fn
+
+    for th in (0.3, 0.4, 0.5, 0.6, 0.7):
+        tp, fp, fn = f1(images, th)
+        out[f"f1@{th}"] = 2 * tp / max(2 * tp + fp + fn, 1)
+        print(f"  existence >= {th}: precision {tp / max(tp + fp, 1):.3f} recall {tp / max(tp + fn, 1):.3f} "
+              f"F1 {2 * tp / max(2 * tp + fp + fn, 1):.3f}")
+    matched, best = [], []
+    for img in images:
+        iou = img["iou"][img["exist"] >= 0.5]
+        if iou.size:
+            r, c = linear_sum_assignment(iou, maximize=True)
+            matched += iou[r, c].tolist()
+        best += img["iou"].max(0).tolist() if img["iou"].shape[0] else [0.0] * len(img["gts"])
+    matched, best = np.asarray(matched), np.asarray(best)
+    print(f"  Hungarian-matched pairs (existence >= 0.5): {len(matched)}, IoU <= 0.5: {(matched <= 0.5).sum()}")
+    if not len(best):
+        return out
+    print(f"  best IoU of each GT line over all slots: > 0.5 {np.mean(best > 0.5):.3f}, 0.3-0.5 "
+          f"{np.mean((best > 0.3) & (best <= 0.5)):.3f}, <= 0.3 {np.mean(best <= 0.3):.3f}")
+    per_camera: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    per_slot: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for img in images:
+        keep = img["exist"] >= 0.5
+        counts = per_camera[img["camera"]]
+        for k, v in enumerate(match_lanes(img["iou"][keep], 0.5)):
+            counts[k] += v
+        for j, slot in enumerate(img["gt_slots"]):
+            col = img["iou"][keep][:, j] if keep.any() else np.zeros(0)
+            per_slot[slot][0] += int(col.size > 0 and col.max() > 0.5)
+            per_slot[slot][1] += 1
+    for cam, (tp, fp, fn) in per_camera.items():
+        print(f"  {cam}: F1 {2 * tp / max(2 * tp + fp + fn, 1):.3f} ({tp} TP, {fp} FP, {fn} FN)")
+    print("  recall per GT slot (left to right): "
+          + ", ".join(f"{s}: {a / b:.2f} of {b}" for s, (a, b) in sorted(per_slot.items())))
+    return out
+
+
+def boxes_report(preds: list[dict], gts: list[dict]) -> dict[str, float]:
+    """Print the box analysis; return ``map50`` and ``map`` (the evaluator's ``det_map50`` and ``det_map``)."""
+    boxes = torch.cat([t["boxes"] for t in gts])
+    labels = torch.cat([t["labels"] for t in gts])
+    h = boxes[:, 3] - boxes[:, 1]
+    print(f"\n2D boxes: {len(preds)} camera images, {len(boxes)} ground-truth boxes; height px {quantiles(h.numpy())}")
+    coco = MeanAveragePrecision(box_format="xyxy", class_metrics=True, extended_summary=True,
+                                backend="faster_coco_eval")
+    coco.update(preds, gts)
+    r = coco.compute()
+    print(f"  mAP@0.5 {float(r['map_50']):.3f}  mAP {float(r['map']):.3f}  AR@100 {float(r['mar_100']):.3f}")
+    for i, c in enumerate(r["classes"].tolist()):
+        curve = r["precision"][0, :, i, 0, -1]
+        curve = curve[curve > -1]
+        n = int((labels == c).sum())
+        print(f"  {OBJECT_CLASSES[c]:13s} {n:5d} boxes (median height {h[labels == c].median():.0f} px): AP@0.5 "
+              f"{float(curve.mean()) if len(curve) else -1:.3f}, recall@0.5 {float(r['recall'][0, i, 0, -1]):.3f}")
+    for lo, hi in ((0, 8), (8, 16), (16, 32), (32, 10_000)):
+        # Ground truth of one height band; predictions outside a generous band around it are left out, so a
+        # band's AP is not charged with the other bands' boxes (an approximation of COCO's area ranges, by height).
+        band = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5], backend="faster_coco_eval")
+        pp, tt = [], []
+        for p, t in zip(preds, gts):
+            th, ph = t["boxes"][:, 3] - t["boxes"][:, 1], p["boxes"][:, 3] - p["boxes"][:, 1]
+            tt.append({k: v[(th >= lo) & (th < hi)] for k, v in t.items()})
+            pp.append({k: v[(ph >= 0.7 * lo) & (ph < 1.4 * hi)] for k, v in p.items()})
+        band.update(pp, tt)
+        rb = band.compute()
+        print(f"  GT height {lo}-{hi if hi < 10_000 else 'inf'} px: {sum(len(t['labels']) for t in tt)} boxes, "
+              f"AP@0.5 {float(rb['map']):.3f}, recall {float(rb['mar_100']):.3f}")
+    errors = []
+    for p, t in zip(preds, gts):
+        if not len(t["labels"]) or not len(p["labels"]):
+            continue
+        iou = box_iou(t["boxes"], p["boxes"])  # (G, P)
+        for j in torch.nonzero(t["boxes"][:, 3] - t["boxes"][:, 1] >= 16).flatten().tolist():
+            k = int(iou[j].argmax())
+            g, q = t["boxes"][j], p["boxes"][k]
+            size_g, size_q = g[2:] - g[:2], (q[2:] - q[:2]).clamp(min=1e-3)
+            centre = ((q[:2] + q[2:]) / 2 - (g[:2] + g[2:]) / 2) / size_g
+            errors.append((float(iou[j, k]), float(centre.abs().max()), float(torch.log(size_q / size_g).abs().max()),
+                           float(p["labels"][k] == t["labels"][j]), float(p["scores"][k])))
+    e = np.asarray(errors)
+    out = {"map50": float(r["map_50"]), "map": float(r["map"])}
+    if not len(e):
+        return out
+    print(f"  boxes >= 16 px tall ({len(e)}), the prediction overlapping each most:")
+    print(f"    IoU {quantiles(e[:, 0])}\n    centre error / size {quantiles(e[:, 1])}")
+    print(f"    |log size ratio| {quantiles(e[:, 2])}\n    score {quantiles(e[:, 4])}")
+    print(f"    right class {e[:, 3].mean():.3f}")
+    return out
+
+
+def analyse(ckpt: str, regions: list[str], split: str = "val") -> dict[str, float]:
+    """Print both analyses; return their headline figures (for checking them against ``visionpilot-eval``)."""
+    lane_images, box_preds, box_gts, (image_size,) = collect(ckpt, regions, split)
+    out = {}
+    if lane_images:
+        out.update(lanes_report(lane_images, tuple(image_size)))
+    if box_preds:
+        out.update(boxes_report(box_preds, box_gts))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt", help="a visionpilot checkpoint (.ckpt)")
+    parser.add_argument("--regions", nargs="+", default=["cn", "de", "gb", "in", "sg", "us"])
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    analyse(args.ckpt, args.regions, args.split)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""benchmarks/error_analysis.py: it runs on a checkpoint and its headline figures are visionpilot-eval's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from visionpilot.cli.eval import run
+from visionpilot.evaluation import cross_region
+from visionpilot.paths import config_dir
+from visionpilot.training.finetune import write_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SMALL = ["rig=front1", "data.image_size=[64,176]", "data.source.scenes_per_region=4",
+         "data.source.frames_per_scene=3", "data.num_workers=0", "data.persistent_workers=false", "data.batch_size=2",
+         "data.regions=[us]"]
+
+
+def _near_ground_truth(net: torch.nn.Module):
+    """A decoder answering with the batch's own labels, every other one moved: figures strictly between 0 and 1
+    (a random-init network scores 0 everywhere, which any two implementations agree on)."""
+    def decode(batch: dict) -> dict:
+        g = torch.Generator().manual_seed(int(batch["images"].float().sum()) % 1000)
+        lanes, valid = batch["lanes_2d"].float(), batch["lanes_2d_valid"]
+        shift = torch.zeros_like(lanes)
+        shift[:, :, 1::2, :, 0] = 6.0  # every other lane 6 px aside: CULane width at 176 px is ~3 px, no overlap
+        exist = torch.full(valid.shape[:3], 0.9)
+        exist[:, :, 1::2] = 0.35  # ... and less sure of: dropped at existence 0.5, false positives at 0.3
+        boxes, mask = batch["boxes_2d"].float(), batch["boxes_2d_mask"]
+        jitter = (torch.rand(boxes.shape, generator=g) - 0.5) * 1.2 * (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 1, 2)
+        return {"lanes_2d.points": lanes + shift, "lanes_2d.points_valid": valid,
+                "lanes_2d.exist": valid.any(-1).float() * exist, "lanes_2d.types": torch.zeros(valid.shape[:3]).long(),
+                "objects_2d.boxes": boxes + jitter, "objects_2d.scores": torch.rand(mask.shape, generator=g),
+                "objects_2d.classes": torch.where(mask, batch["boxes_2d_classes"], -1)}
+    return decode
+
+
+def test_error_analysis_reports_the_evaluators_figures(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path / 'run'}", *SMALL])
+        eval_cfg = compose("eval", overrides=[f"paths.output_dir={tmp_path / 'eval'}", "data.num_workers=0",
+                                              "data.batch_size=2", f"models={{m: '{tmp_path / 'm.ckpt'}'}}",
+                                              "regions=[us]", "split=val"])
+    torch.manual_seed(0)
+    net = hydra.utils.instantiate(cfg.model.net)
+    ckpt = write_checkpoint(tmp_path / "m.ckpt", net, cfg, {"camera_names": ["CAM_FRONT"], "image_size": [64, 176],
+                                                            "regions": ["us"]})
+    monkeypatch.setattr(cross_region, "torch_decoder", _near_ground_truth)  # for visionpilot-eval and the script
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "error_analysis.py"
+    spec = importlib.util.spec_from_file_location("error_analysis", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.analyse(str(ckpt), ["us"], "val")
+    printed = capsys.readouterr().out
+    assert "2D lanes:" in printed and "2D boxes:" in printed and "existence >= 0.5" in printed
+
+    run(eval_cfg)
+    overall = json.loads((tmp_path / "eval" / "eval.json").read_text())["overall"]["m"]
+    assert 0.2 < figures["f1@0.5"] < 0.9 and 0.2 < figures["map50"] < 0.99, figures
+    assert figures["f1@0.5"] == pytest.approx(overall["lane_f1"], abs=1e-6)
+    assert figures["map50"] == pytest.approx(overall["det_map50"], abs=1e-6)
+    assert figures["map"] == pytest.approx(overall["det_map"], abs=1e-6)
+    assert figures["f1@0.3"] < figures["f1@0.5"] == figures["f1@0.7"]  # the thresholds are applied
