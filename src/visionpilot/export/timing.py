@@ -213,20 +213,19 @@ class OthersCpu:
         self.ticks = 0
         self.seconds = 0.0
         self.ok = _busy_ticks() is not None
-        self._start: tuple[int, int, float] | None = None
-
-    def _own(self) -> int:
-        return sum(_process_ticks(pid) for pid in self.pids)
+        self._start: tuple[int, list[int], float] | None = None
 
     def start(self) -> None:
         if self.ok:
-            self._start = (_busy_ticks() or 0, self._own(), time.perf_counter())
+            self._start = (_busy_ticks() or 0, [_process_ticks(p) for p in self.pids], time.perf_counter())
 
     def stop(self) -> None:
         if self._start is None:
             return
         busy, own, t0 = self._start
-        self.ticks += max((_busy_ticks() or 0) - busy - (self._own() - own), 0)
+        # Per process and never negative: a worker killed meanwhile reads 0 and must not count as others' time.
+        ours = sum(max(_process_ticks(p) - before, 0) for p, before in zip(self.pids, own))
+        self.ticks += max((_busy_ticks() or 0) - busy - ours, 0)
         self.seconds += time.perf_counter() - t0
         self._start = None
 
