@@ -4,14 +4,14 @@
 
 Runs the checkpoint over the split of the regions (its own data config, as ``visionpilot-eval`` does) and prints:
 
-- 2D lanes, with the evaluator's own pieces (slot assignment, CULane IoU of lanes drawn 30 px wide at 1640 x 590
-  scaled to the image, Hungarian matching at IoU 0.5): F1 at existence thresholds 0.3-0.7 (flat: existence is
-  not the problem; rising or falling: it is), the IoU of the matched pairs, the best IoU every ground-truth line
-  gets from any slot whatever its existence (a line found but 1-2 px off scores 0.3-0.5), F1 per camera and
-  recall per slot (slots are ordered left to right);
-- 2D boxes (COCO through torchmetrics, as the evaluator): AP@0.5 and recall per class, AP@0.5 by ground-truth
-  height, and for boxes at least 16 px tall how far the prediction that overlaps each most is off (centre
-  error / size, log size ratio, right class, score).
+- 2D lanes, from the evaluator's own per-image lists (``PerceptionEvaluator.lane_images``: slot assignment;
+  then CULane IoU of lanes drawn 30 px wide at 1640 x 590 scaled to the image, Hungarian matching at IoU 0.5):
+  F1 at existence thresholds 0.3-0.7 (flat: existence is not the problem; rising or falling: it is), the IoU of
+  the matched pairs, the best IoU every ground-truth line gets from any slot whatever its existence (a line found
+  but 1-2 px off scores 0.3-0.5), F1 per camera and recall per slot (slots are ordered left to right);
+- 2D boxes (``PerceptionEvaluator.box_images``; COCO through torchmetrics, as the evaluator): AP@0.5 and recall
+  per class, AP@0.5 by ground-truth height, and for boxes at least 16 px tall how far the prediction that overlaps
+  each most is off (centre error / size, log size ratio, right class, score).
 
 Labels and predictions are the evaluator's: a model scoring ``val/lane_f1`` 0.556 in training prints F1 0.556 at
 threshold 0.5 here on the same frames.
@@ -30,9 +30,7 @@ from torchvision.ops import box_iou
 
 from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.evaluation.cross_region import build_eval_datamodule, build_evaluator, torch_decoder
-from visionpilot.evaluation.evaluator import CULANE_SLOTS
 from visionpilot.evaluation.lane_2d import lane_iou_matrix, match_lanes
-from visionpilot.models.heads.lanes_2d import assign_slots
 from visionpilot.training.checkpoints import load_checkpoint
 
 
@@ -41,7 +39,7 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75,
 
 
 def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list]:
-    """Per lane image: (exist probs, predicted lanes, GT lanes, slots of the GT, camera); per box image: preds, GT."""
+    """The evaluator's lane images (plus their camera name), box predictions and box ground truth; the image size."""
     loaded = load_checkpoint(ckpt)
     dm = build_eval_datamodule(loaded, regions)
     dm.setup("validate")  # both splits, as visionpilot-eval sets them up
@@ -52,29 +50,11 @@ def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list
     for batch in loader:
         d = decode(batch)
         if "lanes_2d.points" in d:
-            height = batch["images"].shape[-2]
-            rows = torch.linspace(ev.lane_rows[0], ev.lane_rows[1], 64) * height
-            gt = assign_slots({**batch, "lanes_2d_camera_mask": ev.lanes_camera_mask(batch)}, rows, CULANE_SLOTS)
-            points, pvalid = d["lanes_2d.points"].float().numpy(), d["lanes_2d.points_valid"].numpy()
-            exist = d["lanes_2d.exist"].float().numpy()
-            lanes, valid = batch["lanes_2d"].numpy(), batch["lanes_2d_valid"].numpy()
-            for b, n in zip(*np.nonzero(gt["image_mask"].numpy())):
-                slots = [s for s in range(exist.shape[-1]) if pvalid[b, n, s].sum() >= 2]
-                lane_images.append({
-                    "exist": exist[b, n, slots], "preds": [points[b, n, s][pvalid[b, n, s]] for s in slots],
-                    "gts": [lanes[b, n, i][valid[b, n, i]] for i in gt["lane_index"][b, n].tolist() if i >= 0],
-                    "gt_slots": [s for s, i in enumerate(gt["lane_index"][b, n].tolist()) if i >= 0],
-                    "camera": loaded.camera_names[n]})
+            lane_images += [{**img, "camera": loaded.camera_names[img["n"]]} for img in ev.lane_images(batch, d)]
         if "objects_2d.boxes" in d:
-            image_mask = batch["has_boxes_2d"][:, None] & batch["camera_mask"]
-            for b, n in zip(*torch.nonzero(image_mask, as_tuple=True)):
-                keep = d["objects_2d.classes"][b, n] >= 0
-                box_preds.append({"boxes": d["objects_2d.boxes"][b, n][keep].float(),
-                                  "scores": d["objects_2d.scores"][b, n][keep].float(),
-                                  "labels": d["objects_2d.classes"][b, n][keep].long()})
-                gm = batch["boxes_2d_mask"][b, n]
-                box_gts.append({"boxes": batch["boxes_2d"][b, n][gm].float(),
-                                "labels": batch["boxes_2d_classes"][b, n][gm].long()})
+            for img in ev.box_images(batch, d):
+                box_preds.append({"boxes": img["boxes"], "scores": img["scores"], "labels": img["labels"].long()})
+                box_gts.append({"boxes": img["gt_boxes"], "labels": img["gt_labels"].long()})
     return lane_images, box_preds, box_gts, [loaded.image_size]
 
 

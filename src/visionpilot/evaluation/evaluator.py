@@ -110,7 +110,11 @@ class PerceptionEvaluator(nn.Module):
         if "lanes_bev_iou" in self.metrics and "bev.lanes_seg_prob" in decoded:
             self._update_lanes_bev(batch, decoded, regions)
 
-    def _update_lanes(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
+    def lane_images(self, batch: dict[str, Any], decoded: dict[str, Tensor]) -> list[dict[str, Any]]:
+        """The 2D lane task image by image, before any existence threshold: per labelled lane-camera image its
+        batch and camera indices ``b``, ``n``, ``exist`` (K,) and ``preds`` (K lanes of (P, 2) px) for the slots
+        with at least 2 valid points, ``gts`` (the CULane ground-truth lines) and ``gt_slots`` (their slot indices,
+        left to right). ``_update_lanes`` and benchmarks/error_analysis.py read the same lists."""
         from visionpilot.models.heads.lanes_2d import assign_slots
 
         height = batch["images"].shape[-2]
@@ -123,16 +127,28 @@ class PerceptionEvaluator(nn.Module):
         points = decoded["lanes_2d.points"].float().cpu().numpy()  # (B, N, S, R, 2)
         pvalid = decoded["lanes_2d.points_valid"].cpu().numpy()
         exist = decoded["lanes_2d.exist"].float().cpu().numpy()  # (B, N, S)
-        preds, targets, codes = [], [], []
+        images = []
         for b, n in zip(*np.nonzero(image_mask)):
-            preds.append([points[b, n, s][pvalid[b, n, s]] for s in range(exist.shape[-1])
-                          if exist[b, n, s] >= self.lane_threshold and pvalid[b, n, s].sum() >= 2])
-            targets.append([lanes[b, n, i][valid[b, n, i]] for i in lane_index[b, n] if i >= 0])
-            codes.append(regions[b])
-        if codes:
-            self.metrics["lanes_2d"].update(codes, preds, targets)
+            slots = [s for s in range(exist.shape[-1]) if pvalid[b, n, s].sum() >= 2]
+            images.append({"b": int(b), "n": int(n), "exist": exist[b, n, slots],
+                           "preds": [points[b, n, s][pvalid[b, n, s]] for s in slots],
+                           "gts": [lanes[b, n, i][valid[b, n, i]] for i in lane_index[b, n] if i >= 0],
+                           "gt_slots": [s for s, i in enumerate(lane_index[b, n]) if i >= 0]})
+        return images
 
-    def _update_objects(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
+    def _update_lanes(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
+        images = self.lane_images(batch, decoded)
+        if images:
+            self.metrics["lanes_2d"].update(
+                [regions[img["b"]] for img in images],
+                [[p for p, e in zip(img["preds"], img["exist"]) if e >= self.lane_threshold] for img in images],
+                [img["gts"] for img in images])
+
+    @staticmethod
+    def box_images(batch: dict[str, Any], decoded: dict[str, Tensor]) -> list[dict[str, Any]]:
+        """The 2D box task image by image: per labelled camera image its ``b``, ``n``, the predictions
+        (``boxes`` (K, 4) px, ``scores``, ``labels``; the fixed-size top-K's padding dropped) and the ground truth
+        (``gt_boxes``, ``gt_labels``). ``_update_objects`` and benchmarks/error_analysis.py read the same lists."""
         image_mask = (batch["has_boxes_2d"][:, None] & batch["camera_mask"]).cpu().numpy()  # (B, N)
         boxes = decoded["objects_2d.boxes"].float().cpu()
         scores = decoded["objects_2d.scores"].float().cpu()
@@ -140,18 +156,21 @@ class PerceptionEvaluator(nn.Module):
         gt_boxes = batch["boxes_2d"].cpu()
         gt_classes = batch["boxes_2d_classes"].cpu()
         gt_mask = batch["boxes_2d_mask"].cpu()
-        idx = np.nonzero(image_mask)
-        if len(idx[0]) == 0:
-            return
-        keep = classes[idx] >= 0  # padding of the fixed-size top-K
-        self.metrics["objects_2d"].update(
-            [regions[b] for b in idx[0]],
-            [boxes[b, n][keep[k]] for k, (b, n) in enumerate(zip(*idx))],
-            [scores[b, n][keep[k]] for k, (b, n) in enumerate(zip(*idx))],
-            [classes[b, n][keep[k]] for k, (b, n) in enumerate(zip(*idx))],
-            [gt_boxes[b, n][gt_mask[b, n]] for b, n in zip(*idx)],
-            [gt_classes[b, n][gt_mask[b, n]] for b, n in zip(*idx)],
-        )
+        images = []
+        for b, n in zip(*np.nonzero(image_mask)):
+            keep = classes[b, n] >= 0  # padding of the fixed-size top-K
+            images.append({"b": int(b), "n": int(n), "boxes": boxes[b, n][keep], "scores": scores[b, n][keep],
+                           "labels": classes[b, n][keep], "gt_boxes": gt_boxes[b, n][gt_mask[b, n]],
+                           "gt_labels": gt_classes[b, n][gt_mask[b, n]]})
+        return images
+
+    def _update_objects(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
+        images = self.box_images(batch, decoded)
+        if images:
+            self.metrics["objects_2d"].update(
+                [regions[img["b"]] for img in images], *([img[k] for img in images]
+                                                        for k in ("boxes", "scores", "labels", "gt_boxes",
+                                                                  "gt_labels")))
 
     def _in_grid(self, xy: Tensor) -> Tensor:
         g = self.bev_grid
