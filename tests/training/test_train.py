@@ -61,6 +61,21 @@ def test_experiment_configs_run_fast_dev_run(tmp_path: Path, experiment: str, ca
     assert sorted(objects["datamodule"].selected_regions) == sorted(regions)
 
 
+@pytest.mark.slow
+def test_mixed_precision_trains_and_validates_in_float32(tmp_path: Path) -> None:
+    """trainer=gpu trains in bf16-mixed: losses, decoding, metrics and the prediction PNGs must take the heads' bf16
+    answers (the PNG callback failed on bf16 tensors at the first validation). CPU autocast runs the same path."""
+    metrics, objects = train(_cfg(tmp_path, ["model/bev=tiny", "rig=front1", "region=de", "debug=fdr",
+                                             "trainer.precision=bf16-mixed"]))
+    assert metrics["train/steps"] == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert "val/lane_f1" in metrics and "val/bev_map" in metrics
+    module = objects["model"]
+    (_, decoded), *_ = module.val_examples
+    floats = {k: v.dtype for k, v in decoded.items() if v.is_floating_point()}
+    assert floats and set(floats.values()) == {torch.float32}, floats
+    assert list((tmp_path / "plots").glob("val_*.png"))
+
+
 class _LossRecorder(L.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []

@@ -120,7 +120,14 @@ class PerceptionModule(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return self.net(batch["images"], batch["intrinsics"], batch["extrinsics"])
+        outputs = self.net(batch["images"], batch["intrinsics"], batch["extrinsics"])
+        # Under mixed precision (trainer.precision=bf16-mixed) the heads answer in bf16; losses, decoding and metrics
+        # take float32 (bf16 keeps 8 bits: detection scores would tie in the AP ranking, focal terms lose their tail).
+        return {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+
+    def _losses(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        with torch.autocast(self.device.type, enabled=False):  # the loss terms' own matmuls in float32 too
+            return self.net.loss(outputs, batch)
 
     def weight(self, term: str) -> float:
         if term in self.loss_weights:
@@ -133,7 +140,7 @@ class PerceptionModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         batch = self._with_lane_cameras(batch)
         outputs = self(batch)
-        losses = self.net.loss(outputs, batch)
+        losses = self._losses(outputs, batch)
         bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
         if bad:
             values = ", ".join(f"'{k}' = {losses[k].detach().float().cpu().item():.4g}" for k in bad)
@@ -161,10 +168,11 @@ class PerceptionModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         batch = self._with_lane_cameras(batch)
         outputs = self(batch)
-        losses = self.net.loss(outputs, batch)
+        losses = self._losses(outputs, batch)
         bs = batch["images"].shape[0]
         self.log("val/loss", self._total_loss(losses), on_epoch=True, batch_size=bs, sync_dist=True)
-        decoded = self.net.decode(outputs, batch["images"].shape[-2:])
+        with torch.autocast(self.device.type, enabled=False):  # float32, as in _losses
+            decoded = self.net.decode(outputs, batch["images"].shape[-2:])
         self.evaluator.update(batch, decoded)
         if len(self.val_examples) < self.num_val_examples:
             self.val_examples.append(({k: (v[:1].cpu() if isinstance(v, Tensor) else v[:1]) for k, v in batch.items()},
