@@ -9,11 +9,12 @@ steps with validation, checkpoints, logging and the progress bar off, and reads 
 include loader start-up and kernel selection). A frame is one time step of the rig (all its cameras).
 
 Model FLOP utilisation (MFU) = achieved model FLOP/s / the accelerator's peak. Model FLOPs per frame are counted
-once with ``torch.utils.flop_counter.FlopCounterMode`` over a forward and backward pass of the network on a real
-batch (matmuls and convolutions, 2 FLOPs per multiply-add; the optimiser and element-wise ops are not counted, as
-is usual for MFU). The peak is looked up by GPU name for the trainer's precision (dense, no sparsity) or given
-with ``--peak-tflops``. On CPU the achieved model GFLOP/s is printed and MFU is "n/a (CPU)": a CPU peak depends
-on clocks and SIMD units no API reports reliably.
+once over a forward and backward pass of the network on a real batch (``visionpilot.training.flops``: torch's
+``FlopCounterMode`` with its grouped-convolution backward formula corrected; matmuls and convolutions, 2 FLOPs per
+multiply-add; the optimiser and element-wise ops are not counted, as is usual for MFU). The peak is looked up by
+GPU name for the trainer's precision (dense, no sparsity) or given with ``--peak-tflops``. On CPU the achieved
+model GFLOP/s is printed and MFU is "n/a (CPU)": a CPU peak depends on clocks and SIMD units no API reports
+reliably.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hydra import compose, initialize_config_dir
 from visionpilot.export.timing import cpu_model
 from visionpilot.paths import config_dir
 from visionpilot.training.callbacks import Throughput
+from visionpilot.training.flops import training_flops_per_frame
 from visionpilot.training.train import build
 
 #: Dense peak TFLOP/s by GPU name fragment: (bf16/fp16 tensor cores, tf32/fp32). From the vendors' data sheets
@@ -48,20 +50,11 @@ def gpu_peak_tflops(precision: str) -> float | None:
 
 def flops_per_frame(objects: dict[str, Any]) -> float:
     """Forward + backward model FLOPs of one frame, counted on one training batch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     module, dm = objects["model"], objects["datamodule"]
     batch = next(iter(dm.train_dataloader()))
     device = next(module.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    module.train()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        outputs = module.net(batch["images"], batch["intrinsics"], batch["extrinsics"])
-        losses = module.net.loss(outputs, batch)
-        sum(v for v in losses.values()).backward()
-    module.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / int(batch["images"].shape[0])
+    return training_flops_per_frame(module.net, batch)
 
 
 def main() -> None:
