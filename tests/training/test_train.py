@@ -9,8 +9,10 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from visionpilot.paths import config_dir
+from visionpilot.training.flops import count_flops
 from visionpilot.training.module import NonFiniteLossError
 from visionpilot.training.train import build, train
 
@@ -40,6 +42,12 @@ def test_every_model_config_runs_fast_dev_run(tmp_path: Path, model: str) -> Non
         shapes.append({k: tuple(v.shape[1:]) for k, v in decoded.items()})
     assert shapes[0] == shapes[1]
     assert {"lanes_2d.points", "objects_2d.boxes", "bev.objects_boxes", "bev.lanes_points"} <= set(shapes[0])
+    # Lightning's model summary counts the forward FLOPs of one frame of the rig (it printed "Total FLOPs: 0").
+    module = objects["model"]
+    (example,) = module.example_input_array
+    assert example["images"].shape[:2] == (1, 1)
+    with torch.no_grad():
+        assert ModelSummary(module).total_flops == count_flops(lambda: net(*example.values())) > 0
 
 
 @pytest.mark.slow

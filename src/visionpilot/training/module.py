@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
+from visionpilot.export.onnx_export import example_inputs
 from visionpilot.governance import build_lineage, withhold_frames
 
 #: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
@@ -78,6 +79,11 @@ class PerceptionModule(L.LightningModule):
             self.camera_names = list(dm.camera_names)
             self.image_size = tuple(dm.image_size) if getattr(dm, "image_size", None) else None
             withhold_frames(self.trainer, self)  # no prediction images of data that may not leave its region
+            if self.camera_names and self.image_size and self.example_input_array is None and not self.hparams.compile:
+                # One frame of the rig for Lightning's model summary: it prints the forward FLOPs per frame
+                # ("Total FLOPs: 0" without one). Not when compiling: an eval-mode graph would compile for it.
+                images, intrinsics, extrinsics = example_inputs(len(self.camera_names), self.image_size, batch=1)
+                self.example_input_array = ({"images": images, "intrinsics": intrinsics, "extrinsics": extrinsics},)
         if self.hparams.compile and not self._compiled:
             self.net = torch.compile(self.net)
             self._compiled = True
