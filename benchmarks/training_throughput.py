@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 
-from visionpilot.export.timing import cpu_model
 from visionpilot.paths import config_dir
 from visionpilot.training.callbacks import Throughput
 from visionpilot.training.flops import training_flops_per_frame
 from visionpilot.training.train import build
+from visionpilot.utils.machine import cpu_model
 
 #: Dense peak TFLOP/s by GPU name fragment: (bf16/fp16 tensor cores, tf32/fp32). From the vendors' data sheets
 #: (SXM parts; PCIe variants are lower: pass --peak-tflops).

@@ -26,27 +26,12 @@ import onnxruntime as ort
 import torch
 
 import visionpilot
+from visionpilot.utils.machine import cpu_info
 
 MEMORY_METHOD = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before loading"
 
 
 # --- the machine -------------------------------------------------------------------------------------------------
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return model, set(flags)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    return _cpuinfo()[0]
-
 
 def available_cores() -> int:
     """The cores this process may run on (its affinity mask; a container's quota is not visible here)."""
@@ -58,7 +43,7 @@ def available_cores() -> int:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers depend on: CPU, cores, SIMD flags, GPU, threads, library versions, load."""
-    model, flags = _cpuinfo()
+    model, flags = cpu_info()
     try:
         mem_gb = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
     except (OSError, IndexError, ValueError):
@@ -72,7 +57,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu": model,
         "cores": os.cpu_count(),
         "cores_available": available_cores(),
-        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags],
+        "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+                      if f in flags],
         "memory_gb": None if mem_gb is None else round(mem_gb, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),

@@ -48,8 +48,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     objects = build(cfg)
     trainer: L.Trainer = objects["trainer"]
     regions = cfg.data.regions
-    log.info("training %s on regions %s", cfg.model.net.backbone.name,
-             OmegaConf.to_container(regions) if OmegaConf.is_config(regions) else regions)
+    log.info("training %s on regions %s: %s steps at precision %s", cfg.model.net.backbone.name,
+             OmegaConf.to_container(regions) if OmegaConf.is_config(regions) else regions,
+             cfg.trainer.get("max_steps"), trainer.precision)
     # ckpt_path=auto: rerunning a command in the same run dir resumes from its newest checkpoint (fault_tolerance.py).
     # weights_only=False: our checkpoints hold the run config and hyperparameters (optimizer partials), not just
     # tensors, and come from this run dir or a path the user named.
