@@ -21,10 +21,11 @@ def accelerator_has_bf16(accelerator: str) -> bool:
     import torch
 
     accelerator = str(accelerator).lower()
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    return native_bf16()
+    if accelerator in ("cpu", "auto"):
+        return native_bf16()
+    return False  # mps, tpu, ...: not measured here, so float32
 
 
 def if_native_bf16(accelerator: str, native: Any, otherwise: Any) -> Any:
