@@ -362,9 +362,8 @@ class LocalRunner:
             self.make = t.load()
             loading["session_s"] = time.perf_counter() - t0
             self.run = self.make(1 if t.dynamic_batch else t.static_batch)
-            t0 = time.perf_counter()
-            self.run()  # lazy initialisation, kernel selection; torch.compile compiles here
-            loading["first_run_s"] = time.perf_counter() - t0
+            # lazy initialisation, kernel selection; torch.compile compiles here
+            loading["first_run_s"] = time_call(self.run)
             for _ in range(warmup):
                 self.run()
         loading["peak_rss_mb"] = mem.mb
