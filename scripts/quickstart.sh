@@ -58,6 +58,7 @@ Results ($(( $(date +%s) - START )) s):
   prediction images (dashed = predicted)          $OUT/train/plots/
   JP fine-tune: region delta, metrics             $OUT/finetune/adapter-jp/delta.safetensors, metrics.json
   cross-region matrix and gains                   $OUT/eval/eval.md, eval.json, cross_region.png
+  global vs adapter-jp on the same frames          $OUT/eval/plots/<region>_<k>.png (a row per model)
   ONNX models, parity reports                     $OUT/export/{fp32,int8}/model.onnx, export.json
   ONNX metrics (pytorch vs fp32 vs int8)          $OUT/export/eval/eval.md
   benchmark: latency, size, metric per backend    $OUT/benchmark/benchmark.md, benchmark.json

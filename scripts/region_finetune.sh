@@ -71,4 +71,5 @@ Results ($(( $(date +%s) - START )) s):
   fine-tuned models and region deltas           $OUT/finetune/$(run_name '<strategy>' '<region>' '<seed>')/ (checkpoints/finetuned.ckpt, delta.safetensors, finetune.json)
   cross-region matrix, gains per model and per strategy (share of full's)   $OUT/eval/eval.md, $OUT/eval/eval.json
   heatmap (model x evaluation region)           $OUT/eval/cross_region.png
+  every model's predictions on the same frames  $OUT/eval/plots/<region>_<k>.png (a row per model)
 TXT

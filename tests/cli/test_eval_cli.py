@@ -70,6 +70,10 @@ def test_eval_two_regions_writes_json_md_png(tmp_path: Path) -> None:
     assert "| model | gb | us |" in md and "## Gains over `global`" in md
     assert cv2.imread(str(out / "cross_region.png")) is not None
     assert report["models"] == data["models"] and report["split"] == "val+test"
+    # plots=2 (the default): each region's first two frames, both models' predictions in one image, a row each
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["gb_0.png", "gb_1.png", "us_0.png", "us_1.png"]
+    image = cv2.imread(str(out / "plots" / "gb_0.png"))
+    assert image.shape[0] == 2 * (20 + 64) + 22  # two rows (a name strip over front1's 64-px camera), one legend
 
 
 def test_eval_refuses_models_of_another_input_size(tmp_path: Path) -> None:

@@ -138,3 +138,15 @@ def test_evaluating_on_cn_frames_abroad_is_refused(workflow: dict[str, Path]) ->
     with pytest.raises(ResidencyError, match=r"(?s)compute_region=us.*synthetic / cn .* process_abroad=never"):
         eval_run(cfg)
     assert not (workflow["tmp"] / "eval-us" / "eval.json").exists()
+
+
+def test_evaluating_cn_frames_at_home_scores_them_but_draws_none(workflow: dict[str, Path]) -> None:
+    """In CN the job may read CN frames, but its prediction images would carry them out as pictures: withheld."""
+    from visionpilot.cli.eval import run as eval_run
+
+    out = workflow["tmp"] / "eval-cn"
+    models = f"models={{global: '{workflow['base']}', adapter-cn: '{workflow['delta']}'}}"
+    report = eval_run(compose_cfg("eval", out, [models, "regions=[cn,us]", "governance=sovereign",
+                                                "compute_region=cn", "data.num_workers=0", "plots=1"]))
+    assert set(report["results"]["adapter-cn"]) == {"cn", "us"} and (out / "eval.json").is_file()
+    assert [p.name for p in out.rglob("*.png")] == ["cross_region.png"]  # the matrix, no frame

@@ -4,7 +4,9 @@
         regions=[us,de,gb] hydra.run.dir=runs/eval
     visionpilot-eval models=[runs/g/checkpoints/last.ckpt] regions=global split=test
 
-Writes ``eval.json``, ``eval.md`` and ``cross_region.png`` (see visionpilot/evaluation/report.py) in its run dir.
+Writes ``eval.json``, ``eval.md`` and ``cross_region.png`` (see visionpilot/evaluation/report.py) in its run dir,
+and ``plots/<region>_<k>.png``: the first ``plots`` frames of each region with every model's predictions, one row
+per model (withheld when the evaluation data's frames may not leave their region as images).
 """
 
 from __future__ import annotations
@@ -54,16 +56,48 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                        governance=governance_kwargs(cfg))
     log.info("evaluating %s on %s (%s split)", list(specs), regions, cfg.split)
     matrix = evaluate_matrix(models, datamodule, regions, reference, split=str(cfg.split),
-                             limit_batches=cfg.get("limit_batches"))
+                             limit_batches=cfg.get("limit_batches"), examples_per_region=int(cfg.get("plots") or 0))
     info = {m.name: {"kind": m.kind, **m.info} for m in models}
     report = build_report(matrix["results"], matrix["regions"], models=list(specs), overall=matrix["overall"],
                           split=str(cfg.split), frames=matrix["frames"], model_info=info,
                           baseline=cfg.get("baseline"), metrics=list(cfg.metrics),
                           reference=ref_name, manifest_sha256=matrix["manifest_sha256"])
     paths = write_report(out_dir, report)
+    plots = write_plots(out_dir / "plots", matrix["examples"], datamodule, reference)
     print(format_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if plots:
+        print(f"wrote {len(plots)} prediction images (one row per model; labels solid, predictions dashed): "
+              f"{out_dir / 'plots'}")
     return report
+
+
+def write_plots(plots_dir: Path, examples: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]],
+                datamodule: Any, reference: Any) -> list[Path]:
+    """``<region>_<k>.png`` for each kept frame: every model's predictions on it, one row each.
+
+    Nothing is written when the evaluation data's frames may not leave their region as images (the governance
+    policy's decision, as for training's prediction images).
+    """
+    from visionpilot.viz.draw import save_rgb
+    from visionpilot.viz.predictions import render_comparison
+
+    report = getattr(datamodule, "governance_report", None)
+    if report is not None and not report.frames_exportable:
+        if examples:
+            log.info("governance: prediction images withheld (the evaluation frames may not leave their region "
+                     "as images)")
+        return []
+    lane_cameras = reference.config.model.get("lane_cameras")
+    written = []
+    for region, kept in examples.items():
+        for k, (frame, decoded) in enumerate(kept):
+            path = plots_dir / f"{region}_{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_rgb(str(path), render_comparison(frame, decoded, list(datamodule.camera_names),
+                                                  lane_cameras=list(lane_cameras) if lane_cameras else None))
+            written.append(path)
+    return written
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")

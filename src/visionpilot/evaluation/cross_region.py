@@ -168,16 +168,19 @@ def check_compatible(model: EvalModel, image_size: Sequence[int], camera_names: 
 
 
 def evaluate_matrix(models: Sequence[EvalModel], datamodule: VisionPilotDataModule, regions: Sequence[str],
-                    reference: LoadedCheckpoint, split: str = "val", limit_batches: int | None = None
-                    ) -> dict[str, Any]:
+                    reference: LoadedCheckpoint, split: str = "val", limit_batches: int | None = None,
+                    examples_per_region: int = 0) -> dict[str, Any]:
     """Run every model over ``split`` of ``regions``.
 
     Args:
         split: ``val``, ``test``, or ``val+test`` (both: more frames, a tighter estimate; never ``train``).
+        examples_per_region: keep the first this many frames of each region with every model's decoded outputs,
+            for drawing (``examples``).
 
     Returns:
         ``{"results": {model: {region: {metric: value}}}, "overall": {model: {metric: value}},
-        "frames": {region: n}, "manifest_sha256": ...}`` (metric names without ``val/``).
+        "frames": {region: n}, "manifest_sha256": ..., "examples": {region: [(frame, {model: decoded})]}}``
+        (metric names without ``val/``; ``frame`` is a one-frame batch, ``decoded`` that frame's outputs).
     """
     splits = str(split).split("+")
     if not splits or any(s not in ("val", "test") for s in splits):
@@ -195,13 +198,20 @@ def evaluate_matrix(models: Sequence[EvalModel], datamodule: VisionPilotDataModu
     loaders = [datamodule.val_dataloader() if s == "val" else datamodule.test_dataloader() for s in splits]
     batches = (batch for loader in loaders for batch in loader)
     frames: dict[str, int] = dict.fromkeys(regions, 0)
+    examples: dict[str, list[tuple[dict[str, Any], dict[str, dict[str, Tensor]]]]] = {}
     for i, batch in enumerate(batches):
         if limit_batches is not None and i >= limit_batches:
             break
         for code in batch["region"]:
             frames[str(code).lower()] = frames.get(str(code).lower(), 0) + 1
+        decoded = {}
         for model in models:
-            evaluators[model.name].update(batch, model.decode(batch))
+            decoded[model.name] = model.decode(batch)
+            evaluators[model.name].update(batch, decoded[model.name])
+        for j, code in enumerate(batch["region"]):
+            kept = examples.setdefault(str(code).lower(), [])
+            if len(kept) < examples_per_region:
+                kept.append((_frame(batch, j), {name: _frame(out, j) for name, out in decoded.items()}))
     results: dict[str, dict[str, dict[str, float]]] = {}
     overall: dict[str, dict[str, float]] = {}
     for name, evaluator in evaluators.items():
@@ -211,7 +221,12 @@ def evaluate_matrix(models: Sequence[EvalModel], datamodule: VisionPilotDataModu
                          for r in regions}
     assert datamodule.manifest is not None
     return {"results": results, "overall": overall, "frames": frames, "regions": regions,
-            "manifest_sha256": datamodule.manifest.sha256}
+            "manifest_sha256": datamodule.manifest.sha256, "examples": examples}
+
+
+def _frame(batch: Mapping[str, Any], j: int) -> dict[str, Any]:
+    """Frame ``j`` of a batch (or of decoded outputs) as a batch of one, on the CPU."""
+    return {k: (v[j:j + 1].detach().cpu() if isinstance(v, Tensor) else v[j:j + 1]) for k, v in batch.items()}
 
 
 def model_specs(models: Any) -> dict[str, str]:

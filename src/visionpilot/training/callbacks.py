@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 
-from visionpilot.data.frame import Lane
-from visionpilot.viz.draw import BEVCanvas, camera_grid, draw_boxes_2d, draw_lanes_2d, legend, save_rgb
+from visionpilot.viz.draw import save_rgb
+from visionpilot.viz.predictions import render_prediction
 
 
 class PredictionImages(L.Callback):
@@ -42,64 +40,6 @@ class PredictionImages(L.Callback):
                                                   self.score_threshold, self.lane_threshold,
                                                   getattr(pl_module, "lane_cameras", None)))
             self.written.append(path)
-
-
-def render_prediction(batch: dict[str, Any], decoded: dict[str, torch.Tensor], camera_names: list[str],
-                      score_threshold: float = 0.3, lane_threshold: float = 0.5,
-                      lane_cameras: list[str] | None = None) -> np.ndarray:
-    """Predictions (dashed) against labels (solid) for the first frame of a batch, as one RGB image.
-
-    2D lane predictions are drawn on ``lane_cameras`` only (None: all): the lane head is trained there.
-    """
-    images = batch["images"][0].permute(0, 2, 3, 1).numpy().copy()  # (N, H, W, 3)
-    tiles = []
-    for n in range(images.shape[0]):
-        if not bool(batch["camera_mask"][0, n]):
-            continue
-        img = np.ascontiguousarray(images[n])
-        gt = [Lane(batch["lanes_2d"][0, n, i][batch["lanes_2d_valid"][0, n, i]].numpy(), int(t))
-              for i, t in enumerate(batch["lanes_2d_types"][0, n].tolist()) if t >= 0]
-        draw_lanes_2d(img, [lane for lane in gt if len(lane.points) >= 2], thickness=1)
-        m = batch["boxes_2d_mask"][0, n]
-        draw_boxes_2d(img, batch["boxes_2d"][0, n][m].numpy(), batch["boxes_2d_classes"][0, n][m].numpy())
-        lane_camera = lane_cameras is None or (n < len(camera_names) and camera_names[n] in lane_cameras)
-        if "lanes_2d.points" in decoded and lane_camera:
-            pts, ok = decoded["lanes_2d.points"][0, n], decoded["lanes_2d.points_valid"][0, n]
-            ex, ty = decoded["lanes_2d.exist"][0, n], decoded["lanes_2d.types"][0, n]
-            pred = [Lane(pts[s][ok[s]].numpy(), int(ty[s])) for s in range(len(ex))
-                    if ex[s] >= lane_threshold and int(ok[s].sum()) >= 2]
-            draw_lanes_2d(img, pred, thickness=2, dashed=True)
-        if "objects_2d.boxes" in decoded:
-            sc = decoded["objects_2d.scores"][0, n]
-            keep = (sc >= score_threshold) & (decoded["objects_2d.classes"][0, n] >= 0)
-            draw_boxes_2d(img, decoded["objects_2d.boxes"][0, n][keep].numpy(),
-                          decoded["objects_2d.classes"][0, n][keep].numpy(), sc[keep].numpy(), dashed=True)
-        tiles.append(img)
-    names = [c for n, c in enumerate(camera_names) if bool(batch["camera_mask"][0, n])] or \
-        [f"cam{n}" for n in range(len(tiles))]
-    grid = camera_grid(tiles, names)
-    panels = [grid]
-    if "bev.objects_boxes" in decoded or bool(batch["has_boxes_3d"][0]):
-        bev = BEVCanvas(size_px=grid.shape[0], range_m=50.0)
-        lanes = [(batch["lanes_3d"][0, i][batch["lanes_3d_valid"][0, i]].numpy(), int(t))
-                 for i, t in enumerate(batch["lanes_3d_types"][0].tolist()) if t >= 0]
-        bev.lanes([ln for ln in lanes if len(ln[0]) >= 2])
-        bev.ego()
-        m = batch["boxes_3d_mask"][0]
-        bev.boxes(batch["boxes_3d"][0][m].numpy(), batch["boxes_3d_classes"][0][m].numpy())
-        if "bev.objects_boxes" in decoded:
-            sc = decoded["bev.objects_scores"][0]
-            keep = (sc >= score_threshold) & (decoded["bev.objects_classes"][0] >= 0)
-            bev.boxes(decoded["bev.objects_boxes"][0][keep].numpy(), decoded["bev.objects_classes"][0][keep].numpy(),
-                      dashed=True)
-        if "bev.lanes_points" in decoded:
-            pts, ok = decoded["bev.lanes_points"][0], decoded["bev.lanes_valid"][0]
-            ex, ty = decoded["bev.lanes_scores"][0], decoded["bev.lanes_types"][0]
-            bev.lanes([(pts[s][ok[s]].numpy(), int(ty[s])) for s in range(len(ex))
-                       if ex[s] >= lane_threshold and int(ok[s].sum()) >= 2], thickness=2, dashed=True)
-        panels.append(bev.image)
-    body = np.concatenate(panels, axis=1)
-    return np.concatenate([body, legend(body.shape[1])], axis=0)
 
 
 class Throughput(L.Callback):
