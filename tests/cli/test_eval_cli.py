@@ -76,6 +76,13 @@ def test_eval_two_regions_writes_json_md_png(tmp_path: Path) -> None:
     assert image.shape[0] == 2 * (20 + 64) + 22  # two rows (a name strip over front1's 64-px camera), one legend
 
 
+@pytest.mark.parametrize("plots", ["-1", "two"])
+def test_eval_refuses_a_bad_plot_count_before_loading_anything(tmp_path: Path, plots: str) -> None:
+    with pytest.raises(ValueError, match=r"field 'plots' \(frames drawn per region\) must be an integer >= 0, "
+                                         r"found (-1|'two')"):
+        run(_eval_cfg(tmp_path, f"models=[{tmp_path / 'missing.ckpt'}]", "regions=[us]", f"plots={plots}"))
+
+
 def test_eval_refuses_models_of_another_input_size(tmp_path: Path) -> None:
     base = _base(tmp_path)
     with pytest.raises(ValueError, match=r"model 'base' .* field 'image_size' is \[64, 176\], but the evaluation "

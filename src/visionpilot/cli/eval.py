@@ -37,6 +37,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
     L.seed_everything(int(cfg.get("seed") or 0), verbose=False)
+    plots = cfg.get("plots") or 0
+    if isinstance(plots, bool) or not isinstance(plots, int) or plots < 0:
+        raise ValueError(f"visionpilot-eval: field 'plots' (frames drawn per region) must be an integer >= 0, "
+                         f"found {plots!r}")
     specs = model_specs(OmegaConf.to_container(cfg.models, resolve=True) if OmegaConf.is_config(cfg.models)
                         else cfg.models)
     if not specs:
@@ -56,18 +60,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                        governance=governance_kwargs(cfg))
     log.info("evaluating %s on %s (%s split)", list(specs), regions, cfg.split)
     matrix = evaluate_matrix(models, datamodule, regions, reference, split=str(cfg.split),
-                             limit_batches=cfg.get("limit_batches"), examples_per_region=int(cfg.get("plots") or 0))
+                             limit_batches=cfg.get("limit_batches"), examples_per_region=plots)
     info = {m.name: {"kind": m.kind, **m.info} for m in models}
     report = build_report(matrix["results"], matrix["regions"], models=list(specs), overall=matrix["overall"],
                           split=str(cfg.split), frames=matrix["frames"], model_info=info,
                           baseline=cfg.get("baseline"), metrics=list(cfg.metrics),
                           reference=ref_name, manifest_sha256=matrix["manifest_sha256"])
     paths = write_report(out_dir, report)
-    plots = write_plots(out_dir / "plots", matrix["examples"], datamodule, reference)
+    images = write_plots(out_dir / "plots", matrix["examples"], datamodule, reference)
     print(format_markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if plots:
-        print(f"wrote {len(plots)} prediction images (one row per model; labels solid, predictions dashed): "
+    if images:
+        print(f"wrote {len(images)} prediction images (one row per model; labels solid, predictions dashed): "
               f"{out_dir / 'plots'}")
     return report
 

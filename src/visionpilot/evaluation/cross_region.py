@@ -208,7 +208,7 @@ def evaluate_matrix(models: Sequence[EvalModel], datamodule: VisionPilotDataModu
         for model in models:
             decoded[model.name] = model.decode(batch)
             evaluators[model.name].update(batch, decoded[model.name])
-        for j, code in enumerate(batch["region"]):
+        for j, code in enumerate(batch["region"] if examples_per_region > 0 else []):
             kept = examples.setdefault(str(code).lower(), [])
             if len(kept) < examples_per_region:
                 kept.append((_frame(batch, j), {name: _frame(out, j) for name, out in decoded.items()}))
