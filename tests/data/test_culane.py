@@ -17,6 +17,7 @@ from visionpilot.data.sources.synthetic import SyntheticSource
 from visionpilot.data.transforms import Resize, affine_camera
 from visionpilot.data.vocab import lane_type_index
 from visionpilot.data.writers import write_culane
+from visionpilot.data.writers.culane import pick_lanes
 from visionpilot.evaluation.lane_2d import CULaneF1
 from visionpilot.geometry.polylines import interpolate_x_at_y
 from visionpilot.paths import config_dir
@@ -83,6 +84,14 @@ def test_four_lanes_nearest_the_ego_like_culane(culane_export: tuple[Path, list]
         bottom = [ln.points[0, 0] for ln in lanes]
         assert len(lanes) <= 4 and bottom == sorted(bottom)
         assert sum(x < SIZE[1] / 2 for x in bottom) <= 2 and sum(x >= SIZE[1] / 2 for x in bottom) <= 2
+
+
+def test_a_side_with_few_lanes_does_not_give_its_slots_to_the_other() -> None:
+    # CULane's four slots are two left and two right of the ego (train_gt.txt's e1..e4); one lane on the left and
+    # four on the right keep 1 + 2, not 1 + 3.
+    lanes = [np.array([[x, 590.0], [x, 300.0]]) for x in (500.0, 900.0, 1100.0, 1300.0, 1500.0)]
+    kept = pick_lanes(lanes, 1640, 4)
+    assert [float(p[0, 0]) for p in kept] == [500.0, 900.0, 1100.0]
 
 
 def test_test_split_scenarios_become_meta(culane_export: tuple[Path, list], tmp_path: Path) -> None:

@@ -15,10 +15,15 @@ x on y over its valid points, so steep lanes get a wider horizontal tolerance):
 - an image with more than #GT + 2 predictions scores accuracy 0, FP 0, FN 1;
 - the reported accuracy / FP / FN are the means of the image values.
 
+Rows are the label's own ``h_samples``, per image (the official script passes each label's; they differ between
+the label files). Ground-truth lanes count exactly as the label lists them, a lane absent at every row included
+(the official code compares its -100 placeholders); predicted lanes with no point are dropped, as the result
+writers of LaneATT and CLRNet drop them (so fixed-size, padded predictions can be passed).
+
 Other image widths scale the 20 px threshold by ``W / 1280`` (TuSimple images are 1280 px wide); the angle is
-scale-invariant. ``tusimple_f1`` is the count-based F1 that LaneATT and later papers report next to the official
-numbers (TP = matched GT lanes, FP = predictions - TP, FN = GT - TP, summed over images); it is not official.
-The runtime rule of the benchmark (> 200 ms per image) does not apply here.
+scale-invariant. ``tusimple_f1`` is the F1 that CLRNet and later papers report next to the official numbers
+(``clrnet/utils/tusimple_metric.py``), from the mean rates: precision = 1 - FP, recall = (1 - FP) / (1 - FP + FN);
+it is not official. The runtime rule of the benchmark (> 200 ms per image) does not apply here.
 """
 
 from __future__ import annotations
@@ -31,19 +36,23 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from visionpilot.evaluation._common import ArrayLike, precision_recall_f1, to_numpy
+from visionpilot.evaluation._common import ArrayLike, to_numpy
 
 #: The rows TuSimple samples lanes at (its 1280x720 images).
 TUSIMPLE_H_SAMPLES: tuple[int, ...] = tuple(range(160, 720, 10))
 TUSIMPLE_WIDTH = 1280
 
 
-def _as_lanes(lanes: ArrayLike | Sequence[ArrayLike], num_rows: int) -> np.ndarray:
-    """(L, S) x coordinates with NaN where absent; lanes with no valid row (padding) dropped."""
-    arr = to_numpy(lanes) if len(lanes) else np.zeros((0, num_rows))
-    arr = arr.reshape(-1, num_rows) if arr.size else np.zeros((0, num_rows))
+def _as_lanes(lanes: ArrayLike | Sequence[ArrayLike], num_rows: int, what: str, drop_empty: bool) -> np.ndarray:
+    """(L, S) x coordinates with NaN where absent; with ``drop_empty``, lanes with no valid row are dropped."""
+    arr = np.asarray(to_numpy(lanes) if len(lanes) else np.zeros((0, num_rows)), dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, num_rows)
+    if arr.ndim != 2 or arr.shape[1] != num_rows:
+        raise ValueError(f"TuSimpleMetric.update: {what} must be (lanes, {num_rows}) x values, one per row of "
+                         f"h_samples, found shape {tuple(arr.shape)}")
     arr = np.where(np.isfinite(arr) & (arr >= 0), arr, np.nan)
-    return arr[np.isfinite(arr).any(axis=1)]
+    return arr[np.isfinite(arr).any(axis=1)] if drop_empty else arr
 
 
 def lane_angles(gt: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -100,7 +109,8 @@ class TuSimpleMetric(Metric):
         pixel_threshold: horizontal tolerance at 1280 px width (20 in TuSimple).
         point_threshold: accuracy a GT lane needs to count as detected (0.85 in TuSimple).
 
-    ``compute()`` keys: ``tusimple_accuracy``, ``tusimple_fp``, ``tusimple_fn``, ``tusimple_f1``.
+    ``compute()`` keys: ``tusimple_accuracy``, ``tusimple_fp``, ``tusimple_fn``, ``tusimple_f1`` (CLRNet's, from
+    the mean FP and FN rates).
     """
 
     full_state_update = False
@@ -114,37 +124,37 @@ class TuSimpleMetric(Metric):
         self.point_threshold = float(point_threshold)
         for name in ("accuracy_sum", "fp_sum", "fn_sum"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in ("images", "tp", "fp", "fn"):
-            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: Sequence[ArrayLike], targets: Sequence[ArrayLike]) -> None:
+    def update(self, preds: Sequence[ArrayLike], targets: Sequence[ArrayLike],
+               h_samples: Sequence[Sequence[float]] | None = None) -> None:
         """Accumulate a batch of images.
 
         Args:
-            preds: per image, (L, S) predicted x at ``h_samples`` (negative or NaN = absent).
-            targets: per image, (L, S) ground-truth x in the same form.
+            preds: per image, (L, S) predicted x at the image's rows (negative or NaN = absent).
+            targets: per image, (L, S) ground-truth x in the same form (the label's ``lanes``).
+            h_samples: per image, the S rows (the label's ``h_samples``); None: the metric's ``h_samples``.
         """
-        if len(preds) != len(targets):
-            raise ValueError(f"TuSimpleMetric.update: preds and targets must list the same images, "
-                             f"found {len(preds)} and {len(targets)}")
-        s = len(self.h_samples)
+        if len(preds) != len(targets) or (h_samples is not None and len(h_samples) != len(preds)):
+            raise ValueError(f"TuSimpleMetric.update: preds, targets (and h_samples) must list the same images, "
+                             f"found {len(preds)}, {len(targets)}"
+                             + ("" if h_samples is None else f" and {len(h_samples)}"))
         sums = np.zeros(3)
-        counts = np.zeros(4, dtype=np.int64)
-        for pred, target in zip(preds, targets):
-            p, g = _as_lanes(pred, s), _as_lanes(target, s)
-            acc, fp, fn, matched = tusimple_image(p, g, self.h_samples, self.pixel_threshold, self.point_threshold)
-            sums += (acc, fp, fn)
-            counts += (1, matched, len(p) - matched, len(g) - matched)
+        for k, (pred, target) in enumerate(zip(preds, targets)):
+            ys = self.h_samples if h_samples is None else np.asarray(h_samples[k], dtype=np.float64)
+            p = _as_lanes(pred, len(ys), f"preds[{k}]", drop_empty=True)
+            g = _as_lanes(target, len(ys), f"targets[{k}]", drop_empty=False)
+            sums += tusimple_image(p, g, ys, self.pixel_threshold, self.point_threshold)[:3]
         self.accuracy_sum += float(sums[0])
         self.fp_sum += float(sums[1])
         self.fn_sum += float(sums[2])
-        self.images += int(counts[0])
-        self.tp += int(counts[1])
-        self.fp += int(counts[2])
-        self.fn += int(counts[3])
+        self.images += len(preds)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.images.clamp(min=1).double()
-        _, _, f1 = precision_recall_f1(self.tp, self.fp, self.fn)
-        return {"tusimple_accuracy": (self.accuracy_sum / n).float(), "tusimple_fp": (self.fp_sum / n).float(),
-                "tusimple_fn": (self.fn_sum / n).float(), "tusimple_f1": f1}
+        fp, fn = self.fp_sum / n, self.fn_sum / n
+        precision = 1.0 - fp  # CLRNet: tp = 1 - fp; precision = tp / (tp + fp); recall = tp / (tp + fn)
+        recall = precision / (precision + fn).clamp(min=1e-12)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        return {"tusimple_accuracy": (self.accuracy_sum / n).float(), "tusimple_fp": fp.float(),
+                "tusimple_fn": fn.float(), "tusimple_f1": f1.float()}

@@ -43,7 +43,7 @@ def pick_lanes(lanes: list[np.ndarray], width: int, max_lanes: int | None) -> li
     if max_lanes is None:
         return lanes
     left = [p for p in lanes if p[0, 0] < width / 2][::-1][: max_lanes // 2]
-    right = [p for p in lanes if p[0, 0] >= width / 2][: max_lanes - len(left)]
+    right = [p for p in lanes if p[0, 0] >= width / 2][: max_lanes - max_lanes // 2]  # CULane: 2 slots a side
     return left[::-1] + right
 
 
