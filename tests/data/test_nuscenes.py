@@ -85,6 +85,26 @@ def test_round_trip_returns_the_synthetic_labels(synthetic_export: tuple[Path, l
             assert _match_lane(ln.points, g.lanes_3d, ln.type) < 1e-6
 
 
+def test_export_has_what_the_devkit_opens_and_keeps_hidden_boxes_hidden(tmp_path: Path) -> None:
+    src = SyntheticSource("nuscenes6", regions=["us"], scenes_per_region=2, frames_per_scene=1, image_size=SIZE)
+    hidden, unknown = src.load(0), src.load(1)
+    for cam in hidden.cameras:  # every camera reports every box it sees as fully hidden
+        cam.visibility_2d = np.zeros(len(cam.box_ids_2d), np.float32)
+    for cam in unknown.cameras:  # no camera reports visibilities
+        cam.visibility_2d = np.zeros(0, np.float32)
+    root = write_nuscenes([hidden, unknown], tmp_path)
+    # nuscenes-devkit's NuScenes() asserts that every map row's semantic prior mask exists (MapMask.__init__)
+    for row in json.loads((root / "v1.0-mini" / "map.json").read_text()):
+        assert cv2.imread(str(root / row["filename"]), cv2.IMREAD_UNCHANGED) is not None
+    rows = json.loads((root / "v1.0-mini" / "sample_annotation.json").read_text())  # frame by frame, box by box
+    seen = set().union(*(set(cam.box_ids_2d.tolist()) for cam in hidden.cameras))
+    n = len(hidden.boxes_3d)
+    assert len(rows) == n + len(unknown.boxes_3d) and seen
+    # hidden (0 %) -> level 1, 0-40 % (it was written as 80-100 %); no camera reporting: unknown -> level 4
+    assert [r["visibility_token"] for r in rows[:n]] == ["1" if i in seen else "4" for i in range(n)]
+    assert {r["visibility_token"] for r in rows[n:]} == {"4"}
+
+
 def test_frames_batch_with_all_cameras(synthetic_export: tuple[Path, list]) -> None:
     src = NuScenesSource(synthetic_export[0])
     batch = collate_frames([src.load(0), src.load(1)])
@@ -345,6 +365,27 @@ def test_bad_input_names_file_token_and_field(tmp_path: Path) -> None:
     root = _mutated(tmp_path / "location", "log", "log0", "location", "las-vegas-strip")
     with pytest.raises(FormatError, match=r"log.json \(token 'log0'\): field 'location' must be one of"):
         _hand_source(root).index()
+
+    tables = _hand_tables()
+    tables["instance"].append(3)
+    root = _write_hand(tmp_path / "not-a-row", tables)
+    with pytest.raises(FormatError, match=r"instance.json: row \d+: expected a JSON object \(a record with a "
+                                          r"'token'\), found int '3'"):
+        _hand_source(root).index()
+
+    lane_map = _hand_map()
+    del lane_map["line"]
+    root = _write_hand(tmp_path / "no-layer", lane_map=lane_map)
+    with pytest.raises(FormatError, match=r"boston-seaport.json: layer 'line' is missing \(a map expansion v1.3 "
+                                          r"file has layers node, line, lane_divider and road_divider\); found "
+                                          r"layers \['canvas_edge', 'lane_divider', 'node'"):
+        _hand_source(root).load(0, with_images=False)
+
+    lane_map = _hand_map()
+    del lane_map["lane_divider"][0]["lane_divider_segments"][1]["segment_type"]
+    root = _write_hand(tmp_path / "no-segment-type", lane_map=lane_map)
+    with pytest.raises(FormatError, match=r"field 'lane_divider_segments\[1\].segment_type' is missing"):
+        _hand_source(root).load(0, with_images=False)
 
 
 def test_skip_mode_counts_and_reports_skipped_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -19,8 +19,9 @@ image, used as published.
 
 Labels: ``boxes_3d`` (centre, size [length, width, height], yaw of the length axis, all in the ego frame; velocity as
 the devkit's ``box_velocity``, in ego axes); ``lanes_3d`` from the map expansion inside ``lane_range`` when the
-location's map file exists; with ``derive_2d``, ``boxes_2d`` (hull of the projected box clipped to the image, as the
-devkit's 2D export) and ``lanes_2d`` (map lanes projected on flat ground). nuScenes annotates neither in 2D.
+location's map file exists; with ``derive_2d``, ``boxes_2d`` (hull of the projected box, clipped at the near plane and
+to the image; the devkit's 2D export drops corners behind the camera instead, which differs for boxes that straddle
+the camera plane) and ``lanes_2d`` (map lanes projected on flat ground). nuScenes annotates neither in 2D.
 
 Classes: :data:`CATEGORY_MAP` (None = not one of our classes, ignored; an unknown name is an error). Regions from
 ``log.location`` (:data:`LOCATION_REGIONS`). Official splits by scene name: v1.0-mini mini_train / mini_val,
@@ -168,9 +169,12 @@ class _Table:
         self.rows = rows
         self.by_token: dict[str, dict[str, Any]] = {}
         for i, row in enumerate(rows):
-            if not isinstance(row, dict) or not isinstance(row.get("token"), str):
-                found = row.get("token") if isinstance(row, dict) else type(row).__name__
-                raise FormatError(f"{path}: row {i}: field 'token' must be a string, found {found!r}")
+            if not isinstance(row, dict):
+                raise FormatError(f"{path}: row {i}: expected a JSON object (a record with a 'token'), found "
+                                  f"{type(row).__name__} {str(row)[:60]!r}")
+            if not isinstance(row.get("token"), str):
+                found = "no such field" if "token" not in row else repr(row["token"])
+                raise FormatError(f"{path}: row {i}: field 'token' must be a string, found {found}")
             self.by_token[row["token"]] = row
 
     def where(self, token: str) -> str:

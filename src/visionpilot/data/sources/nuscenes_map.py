@@ -110,9 +110,12 @@ class MapLanes:
         if not isinstance(data, dict):
             raise FormatError(f"{self.path}: expected a JSON object of map layers, found {type(data).__name__}")
         for layer in ("node", "line", "lane_divider", "road_divider"):
-            if not isinstance(data.get(layer), list):
+            if layer not in data:
+                raise FormatError(f"{self.path}: layer '{layer}' is missing (a map expansion v1.3 file has layers "
+                                  f"node, line, lane_divider and road_divider); found layers {sorted(data)[:12]}")
+            if not isinstance(data[layer], list):
                 raise FormatError(f"{self.path}: layer '{layer}' must be a list of records, found "
-                                  f"{type(data.get(layer)).__name__}")
+                                  f"{type(data[layer]).__name__}")
         nodes: dict[str, tuple[float, float]] = {}
         for i, row in enumerate(data["node"]):
             try:
@@ -181,6 +184,8 @@ class MapLanes:
             if node not in position:
                 raise FormatError(f"{where}: field 'lane_divider_segments[{j}].node_token' must be a node of the "
                                   f"divider's line, found {node!r}")
+            if "segment_type" not in seg:
+                raise FormatError(f"{where}: field 'lane_divider_segments[{j}].segment_type' is missing")
             try:
                 name = segment_lane_type(seg.get("segment_type"))
             except ValueError as e:

@@ -23,12 +23,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources.nuscenes import CAMERAS, TABLES
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
-from visionpilot.data.writers._common import check_region, stable_token, write_image_atomic
+from visionpilot.data.writers._common import check_region, stable_token, write_bytes_atomic, write_image_atomic
 from visionpilot.geometry.frames import make_transform, quaternion_to_rotation, rot_z, rotation_to_quaternion
 from visionpilot.utils.io import write_json_atomic
 
@@ -193,6 +194,8 @@ def write_nuscenes(frames: Iterable[Frame], root: str | Path, version: str = "v1
                 for loc in sorted({r["location"] for r in t["log"]})]
     for name, rows in t.items():
         write_json_atomic(root / version / f"{name}.json", rows)
+    for row in t["map"]:  # the semantic prior mask the devkit opens on load (NuScenes() asserts it exists): blank
+        write_bytes_atomic(root / row["filename"], cv2.imencode(".png", np.zeros((10, 10), np.uint8))[1].tobytes())
     for location, m in maps.items():
         write_json_atomic(root / "maps" / "expansion" / f"{location}.json", m.as_json())
     return root
@@ -227,11 +230,13 @@ def _calibrated_sensor(t: dict[str, list[dict[str, Any]]], scene: dict[str, Any]
 def _annotations(t: dict[str, list[dict[str, Any]]], frame: Frame, scene: dict[str, Any], sample: dict[str, Any],
                  pose: np.ndarray, instances: dict[str, dict[str, Any]], last_ann: dict[str, dict[str, Any]]) -> None:
     b = frame.boxes_3d
-    visible = np.zeros(len(b))  # best 2D visibility of each box over the cameras (1 when unknown)
+    # Best 2D visibility of each box over the cameras; a box no camera reports on is unknown (written as visible),
+    # one a camera reports as fully hidden keeps its 0 (nuScenes visibility level 1, 0-40 %).
+    visible = np.full(len(b), -1.0)
     for cam in frame.cameras:
         if len(cam.box_ids_2d) and len(cam.visibility_2d) == len(cam.box_ids_2d):
             np.maximum.at(visible, cam.box_ids_2d, cam.visibility_2d)
-    visible[visible == 0] = 1.0
+    visible[visible < 0] = 1.0
     for i in range(len(b)):
         cls = OBJECT_CLASSES[int(b.classes[i])]
         track = int(b.track_ids[i]) if len(b.track_ids) else i
