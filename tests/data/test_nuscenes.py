@@ -403,6 +403,17 @@ def test_skip_mode_counts_and_reports_skipped_frames(tmp_path: Path, caplog: pyt
     assert len(src.load(0).boxes_3d) == 2
 
 
+def test_skip_mode_reads_frames_of_an_unreadable_map_without_lanes(tmp_path: Path) -> None:
+    lane_map = _hand_map()
+    del lane_map["line"]
+    root = _write_hand(tmp_path, lane_map=lane_map)
+    src = _hand_source(root, on_error="skip")
+    frames = [src.load(i, with_images=False) for i in range(len(src.index()))]
+    assert len(frames) == 2 and all("lanes_3d" not in f.labels and not f.lanes_3d for f in frames)
+    assert all(len(f.boxes_3d) for f in frames)
+    assert [w for w, _ in src.skips.items] == [f"map expansion {root / 'maps' / 'expansion' / 'boston-seaport.json'}"]
+
+
 # -- entry points -----------------------------------------------------------------------------------------------
 
 

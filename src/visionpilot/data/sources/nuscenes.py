@@ -527,9 +527,15 @@ class NuScenesSource(FrameSource):
                 if self.map_lanes == "auto":
                     log.warning("nuScenes: no map expansion %s; frames of '%s' have no lanes", path, location)
                 self._maps[location] = None
-            else:
-                skips = self.skips if self.on_error == "skip" else None
-                self._maps[location] = MapLanes(path, region, self.road_divider_type, skips)
+            elif self.on_error != "skip":
+                self._maps[location] = MapLanes(path, region, self.road_divider_type, None)
+            else:  # bad records are skipped inside; a file that cannot be read at all leaves the location unmapped
+                try:
+                    self._maps[location] = MapLanes(path, region, self.road_divider_type, self.skips)
+                except FormatError as e:
+                    self.skips.add(f"map expansion {path}", e)
+                    log.warning("nuScenes: on_error=skip: frames of '%s' have no lanes: %s", location, e)
+                    self._maps[location] = None
         return self._maps[location]
 
     def load(self, index: int, with_images: bool = True) -> Frame:
