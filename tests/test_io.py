@@ -1,0 +1,34 @@
+"""Atomic writes keep what a plain open() would give: the content, and permissions by the process's umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from visionpilot.utils.io import write_atomic, write_text_atomic
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_get_the_permissions_of_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    # mkstemp creates 0600 files: checkpoints and shards were unreadable for the rest of a team.
+    old = os.umask(umask)
+    try:
+        path = write_text_atomic(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "{}" and stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    path = write_text_atomic(tmp_path / "last.ckpt", "old")
+
+    def crash(tmp: str) -> None:
+        Path(tmp).write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, crash)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
