@@ -143,6 +143,30 @@ def _compose(name: str, tmp_path: Path, overrides: list[str]):
 
 
 @pytest.mark.slow
+def test_a_reshard_that_dies_half_way_leaves_no_readable_root(shards: tuple[Any, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import litdata
+
+    src, root = shards
+    refs = src.index()
+    optimize, calls = litdata.optimize, []
+
+    def dies_after_one_prefix(**kwargs: Any) -> None:  # as if the job were killed after the first prefix
+        calls.append(kwargs["output_dir"])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        optimize(**kwargs)
+
+    monkeypatch.setattr(litdata, "optimize", dies_after_one_prefix)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(src, refs, make_splits(refs, seed=1), ["de", "gb"], root, chunk_bytes="40KB")
+    # The old metadata would have described the old splits over a mix of old and new chunks: it is gone.
+    with pytest.raises(FileNotFoundError, match=r"visionpilot.json not found: .* written last, so a shard run that "
+                                                r"did not finish leaves none"):
+        ShardSource(root)
+    assert not (root / "de" / "val" / "frames.json").exists()  # the prefix being written when it died
+
+
 def test_shard_action_then_train_from_shards(tmp_path: Path) -> None:
     from visionpilot.cli.data import run
     from visionpilot.training.checkpoints import load_checkpoint

@@ -192,6 +192,16 @@ def write_json(path: str, obj: Any, storage_options: Mapping[str, Any] | None = 
         _provider(path, storage_options).upload_file(local, path)
 
 
+def remove_file(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete a local file or an object-store object if it exists."""
+    if not is_url(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    provider = _provider(path, storage_options)
+    if provider.exists(path):
+        provider.delete_file_or_directory(path)
+
+
 def read_json(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Read JSON from a local file or an object-store URL."""
     if not is_url(path):
@@ -239,6 +249,9 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
         out = str(Path(out).resolve())
     parts: dict[str, dict[str, int]] = {}
     encode = partial(_record, source, image_format, int(jpeg_quality))
+    # The metadata is what makes a root readable, and it is written last: an earlier run's must go first, or a run
+    # killed half-way through re-sharding would leave old metadata over a mix of old and new chunks.
+    remove_file(join(out, META_FILE), storage_options)
     for region in regions:
         parts[region] = {}
         for split in manifest.splits:
@@ -247,6 +260,7 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
             if not chosen:
                 continue
             prefix = join(out, region, split)
+            remove_file(join(prefix, FRAMES_FILE), storage_options)
             litdata.optimize(fn=encode, inputs=[r.index for r in chosen], output_dir=prefix, chunk_bytes=chunk_bytes,
                              num_workers=max(1, min(int(num_workers), len(chosen))), mode="overwrite",
                              keep_data_ordered=True, reorder_files=False, verbose=False, start_method=start_method,
@@ -267,7 +281,8 @@ def read_meta(root: str | os.PathLike[str], storage_options: Mapping[str, Any] |
         meta = read_json(path, storage_options)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: data.root must be the 'out' of visionpilot-data action=shard "
-                                f"(the folder or URL holding {META_FILE} and one prefix per region)") from None
+                                f"(the folder or URL holding {META_FILE} and one prefix per region; {META_FILE} is "
+                                f"written last, so a shard run that did not finish leaves none)") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"{path}: fields 'format'/'version' must be '{FORMAT}'/{VERSION}, found "
                          f"'{meta.get('format')}'/{meta.get('version')}; re-shard with this visionpilot version")

@@ -2,7 +2,10 @@
 
 They exercise the real loaders end to end (the tests use them as fixture writers) and let the synthetic world be
 used by tools that read those formats. Every file is written atomically (a temp file in the same folder, then
-``os.replace``), so an interrupted export never leaves a truncated file that a loader would half-read.
+``os.replace``), so an interrupted export never leaves a truncated file that a loader would half-read; and the index
+files a loader starts from (nuScenes' tables, CULane's lists, TuSimple's label files) are removed first and written
+last, so an export killed half-way into an existing root leaves one no loader reads as complete, rather than new
+images under an earlier export's labels.
 
     write_nuscenes(frames, root)   nuScenes v1.0 tables + images + map expansion v1.3 lane dividers
     write_culane(frames, root)     CULane list files, images and .lines.txt (front camera, 2D lanes)

@@ -66,6 +66,8 @@ def write_culane(frames: Iterable[Frame], root: str | Path, splits: Mapping[str,
         jpeg_quality: JPEG quality.
     """
     root = Path(root)
+    for old in (root / "list").glob("*.txt"):  # lists are written last; an earlier export's go first (see nuScenes)
+        old.unlink()
     height, width = (int(v) for v in image_size)
     step = max(float(row_step) * height / CULANE_IMAGE_SIZE[0], 1.0)
     resize = Resize((height, width), keep_aspect=True, crop_v=crop_v)

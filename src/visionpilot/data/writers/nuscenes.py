@@ -112,6 +112,10 @@ def write_nuscenes(frames: Iterable[Frame], root: str | Path, version: str = "v1
     """
     root = Path(root)
     locations = {**LOCATIONS, **dict(locations or {})}
+    # The tables make a root readable and are written last; an earlier export's go first, so that a run killed
+    # half-way leaves no root that reads as complete (new images under old labels).
+    for name in TABLES:
+        (root / version / f"{name}.json").unlink(missing_ok=True)
     t: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     t["category"] = [{"token": _tok("category", c), "name": c, "description": c} for c in CATEGORY_OF.values()]
     t["attribute"] = [{"token": _tok("attribute", a), "name": a, "description": a} for a in _ATTRIBUTES]
@@ -192,12 +196,12 @@ def write_nuscenes(frames: Iterable[Frame], root: str | Path, version: str = "v1
     t["map"] = [{"category": "semantic_prior", "token": _tok("map", loc), "filename": f"maps/{_tok('map', loc)}.png",
                  "log_tokens": [r["token"] for r in t["log"] if r["location"] == loc]}
                 for loc in sorted({r["location"] for r in t["log"]})]
-    for name, rows in t.items():
-        write_json_atomic(root / version / f"{name}.json", rows)
     for row in t["map"]:  # the semantic prior mask the devkit opens on load (NuScenes() asserts it exists): blank
         write_bytes_atomic(root / row["filename"], cv2.imencode(".png", np.zeros((10, 10), np.uint8))[1].tobytes())
     for location, m in maps.items():
         write_json_atomic(root / "maps" / "expansion" / f"{location}.json", m.as_json())
+    for name, rows in t.items():  # last: the tables make the root readable
+        write_json_atomic(root / version / f"{name}.json", rows)
     return root
 
 

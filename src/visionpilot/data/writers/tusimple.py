@@ -49,6 +49,8 @@ def write_tusimple(frames: Iterable[Frame], root: str | Path, splits: Mapping[st
         jpeg_quality: JPEG quality.
     """
     root = Path(root)
+    for name in (TRAIN_FILE, TEST_FILE):  # label files are written last; an earlier export's go first (see nuScenes)
+        (root / name).unlink(missing_ok=True)
     height, width = (int(v) for v in image_size)
     h = h_samples_for(height)
     resize = Resize((height, width), keep_aspect=True, crop_v=crop_v)

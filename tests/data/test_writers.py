@@ -1,0 +1,56 @@
+"""Writers into an existing root: an export that dies half-way leaves no root that a loader reads as complete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from visionpilot.data.frame import Frame
+from visionpilot.data.sources._common import FormatError
+from visionpilot.data.sources.culane import CULaneSource
+from visionpilot.data.sources.nuscenes import NuScenesSource
+from visionpilot.data.sources.synthetic import SyntheticSource
+from visionpilot.data.sources.tusimple import TuSimpleSource
+from visionpilot.data.writers import write_culane, write_nuscenes, write_tusimple
+
+FORMATS: dict[str, tuple[str, str, Callable, Callable]] = {
+    # format: (rig, region, writer, loader); each loader's refusal names the index file it starts from
+    "nuscenes": ("nuscenes6", "us", write_nuscenes, NuScenesSource),
+    "culane": ("front1", "cn", lambda frames, root: write_culane(frames, root, image_size=(59, 164)), CULaneSource),
+    "tusimple": ("front1", "us", lambda frames, root: write_tusimple(frames, root, image_size=(72, 128)),
+                 TuSimpleSource),
+}
+
+
+def _frames(rig: str, region: str, seed: int) -> list[Frame]:
+    src = SyntheticSource(rig, regions=[region], scenes_per_region=2, frames_per_scene=2, image_size=(90, 160),
+                          seed=seed)
+    return [src.load(i) for i in range(len(src))]
+
+
+def _dies_after(frames: list[Frame], n: int) -> Iterator[Frame]:
+    yield from frames[:n]
+    raise KeyboardInterrupt  # the job killed while writing images
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_reexport_that_dies_half_way_is_not_read_as_complete(tmp_path: Path, fmt: str) -> None:
+    rig, region, write, source = FORMATS[fmt]
+    write(_frames(rig, region, seed=0), tmp_path)
+    assert len(source(tmp_path).index()) == 4  # the first export reads
+    with pytest.raises(KeyboardInterrupt):
+        write(_dies_after(_frames(rig, region, seed=7), 2), tmp_path)  # new images over half of the old ones
+    with pytest.raises(FormatError, match=r"not found|found none|no label_data"):
+        source(tmp_path).index()
+    write(_frames(rig, region, seed=7), tmp_path)  # finishing the export makes the root whole again
+    assert len(source(tmp_path).index()) == 4
+
+
+def test_a_tusimple_reexport_without_a_test_split_leaves_no_old_test_labels(tmp_path: Path) -> None:
+    frames = _frames("front1", "us", seed=0)
+    write_tusimple(frames, tmp_path, splits={frames[-1].scene_id: "test"}, image_size=(72, 128))
+    write_tusimple(frames, tmp_path, image_size=(72, 128))  # every scene in train now
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["label_data_synthetic.json"]
+    assert len(TuSimpleSource(tmp_path).index()) == 4  # each image once, not also from a stale test_label.json
