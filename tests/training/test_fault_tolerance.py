@@ -72,6 +72,18 @@ def test_resume_lookup_takes_the_newest_readable_checkpoint(tmp_path: Path) -> N
     assert resolve_ckpt_path("auto", tmp_path / "fresh") is None
 
 
+def test_resume_refuses_a_run_dir_whose_checkpoints_are_all_unreadable(tmp_path: Path) -> None:
+    # Starting fresh would overwrite them with step 1 and report success: say so instead.
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    torch.save({"state_dict": {}}, ckpts / "weights.ckpt")
+    with pytest.raises(RuntimeError, match=r"(?s)none can be read.*last.ckpt: unreadable checkpoint.*weights.ckpt: "
+                                           r"not a Lightning checkpoint.*ckpt_path=never to start fresh"):
+        resolve_ckpt_path("auto", tmp_path)
+    assert resolve_ckpt_path("never", tmp_path) is None
+
+
 def test_rerun_keeps_the_metrics_it_does_not_recompute(tmp_path: Path) -> None:
     path = tmp_path / "metrics.json"
     assert with_previous_metrics(path, {"train/steps": 8.0}) == {"train/steps": 8.0}
@@ -201,3 +213,26 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(tmp_pat
     differ = [k for k in a["state_dict"] if not torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6)]
     assert not differ, f"weights differ from the uninterrupted run in {differ[:3]}"
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt").meta["camera_names"] == ["CAM_FRONT"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_stopped_at_and_exits_143(tmp_path: Path) -> None:
+    run_dir, marker = tmp_path / "run", tmp_path / "run.marker"
+    cmd = [*_command(run_dir, marker), "+callbacks.pause.seconds=3"]  # SIGTERM arrives while step 3 pauses
+    log = tmp_path / "stdout.log"
+    with log.open("w") as stdout:
+        proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None, f"training exited before step 3:\n{proc.stderr.read()[-5000:]}"
+        assert time.monotonic() < deadline, "training never reached step 3"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    # Lightning's SIGTERMException exited 0 here, with last.ckpt from step 2: a stopped run looked finished.
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM at step 3" in log.read_text() and not (run_dir / "metrics.json").exists()
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 3  # not the periodic step-2 one
+    out = _finish(cmd, tmp_path)  # the same command resumes at step 3 and finishes
+    assert "ckpt_path=auto: resuming from" in out.stdout + out.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 8

@@ -394,3 +394,26 @@ def test_strategy_learning_rates_reach_the_run_config_unless_the_command_line_se
     # A part the network does not have is left out (here a strategy naming a head this model lacks).
     odd = run_config("strategy=adapter", "+strategy.lr_mult.heads.traffic_lights=3.0")
     assert OmegaConf.to_container(odd.model.lr_mult) == OmegaConf.to_container(strategy.lr_mult)
+
+
+def test_rerunning_a_finetune_in_its_run_dir_resumes_it_and_refuses_another_strategy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base_path = _base(tmp_path)
+
+    def cfg(*overrides: str):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose("finetune", overrides=[
+                f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base_path}", "region=gb", "strategy=heads",
+                "trainer.limit_val_batches=1", "data.num_workers=0", "data.persistent_workers=false",
+                "callbacks.progress_bar=null", "logger=csv", *overrides])
+
+    finetune(cfg("trainer.max_steps=2"))  # as if killed after step 2: its last.ckpt is in the run dir
+    with caplog.at_level("INFO", logger="visionpilot.training.fault_tolerance"):
+        metrics, objects = finetune(cfg("trainer.max_steps=4"))
+    assert "ckpt_path=auto: resuming from" in caplog.text  # README: rerunning in the same run dir resumes
+    assert metrics["train/steps"] == 4 and objects["summary"]["steps"] == 4
+    with pytest.raises(ValueError, match=r"holds a fine-tune with field 'strategy' = 'heads', but this run's is "
+                                         r"'full'; give another hydra.run.dir, or resume=never"):
+        finetune(cfg("strategy=full", "trainer.max_steps=4"))
+    metrics, _ = finetune(cfg("strategy=full", "trainer.max_steps=1", "resume=never"))
+    assert metrics["train/steps"] == 1

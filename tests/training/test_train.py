@@ -162,6 +162,8 @@ def test_nan_loss_skip_policy_counts_and_continues(tmp_path: Path) -> None:
     _poison(objects["model"], "lanes_2d.exist", 0)
     objects["trainer"].fit(objects["model"], objects["datamodule"])
     assert objects["model"].skipped_batches >= 4
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["visionpilot"]["skipped_batches"] == objects["model"].skipped_batches  # restored on resume
 
 
 def test_train_writes_metrics_and_resume_refuses_another_model(tmp_path: Path) -> None:
@@ -173,5 +175,32 @@ def test_train_writes_metrics_and_resume_refuses_another_model(tmp_path: Path) -
     assert ckpt.is_file()
     other = _cfg(tmp_path / "other", ["rig=front1", "region=de", "model.net.neck.out_channels=16",
                                       f"ckpt_path={ckpt}", "trainer.max_steps=4", "trainer.max_epochs=-1"])
-    with pytest.raises(ValueError, match=r"(?s)different model configuration.*differ in shape"):
+    with pytest.raises(ValueError, match=r"(?s)ckpt_path=.*last.ckpt: the checkpoint was trained with a different "
+                                         r"model configuration.*differ in shape"):
         train(other)
+    # Another optimizer layout: Lightning said only "a different number of parameter groups", without the file.
+    other = _cfg(tmp_path / "lr", ["rig=front1", "region=de", "+model.lr_mult.backbone=0.5", f"ckpt_path={ckpt}",
+                                   "trainer.max_steps=4", "trainer.max_epochs=-1"])
+    with pytest.raises(ValueError, match=r"ckpt_path=.*last.ckpt: field 'model.lr_mult' is \{'backbone': 0.5\} in "
+                                         r"this run but \{\} in the checkpoint"):
+        train(other)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[:4096])
+    other = _cfg(tmp_path / "cut", ["rig=front1", "region=de", f"ckpt_path={truncated}", "trainer.max_steps=4",
+                                    "trainer.max_epochs=-1"])
+    with pytest.raises(ValueError, match=r"ckpt_path=.*truncated.ckpt: cannot be read as a checkpoint .*truncated "
+                                         r"or not a checkpoint"):
+        train(other)
+
+
+def test_skipped_batches_survive_a_resume_and_ddp_refuses_skipping() -> None:
+    from types import SimpleNamespace
+
+    from visionpilot.training.module import PerceptionModule
+
+    module = PerceptionModule(torch.nn.Linear(1, 1), optimizer=None, nan_policy="skip")
+    module.on_load_checkpoint({"visionpilot": {"skipped_batches": 5}})  # what on_save_checkpoint stores
+    assert module.skipped_batches == 5
+    module._trainer = SimpleNamespace(world_size=2)  # a DDP run's view from one rank
+    with pytest.raises(ValueError, match=r"model.nan_policy=skip works in single-process training only, found 2"):
+        module.setup("fit")

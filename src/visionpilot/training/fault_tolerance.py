@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from visionpilot.utils.io import write_atomic
 
@@ -145,42 +146,64 @@ class PeriodicCheckpoint(ModelCheckpoint):
         # The final state too: rerunning a finished command then resumes at max_steps and stops at once.
         self._save_last_now(trainer)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # SIGTERM (a scheduler's preemption, `kill`, a container stop): Lightning stops at the end of the current
+        # batch; save that step, so a rerun loses nothing. Other exceptions may come from a broken state: the last
+        # periodic checkpoint stays the one to resume from.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            self._save_last_now(trainer)
+            log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", self.last_model_path,
+                        trainer.global_step)
+
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
     """The ``global_step`` stored in a checkpoint, or None if the file cannot be read as a checkpoint.
 
     Memory-maps the file, so only the small metadata is read, not the weights.
     """
+    step, problem = _step_or_problem(path)
+    if problem:
+        log.warning("ignoring %s: %s", path, problem)
+    return step
+
+
+def _step_or_problem(path: str | os.PathLike[str]) -> tuple[int | None, str | None]:
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as err:  # truncated, not a zip, not a torch file
-        log.warning("ignoring unreadable checkpoint %s: %s", path, err)
-        return None
+        return None, f"unreadable checkpoint ({type(err).__name__}: {str(err)[:200]})"
     if not isinstance(ckpt, dict) or "global_step" not in ckpt:
-        log.warning("ignoring %s: not a Lightning checkpoint (no field 'global_step')", path)
-        return None
-    return int(ckpt["global_step"])
+        return None, "not a Lightning checkpoint (no field 'global_step')"
+    return int(ckpt["global_step"]), None
 
 
 def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The newest readable checkpoint of a run: highest ``global_step``, ``last.ckpt`` first among equals.
 
     Looks at ``<run_dir>/checkpoints/*.ckpt`` and SLURM's ``<run_dir>/hpc_ckpt_*.ckpt``; temporary files of an
-    interrupted write (``.*.tmp``) are never candidates, and unreadable files are skipped with a warning.
+    interrupted write (``.*.tmp``) are never candidates, and unreadable files are skipped with a warning. When there
+    are checkpoints but none can be read, it raises rather than start fresh and overwrite them.
     """
     run_dir = Path(run_dir)
     candidates = sorted((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
     best: tuple[int, bool, float] | None = None
     chosen: Path | None = None
+    problems: list[str] = []
     for path in candidates:
         if path.name.startswith(".") or not path.is_file():
             continue
-        step = checkpoint_step(path)
+        step, problem = _step_or_problem(path)
         if step is None:
+            problems.append(f"{path}: {problem}")
+            log.warning("ignoring %s: %s", path, problem)
             continue
         key = (step, path.name == "last.ckpt", path.stat().st_mtime)
         if best is None or key > best:
             best, chosen = key, path
+    if chosen is None and problems:
+        raise RuntimeError("ckpt_path=auto: this run dir has checkpoints, but none can be read, so it cannot resume "
+                           "(and starting fresh would overwrite them):\n  " + "\n  ".join(problems) +
+                           "\nGive ckpt_path=<a readable checkpoint>, or ckpt_path=never to start fresh.")
     return chosen
 
 
@@ -217,3 +240,43 @@ def with_previous_metrics(path: str | os.PathLike[str], metrics: dict[str, float
         log.warning("ignoring unreadable %s: %s", path, err)
         return metrics
     return {**{k: v for k, v in previous.items() if isinstance(v, int | float)}, **metrics}
+
+
+def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
+    """Before ``Trainer.fit`` restores ``ckpt_path``: a checkpoint this run can continue, or an error that names it.
+
+    Checks what Lightning's restore reports without the file's name (a truncated file: "PytorchStreamReader failed
+    reading zip archive"; another optimizer layout: "loaded state dict has a different number of parameter groups")
+    or not at all (``lr_mult`` values: the optimizer's restored learning rates win silently). Lightning's own
+    ``last`` / ``hpc`` and object-store URLs are left to Lightning.
+    """
+    from visionpilot.training.module import check_signature, flat_lr_mult, model_signature
+
+    if ckpt_path is None or ckpt_path in ("last", "hpc") or _is_url(ckpt_path):
+        return
+    path = Path(str(ckpt_path).removeprefix("file://"))
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"ckpt_path={path}: cannot be read as a checkpoint ({type(err).__name__}: "
+                         f"{str(err)[:200]}); the file is truncated or not a checkpoint") from None
+    entry = (ckpt.get("visionpilot") or {}) if isinstance(ckpt, dict) else {}
+    if entry.get("model_signature") is not None:
+        try:
+            check_signature(entry["model_signature"], model_signature(module.net))
+        except ValueError as err:
+            raise ValueError(f"ckpt_path={path}: {err}") from None
+    stored = ((entry.get("config") or {}).get("model") or {})
+    if not stored:
+        return
+    checks = {"lr_mult": (flat_lr_mult(stored.get("lr_mult")), flat_lr_mult(module.hparams.get("lr_mult"))),
+              "weight_decay_norm": (bool(stored.get("weight_decay_norm", False)),
+                                    bool(module.hparams.get("weight_decay_norm", False)))}
+    for name, (saved, current) in checks.items():
+        if saved != current:
+            raise ValueError(f"ckpt_path={path}: field 'model.{name}' is {current!r} in this run but {saved!r} in the "
+                             f"checkpoint; a resumed run continues the checkpoint's optimizer (its parameter groups "
+                             f"and learning rates). Resume with model.{name}={saved!r}, or start a new run from its "
+                             f"weights with visionpilot-finetune")

@@ -46,6 +46,7 @@ from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from visionpilot.training.fault_tolerance import check_resume, resolve_ckpt_path
 from visionpilot.training.module import flat_lr_mult, model_signature, under_prefix
 from visionpilot.utils.io import write_atomic, write_json_atomic
 
@@ -663,6 +664,18 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
     })
 
 
+def check_same_finetune(path: str | Path, info: Mapping[str, Any]) -> None:
+    """A fine-tune resumes only its own checkpoints: same base checkpoint, region and strategy, or an error naming
+    the field (a 'heads' run must not continue from the weights of a 'full' one left in the same run dir)."""
+    stored = (torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("visionpilot") or {})
+    stored = stored.get("finetune") or {}
+    for key in ("base_sha256", "region", "strategy"):
+        if stored.get(key) != info[key]:
+            raise ValueError(f"{path}: this run dir holds a fine-tune with field '{key}' = {stored.get(key)!r}, but "
+                             f"this run's is {info[key]!r}; give another hydra.run.dir, or resume=never to start "
+                             f"over here")
+
+
 def _plain(value: Any) -> Any:
     """A resolved plain container for config nodes (other values unchanged)."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -719,7 +732,12 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                  FinetuneCallback(report.frozen_norms, info, base_state, dtype)]
     loggers = instantiate_list(run_cfg.get("logger"))
     trainer = hydra.utils.instantiate(run_cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule)
+    # resume=auto: rerunning the command in the same run dir continues a killed fine-tune (fault_tolerance.py).
+    resume = resolve_ckpt_path(cfg.get("resume", "auto"), run_cfg.paths.output_dir)
+    if resume is not None:
+        check_same_finetune(resume, info)
+        check_resume(resume, module)
+    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
     # The fine-tuned model is what the delta ships: changed weights rounded to its dtype (already done before the
     # last validation when training ran to max_steps), so base + delta reproduces the checkpoint exactly.
     round_changed(net, base_state, dtype)

@@ -74,6 +74,12 @@ class PerceptionModule(L.LightningModule):
 
     # --- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.nan_policy == "skip" and self._trainer is not None and self.trainer.world_size > 1:
+            # A rank cannot skip its step alone: Lightning refuses a None loss under DDP, and every rank must take
+            # part in each gradient all-reduce.
+            raise ValueError(f"model.nan_policy=skip works in single-process training only, found "
+                             f"{self.trainer.world_size} processes; use model.nan_policy=raise (the default) with "
+                             f"DDP, which stops at the first non-finite loss and names the step and the loss term")
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None:
             self.camera_names = list(dm.camera_names)
@@ -234,6 +240,7 @@ class PerceptionModule(L.LightningModule):
         base_sha256 = (entry.get("finetune") or {}).get("base_sha256")
         checkpoint["visionpilot"] = {
             **entry,
+            "skipped_batches": self.skipped_batches,  # nan_policy=skip's count, carried across a resume
             "config": self.run_config,
             "model_signature": model_signature(self.net),
             "camera_names": self.camera_names,
@@ -244,7 +251,9 @@ class PerceptionModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("visionpilot", {}).get("model_signature")
+        entry = checkpoint.get("visionpilot", {})
+        self.skipped_batches = int(entry.get("skipped_batches", 0))
+        saved = entry.get("model_signature")
         if saved is None:
             return
         check_signature(saved, model_signature(self.net))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.governance import governance_kwargs
 from visionpilot.training.callbacks import Throughput
-from visionpilot.training.fault_tolerance import resolve_ckpt_path, with_previous_metrics
+from visionpilot.training.fault_tolerance import check_resume, resolve_ckpt_path, with_previous_metrics
 from visionpilot.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # weights_only=False: our checkpoints hold the run config and hyperparameters (optimizer partials), not just
     # tensors, and come from this run dir or a path the user named.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
-    trainer.fit(objects["model"], objects["datamodule"], ckpt_path=ckpt_path, weights_only=False)
+    check_resume(ckpt_path, objects["model"])
+    try:
+        trainer.fit(objects["model"], objects["datamodule"], ckpt_path=ckpt_path, weights_only=False)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit without a code: the process would exit 0, and a scheduler or
+        # `train && export` would take a stopped run for a finished one. 143 = 128 + SIGTERM, as a killed process.
+        log.warning("training stopped by SIGTERM at step %d: no metrics.json; rerun the same command to resume",
+                    trainer.global_step)
+        raise SystemExit(128 + signal.SIGTERM) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     for cb in objects["callbacks"]:
         if isinstance(cb, Throughput):
