@@ -174,6 +174,15 @@ def _finish(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def _wait_for_pause(proc: subprocess.Popen, marker: Path) -> None:
+    """Until the run pauses at step 3 (its PauseAt probe wrote the marker)."""
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None, f"training exited before step 3:\n{proc.stderr.read()[-5000:]}"
+        assert time.monotonic() < deadline, "training never reached step 3"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(tmp_path: Path) -> None:
     # Reference: the same command, never interrupted (its pause marker exists already, so it never pauses).
@@ -185,11 +194,7 @@ def test_sigkill_mid_epoch_then_rerun_finishes_like_an_uninterrupted_run(tmp_pat
     cmd = _command(run_dir, marker)
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert proc.poll() is None, f"training exited before step 3:\n{proc.stderr.read()[-5000:]}"
-        assert time.monotonic() < deadline, "training never reached step 3"
-        time.sleep(0.2)
+    _wait_for_pause(proc, marker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     proc.stderr.close()
@@ -222,11 +227,7 @@ def test_sigterm_saves_the_step_it_stopped_at_and_exits_143(tmp_path: Path) -> N
     log = tmp_path / "stdout.log"
     with log.open("w") as stdout:
         proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=stdout, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert proc.poll() is None, f"training exited before step 3:\n{proc.stderr.read()[-5000:]}"
-        assert time.monotonic() < deadline, "training never reached step 3"
-        time.sleep(0.2)
+    _wait_for_pause(proc, marker)
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     # Lightning's SIGTERMException exited 0 here, with last.ckpt from step 2: a stopped run looked finished.
