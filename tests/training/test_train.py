@@ -204,3 +204,10 @@ def test_skipped_batches_survive_a_resume_and_ddp_refuses_skipping() -> None:
     module._trainer = SimpleNamespace(world_size=2)  # a DDP run's view from one rank
     with pytest.raises(ValueError, match=r"model.nan_policy=skip works in single-process training only, found 2"):
         module.setup("fit")
+
+
+def test_checkpoints_are_atomic_without_the_periodic_checkpoint_callback(tmp_path: Path) -> None:
+    from visionpilot.training.fault_tolerance import AtomicCheckpointIO
+
+    objects = build(_cfg(tmp_path, ["rig=front1", "region=de", "callbacks.periodic_checkpoint=null"]))
+    assert isinstance(objects["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)  # epoch*.ckpt too

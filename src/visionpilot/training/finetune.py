@@ -46,7 +46,7 @@ from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
-from visionpilot.training.fault_tolerance import check_resume, resolve_ckpt_path
+from visionpilot.training.fault_tolerance import check_resume, install_atomic_io, resolve_ckpt_path
 from visionpilot.training.module import flat_lr_mult, model_signature, under_prefix
 from visionpilot.utils.io import write_atomic, write_json_atomic
 
@@ -732,6 +732,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                  FinetuneCallback(report.frozen_norms, info, base_state, dtype)]
     loggers = instantiate_list(run_cfg.get("logger"))
     trainer = hydra.utils.instantiate(run_cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    install_atomic_io(trainer)  # finetuned.ckpt and every other checkpoint written atomically
     # resume=auto: rerunning the command in the same run dir continues a killed fine-tune (fault_tolerance.py).
     resume = resolve_ckpt_path(cfg.get("resume", "auto"), run_cfg.paths.output_dir)
     if resume is not None:

@@ -15,7 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.governance import governance_kwargs
 from visionpilot.training.callbacks import Throughput
-from visionpilot.training.fault_tolerance import check_resume, resolve_ckpt_path, with_previous_metrics
+from visionpilot.training.fault_tolerance import (
+    check_resume,
+    install_atomic_io,
+    resolve_ckpt_path,
+    with_previous_metrics,
+)
 from visionpilot.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    install_atomic_io(trainer)  # every checkpoint atomic, with or without callbacks.periodic_checkpoint
     return {"datamodule": datamodule, "model": module, "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
 
 
