@@ -132,6 +132,8 @@ def test_bad_input_names_file_line_and_field(culane_export: tuple[Path, list], t
     label.write_text("10.5 58 12.0 \n")
     with pytest.raises(FormatError, match=r"00030.lines.txt: line 1: field 'x y' pairs must hold an even count"):
         CULaneSource(root, image_size=SIZE).load(1)
+    label.write_text("10.5 58 12.0 57 \n30.0 58 \n")  # a one-point line is not a lane (the official evaluator)
+    assert len(CULaneSource(root, image_size=SIZE).load(1).cameras[0].lanes_2d) == 1
     (root / "driver_synthetic_cn/syn-cn-0001.MP4/00000.jpg").unlink()
     with pytest.raises(FormatError, match=r"list/val.txt: line 1: image file .*syn-cn-0001.MP4/00000.jpg not found"):
         CULaneSource(root, image_size=SIZE).index()

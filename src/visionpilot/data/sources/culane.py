@@ -47,7 +47,11 @@ class _Entry:
 
 
 def read_lines_txt(path: Path) -> list[np.ndarray]:
-    """Lanes of a ``.lines.txt`` file as (P, 2) pixel polylines; a bad line names the file, line and field."""
+    """Lanes of a ``.lines.txt`` file as (P, 2) pixel polylines; a bad line names the file, line and field.
+
+    A line of one point is not a lane and is dropped: the official evaluator gives it no similarity ("lane size
+    must be greater or equal to 2"), and CLRNet's and LaneATT's loaders filter such lanes out.
+    """
     if not path.is_file():
         raise FormatError(f"CULane label file {path} not found (every listed image needs its .lines.txt)")
     lanes = []
@@ -60,10 +64,12 @@ def read_lines_txt(path: Path) -> list[np.ndarray]:
         except ValueError:
             bad = next(v for v in fields if not _is_float(v))
             raise FormatError(f"{path}: line {n}: field 'x y' pairs must be numbers, found '{bad}'") from None
-        if len(values) % 2 or len(values) < 4 or not np.isfinite(values).all():
-            raise FormatError(f"{path}: line {n}: field 'x y' pairs must hold an even count >= 4 of finite numbers "
-                              f"(two or more points), found {len(values)} value(s)")
-        lanes.append(values.reshape(-1, 2))
+        if len(values) % 2 or not np.isfinite(values).all():
+            raise FormatError(f"{path}: line {n}: field 'x y' pairs must hold an even count of finite numbers, "
+                              f"found {len(values)} value(s)" + ("" if np.isfinite(values).all() else
+                                                                 ", not all finite"))
+        if len(values) >= 4:
+            lanes.append(values.reshape(-1, 2))
     return lanes
 
 
