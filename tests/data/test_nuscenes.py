@@ -388,6 +388,22 @@ def test_bad_input_names_file_token_and_field(tmp_path: Path) -> None:
         _hand_source(root).load(0, with_images=False)
 
 
+def test_visibility_is_read_from_the_band_not_the_token(tmp_path: Path) -> None:
+    tables = _hand_tables()
+    for row in tables["visibility"]:  # an export with its own tokens: the band ('level') carries the meaning
+        row["token"] = f"vis-{row['level']}"
+    names = {str(i): f"vis-{lv}" for i, lv in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"), start=1)}
+    for row in tables["sample_annotation"]:
+        row["visibility_token"] = names[row["visibility_token"]]
+    frame = _hand_source(_write_hand(tmp_path / "tokens", tables)).load(0, with_images=False)
+    seen = {round(float(v), 3) for cam in frame.cameras for v in cam.visibility_2d}
+    assert seen and seen <= {0.5, 0.9} and 0.9 in seen  # car v80-100, pedestrian v40-60 (was 1.0 for any token)
+    tables["visibility"][3]["level"] = "mostly"  # the car's
+    with pytest.raises(FormatError, match=r"visibility.json \(token 'vis-v80-100'\): field 'level' must be a "
+                                          r"visibility band like 'v0-40' or 'v80-100', found 'mostly'"):
+        _hand_source(_write_hand(tmp_path / "bad", tables)).load(0, with_images=False)
+
+
 def test_skip_mode_counts_and_reports_skipped_frames(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tables = _hand_tables()
     next(r for r in tables["sample_annotation"] if r["token"] == "ann-ped-1")["rotation"] = "north"

@@ -99,8 +99,8 @@ CATEGORY_MAP: dict[str, str | None] = {
     "static_object.bicycle_rack": None,
     "animal": None,
 }
-#: visibility token -> fraction visible (the middle of its band: v0-40, v40-60, v60-80, v80-100).
-VISIBILITY_FRACTION: dict[str, float] = {"1": 0.2, "2": 0.5, "3": 0.7, "4": 0.9}
+#: visibility level -> fraction visible (the middle of its band); read from each row's ``level``, not its token.
+VISIBILITY_FRACTION: dict[str, float] = {"v0-40": 0.2, "v40-60": 0.5, "v60-80": 0.7, "v80-100": 0.9}
 MINI_SPLITS: dict[str, frozenset[str]] = {
     "train": frozenset(f"scene-{n:04d}" for n in (61, 553, 655, 757, 796, 1077, 1094, 1100)),
     "val": frozenset(f"scene-{n:04d}" for n in (103, 916)),
@@ -157,6 +157,18 @@ def map_to_latlon(origin: tuple[float, float], east_m: float, north_m: float) ->
     lat = np.arcsin(np.sin(lat0) * np.cos(d) + np.cos(lat0) * np.sin(d) * np.cos(bearing))
     lon = lon0 + np.arctan2(np.sin(bearing) * np.sin(d) * np.cos(lat0), np.cos(d) - np.sin(lat0) * np.sin(lat))
     return float(np.degrees(lat)), float(np.degrees(lon))
+
+
+def _visibility_fraction(row: dict[str, Any], table: _Table) -> float:
+    """The middle of a visibility row's band (``level`` 'v0-40' -> 0.2); another spelling of a band is read too."""
+    level = row.get("level")
+    if level in VISIBILITY_FRACTION:
+        return VISIBILITY_FRACTION[level]
+    match = re.fullmatch(r"v(\d+)-(\d+)", str(level))
+    if match is None or not 0 <= int(match[1]) <= int(match[2]) <= 100:
+        raise FormatError(f"{table.where(row.get('token'))}: field 'level' must be a visibility band like 'v0-40' or "
+                          f"'v80-100', found {level!r}")
+    return (int(match[1]) + int(match[2])) / 200.0
 
 
 class _Table:
@@ -464,7 +476,7 @@ class NuScenesSource(FrameSource):
         """Validate a sample's annotation rows, keep ours, and move them into the ego frame (vectorised: trainval has
         1.2 M rows)."""
         ann = t["sample_annotation"]
-        kept: list[tuple[dict[str, Any], str, str, str]] = []  # (row, class, instance token, visibility token)
+        kept: list[tuple[dict[str, Any], str, str, float]] = []  # (row, class, instance token, fraction visible)
         for a in rows:
             where = ann.where(a["token"])
             instance = t["instance"].get(a.get("instance_token"), where, "instance_token")
@@ -484,7 +496,7 @@ class NuScenesSource(FrameSource):
             ann.field(a, "translation", _is_vec(3), "3 numbers [x, y, z] in metres")
             ann.field(a, "rotation", _is_quat, "a quaternion [w, x, y, z]")
             if CATEGORY_MAP[name] is not None and points >= self.min_points:
-                kept.append((a, CATEGORY_MAP[name], instance["token"], vis["token"]))
+                kept.append((a, CATEGORY_MAP[name], instance["token"], _visibility_fraction(vis, t["visibility"])))
         k = len(kept)
         rot, shift = global_to_ego[:3, :3], global_to_ego[:3, 3]
         wlh = np.array([a["size"] for a, *_ in kept], dtype=np.float64).reshape(k, 3)
@@ -496,7 +508,7 @@ class NuScenesSource(FrameSource):
                         classes=np.array([class_index(c) for _, c, _, _ in kept], dtype=np.int64),
                         track_ids=np.array([self._track[i] for _, _, i, _ in kept], dtype=np.int64),
                         velocities=velocity[:, :2])
-        return boxes, np.array([VISIBILITY_FRACTION.get(v, 1.0) for *_, v in kept], dtype=np.float32)
+        return boxes, np.array([v for *_, v in kept], dtype=np.float32)
 
     def _velocity(self, t: dict[str, _Table], a: dict[str, Any], max_time_diff: float = 1.5) -> list[float]:
         """Global velocity [vx, vy, vz] of an annotation from its neighbours, as the devkit's ``box_velocity``."""
