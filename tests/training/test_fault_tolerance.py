@@ -237,3 +237,14 @@ def test_sigterm_saves_the_step_it_stopped_at_and_exits_143(tmp_path: Path) -> N
     out = _finish(cmd, tmp_path)  # the same command resumes at step 3 and finishes
     assert "ckpt_path=auto: resuming from" in out.stdout + out.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 8
+
+
+def test_resuming_with_other_settings_lists_them() -> None:
+    from visionpilot.training.fault_tolerance import config_changes
+
+    stored = {"data": {"regions": ["us"], "batch_size": 4}, "model": {"lr": 1e-3}, "trainer": {"max_steps": 10}}
+    current = {"data": {"regions": ["us", "gb"], "batch_size": 4}, "model": {"lr": 1e-3, "compile": True},
+               "trainer": {"max_steps": 20}}  # more steps: the usual reason to resume, not reported
+    assert config_changes(stored, current) == ["data.regions: ['us'] -> ['us', 'gb']",
+                                               "model.compile: '(unset)' -> True"]
+    assert config_changes(stored, stored) == [] and config_changes({}, current) == []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,10 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
             check_signature(entry["model_signature"], model_signature(module.net))
         except ValueError as err:
             raise ValueError(f"ckpt_path={path}: {err}") from None
+    changed = config_changes(entry.get("config") or {}, getattr(module, "run_config", None) or {})
+    if changed:  # not an error: continuing a run on other data or for more steps can be meant
+        log.warning("resuming %s with settings other than it was trained with (checkpoint -> this run): %s", path,
+                    "; ".join(changed))
     stored = ((entry.get("config") or {}).get("model") or {})
     if not stored:
         return
@@ -280,3 +285,22 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
                              f"checkpoint; a resumed run continues the checkpoint's optimizer (its parameter groups "
                              f"and learning rates). Resume with model.{name}={saved!r}, or start a new run from its "
                              f"weights with visionpilot-finetune")
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any], limit: int = 8) -> list[str]:
+    """``'data.regions: [us] -> [us, gb]'`` for each leaf of the data, model and rig configs that differs."""
+    def leaves(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, Mapping):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+            return out
+        return {prefix: node}
+
+    if not stored or not current:
+        return []
+    a = {k: v for part in ("data", "model", "rig") for k, v in leaves(stored.get(part), part).items()}
+    b = {k: v for part in ("data", "model", "rig") for k, v in leaves(current.get(part), part).items()}
+    diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+             if a.get(k, "(unset)") != b.get(k, "(unset)")]
+    return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
