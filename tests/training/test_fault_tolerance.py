@@ -67,6 +67,7 @@ def test_resume_lookup_takes_the_newest_readable_checkpoint(tmp_path: Path) -> N
     (ckpts / ".last.ckpt.x1.tmp").write_bytes(b"")  # an interrupted write: never a candidate
     assert find_resume_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
     assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "hpc_ckpt_1.ckpt")
+    assert not (ckpts / ".last.ckpt.x1.tmp").exists()  # the leftover of an interrupted write, removed on resume
     assert resolve_ckpt_path("never", tmp_path) is None and resolve_ckpt_path(None, tmp_path) is None
     assert resolve_ckpt_path("some/explicit.ckpt", tmp_path) == "some/explicit.ckpt"
     assert resolve_ckpt_path("auto", tmp_path / "fresh") is None

@@ -218,6 +218,11 @@ def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, run_dir: str | o
         return None
     if str(ckpt_path).lower() != AUTO:
         return str(ckpt_path)
+    # A process killed while writing a checkpoint leaves its temporary file (as large as a checkpoint); no write is
+    # in progress when a run starts, so they are leftovers.
+    for tmp in (Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp"):
+        log.info("ckpt_path=auto: removing %s, left by a checkpoint write that was interrupted", tmp)
+        tmp.unlink(missing_ok=True)
     found = find_resume_checkpoint(run_dir)
     if found is None:
         log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", Path(run_dir) / CHECKPOINT_DIR)
