@@ -166,6 +166,23 @@ def test_nan_loss_skip_policy_counts_and_continues(tmp_path: Path) -> None:
     assert saved["visionpilot"]["skipped_batches"] == objects["model"].skipped_batches  # restored on resume
 
 
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_non_finite_gradient_of_a_finite_loss_never_reaches_the_weights(tmp_path: Path, policy: str) -> None:
+    objects = build(_cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=3", "trainer.max_epochs=-1",
+                                    "trainer.limit_val_batches=0", f"model.nan_policy={policy}"]))
+    module = objects["model"]
+    weight = module.net.heads.objects_2d.heatmap[-1].weight
+    weight.register_hook(lambda g: g * float("nan") if module.global_step == 1 else g)  # an overflow at step 1
+    if policy == "raise":
+        with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 1 .* of a finite loss, in 1 "
+                                                     r"parameter\(s\), e.g. \['net.heads.objects_2d"):
+            objects["trainer"].fit(module, objects["datamodule"])
+    else:
+        objects["trainer"].fit(module, objects["datamodule"])
+        assert module.skipped_batches == 1 and module.trainer.global_step == 3
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
 def test_train_writes_metrics_and_resume_refuses_another_model(tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics, _ = train(_cfg(run, ["rig=front1", "region=de", "trainer.max_steps=2", "trainer.max_epochs=-1"]))

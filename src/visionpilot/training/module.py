@@ -23,7 +23,7 @@ NAN_POLICIES = ("raise", "skip")
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or Inf."""
+    """A loss term, or a gradient of a finite loss, became NaN or Inf."""
 
 
 class PerceptionModule(L.LightningModule):
@@ -38,7 +38,8 @@ class PerceptionModule(L.LightningModule):
         lane_cameras: camera names the 2D lane head is trained and evaluated on (None: all). Row-anchor lanes are
             defined for forward/rearward views, not for side cameras that see lanes edge-on.
         regions: region codes for per-region metrics (None: the datamodule's selection).
-        nan_policy: ``raise`` or ``skip`` (see :data:`NAN_POLICIES`).
+        nan_policy: what a non-finite loss term, or a non-finite gradient of a finite loss, does: ``raise`` (stop,
+            naming the step and the term or parameters) or ``skip`` (no update that step; counted).
         compile: wrap the network in ``torch.compile``.
         weight_decay_norm: apply weight decay to norm layers and biases too (off: the usual exclusion).
         lr_mult: learning-rate multiplier per parameter-name prefix of the net (``{"backbone": 0.5}``: the
@@ -169,6 +170,26 @@ class PerceptionModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A finite loss can still give non-finite gradients (an overflow in a backward op); one such step writes
+        # NaN into every weight it touches, and the next periodic checkpoint would keep them. Before clipping.
+        # float16 AMP's gradient scaler makes and handles such steps itself (it skips them and lowers its scale).
+        if getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
+            return
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        if not named or torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in named])):
+            return
+        bad = [n for n, g in named if not torch.isfinite(g).all()]
+        if self.nan_policy == "raise":
+            raise NonFiniteLossError(
+                f"non-finite gradient at step {self.global_step} (epoch {self.current_epoch}) of a finite loss, in "
+                f"{len(bad)} parameter(s), e.g. {bad[:3]}. Lower the learning rate, check the data, or set "
+                f"model.nan_policy=skip to skip such steps")
+        for p in self.parameters():  # the optimiser leaves parameters without a gradient untouched: a true skip
+            p.grad = None
+        self.skipped_batches += 1
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
 
     def on_validation_epoch_start(self) -> None:
         regions = self.hparams.regions or getattr(self.trainer.datamodule, "selected_regions", None)
