@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import albumentations as A
 import numpy as np
 import pytest
 
@@ -205,6 +206,54 @@ def test_photometric_is_seeded_and_leaves_geometry(frame_factory) -> None:
     assert Photometric(strength=0.0)(frame, 1) is frame
     label_only = frame_factory(3, with_images=False)
     assert t(label_only, 1).cameras[0].image is None
+
+
+def test_blur_does_not_move_the_picture() -> None:
+    # albumentations' default motion blur uses shifted, one-sided kernels: a point moved by up to ~2 px that no
+    # label or intrinsics followed. A bright blob's centroid must stay put under every blur Photometric draws.
+    import random
+
+    yy, xx = np.mgrid[0:64, 0:96] + 0.5
+    blob = np.repeat((250 * np.exp(-((xx - 48.3) ** 2 + (yy - 30.7) ** 2) / 4.5))[..., None], 3, 2).astype(np.uint8)
+
+    def centroid(img: np.ndarray) -> np.ndarray:
+        g = img[..., 1].astype(float)
+        return np.array([(g * xx).sum(), (g * yy).sum()]) / g.sum()
+
+    blurs = Photometric(strength=1.0)._build().transforms[4].transforms  # the OneOf of motion and Gaussian blur
+    shifts = []
+    for blur in blurs:
+        blur.p = 1.0
+        one = A.Compose([blur])
+        for k in range(40):
+            one.set_random_state(np.random.default_rng(k), random.Random(k))
+            shifts.append(np.hypot(*(centroid(one(image=blob)["image"]) - centroid(blob))))
+    assert max(shifts) < 0.05, f"blur moved the picture by up to {max(shifts):.2f} px"
+
+
+def test_crops_cut_a_border_box_to_what_its_object_still_shows() -> None:
+    # 2D boxes that the original border clipped: after a crop, the moved box alone would keep the old border's
+    # extent (up to 15 px too big here); with the 3D box it is the projection through the new calibration.
+    from dataclasses import replace
+
+    from visionpilot.data.sources.synthetic import SyntheticSource
+
+    src = SyntheticSource(scenes_per_region=1, frames_per_scene=2, image_size=(256, 704), regions=["us", "gb"])
+    errors = []
+    for i in range(len(src)):
+        f = src.load(i, with_images=False)
+        b, cams = f.boxes_3d, []
+        for c in f.cameras:  # labels that are exactly the projections, so any later mismatch is the transform's
+            box, seen = project_box_2d(b.centers, b.sizes, b.yaws, c.intrinsics, c.extrinsics, tuple(c.image_size))
+            ids = np.flatnonzero(seen & (box[:, 2] - box[:, 0] >= 2) & (box[:, 3] - box[:, 1] >= 2))
+            cams.append(replace(c, boxes_2d=box[ids].astype(np.float32), classes_2d=b.classes[ids], box_ids_2d=ids,
+                                visibility_2d=np.ones(len(ids), np.float32)))
+        for seed in range(3):
+            out = RandomScaleCrop((256, 704), (1.05, 1.1))(f.copy(cameras=cams), seed)
+            for c in out.cameras:
+                box, _ = project_box_2d(b.centers, b.sizes, b.yaws, c.intrinsics, c.extrinsics, (256, 704))
+                errors += [float(np.abs(row - box[k]).max()) for row, k in zip(c.boxes_2d, c.box_ids_2d)]
+    assert len(errors) > 100 and max(errors) < 0.01, f"max {max(errors):.2f} px off the re-projected box"
 
 
 def test_pipelines(frame_factory) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from visionpilot.data.frame import Boxes3D, CameraView, Frame, Lane
 from visionpilot.data.regions import other_side
+from visionpilot.geometry.boxes import project_box_2d
 from visionpilot.geometry.polylines import clip_polyline_box
 
 Size = tuple[int, int]  # (height, width)
@@ -114,11 +115,30 @@ def _aligned(values: np.ndarray, keep: np.ndarray, field: str, cam: CameraView) 
 
 
 def affine_camera(cam: CameraView, affine: np.ndarray, out_size: Size, min_box_size: float = 2.0,
-                  min_lane_length: float = 1.0) -> CameraView:
-    """Apply one image-space affine to a camera's image, intrinsics, 2D boxes and 2D lanes."""
+                  min_lane_length: float = 1.0, boxes_3d: Boxes3D | None = None) -> CameraView:
+    """Apply one image-space affine to a camera's image, intrinsics, 2D boxes and 2D lanes.
+
+    With the frame's ``boxes_3d``, a 2D box of a 3D box (``box_ids_2d``) is also cut to the 3D box's projection with
+    the new calibration: a box the old image border had clipped covers, after a crop, only what its object still
+    shows (the moved box alone would keep the old border's extent inside the new image).
+    """
     h, w = out_size
     image = None if cam.image is None else warp_image(cam.image, affine, out_size)
-    boxes, keep = transform_boxes_2d(cam.boxes_2d, affine, out_size, min_box_size)
+    boxes, keep = transform_boxes_2d(cam.boxes_2d, affine, out_size, 0.0)
+    if boxes_3d is not None and len(boxes_3d) and len(cam.box_ids_2d) == len(keep):
+        ids = cam.box_ids_2d[keep]
+        rows = np.flatnonzero((ids >= 0) & (ids < len(boxes_3d)))
+        if len(rows):
+            b3 = boxes_3d
+            proj, seen = project_box_2d(b3.centers[ids[rows]], b3.sizes[ids[rows]], b3.yaws[ids[rows]],
+                                        affine @ cam.intrinsics, cam.extrinsics, out_size)
+            cut = boxes[rows[seen]]
+            p = proj[seen]
+            boxes[rows[seen]] = np.stack([np.maximum(cut[:, 0], p[:, 0]), np.maximum(cut[:, 1], p[:, 1]),
+                                          np.minimum(cut[:, 2], p[:, 2]), np.minimum(cut[:, 3], p[:, 3])], axis=1)
+    big = (boxes[:, 2] - boxes[:, 0] >= min_box_size) & (boxes[:, 3] - boxes[:, 1] >= min_box_size)
+    keep[np.flatnonzero(keep)[~big]] = False
+    boxes = boxes[big]
     lanes = []
     for lane in cam.lanes_2d:
         moved = lane.points @ affine[:2, :2].T + affine[:2, 2]
@@ -167,7 +187,8 @@ class Resize:
         if all(tuple(c.image_size) == self.size for c in frame.cameras):
             return frame
         cams = [c if tuple(c.image_size) == self.size
-                else affine_camera(c, self.affine(tuple(c.image_size)), self.size, self.min_box_size)
+                else affine_camera(c, self.affine(tuple(c.image_size)), self.size, self.min_box_size,
+                                   boxes_3d=frame.boxes_3d)
                 for c in frame.cameras]
         return frame.copy(cameras=cams)
 
@@ -213,7 +234,8 @@ class RandomScaleCrop:
         cams = []
         for i, cam in enumerate(frame.cameras):
             rng = np.random.default_rng(seeds[0 if self.same_for_all_cameras else i])
-            cams.append(affine_camera(cam, self.affine(tuple(cam.image_size), rng), self.size, self.min_box_size))
+            cams.append(affine_camera(cam, self.affine(tuple(cam.image_size), rng), self.size, self.min_box_size,
+                                      boxes_3d=frame.boxes_3d))
         return frame.copy(cameras=cams)
 
 
@@ -243,7 +265,9 @@ class Photometric:
             A.HueSaturationValue(hue_shift_limit=10 * s, sat_shift_limit=30 * s, val_shift_limit=0, p=p),
             A.RandomGamma(gamma_limit=(100 - 30 * s, 100 + 40 * s), p=p),
             A.GaussNoise(std_range=(0.005 * s, 0.04 * s), p=pd),
-            A.OneOf([A.MotionBlur(blur_limit=(3, blur)),
+            # Centred, symmetric kernels only: albumentations' defaults (allow_shifted, direction_range (-1, 1))
+            # shift the picture by up to half a kernel (1.7-2.8 px measured), which no label or intrinsics follow.
+            A.OneOf([A.MotionBlur(blur_limit=(3, blur), allow_shifted=False, direction_range=(0.0, 0.0)),
                      A.GaussianBlur(blur_limit=(3, blur), sigma_limit=(0.1, 1.5 * s))], p=pd),
             A.ImageCompression(quality_range=(max(1, round(100 - 60 * s)), 100), p=pd),
         ])
