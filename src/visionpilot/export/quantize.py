@@ -84,28 +84,37 @@ _LAYOUT_OPS = {"Reshape", "Split", "Flatten", "Transpose", "Squeeze", "Unsqueeze
 
 
 def output_layers(model: onnx.ModelProto, prefix: str = RAW_PREFIX) -> list[str]:
-    """Names of the nodes that compute the ``raw/`` outputs (through layout-only ops, a ``Concat``'s every input
-    and a ``ReduceMean``), e.g. the heads' last convs; through an ``Add``, both summands' layers (a fine-tuned
-    head's low-rank update and the layer it updates)."""
+    """Names of the nodes that must stay float for the ``raw/`` outputs to reach the decode unrounded: the layers
+    that compute them (through layout-only ops, a ``Concat``'s every input and a ``ReduceMean``; through an
+    ``Add``, both summands' layers: a fine-tuned head's low-rank update and the layer it updates), e.g. the heads'
+    last convs; the layout ops on the way, and every node that reads one of those tensors (a ``Softmax`` inside the
+    network over the BEV lane positions, say). Left out, onnxruntime puts a QuantizeLinear/DequantizeLinear pair
+    on the tensor a layout op or a reader takes, and the logits reach ``ArgMax`` and ``Softmax`` in 256 levels."""
     producer = {out: node for node in model.graph.node for out in node.output}
     found: list[str] = []
+    tensors: set[str] = set()  # every tensor from the computing layers to the raw outputs
     stack = [o.name for o in model.graph.output if o.name.startswith(prefix)]
     seen: set[str] = set()
     while stack:
-        node = producer.get(stack.pop())
+        name = stack.pop()
+        node = producer.get(name)
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
+        tensors.update(node.output)
         if node.op_type == "Concat":  # every input is data (e.g. the lane head's column and "absent" logits)
+            found.append(node.name)
             stack.extend(node.input)
         elif node.op_type in _LAYOUT_OPS or node.op_type == "ReduceMean":  # ReduceMean: a pooled layer output
+            found.append(node.name)
             stack.extend(node.input[:1])  # the data input (the others are shapes / split sizes / indices)
         elif node.op_type == "Add":  # a layer's bias, or a low-rank update (LoRALinear): W x + up(down(x))
             found.append(node.name)
             stack.extend(node.input)  # weights are initializers without a producer: only computed inputs follow
         elif node.op_type != "Constant":
             found.append(node.name)
-    return found
+    readers = [n.name for n in model.graph.node if n.name not in seen and any(i in tensors for i in n.input)]
+    return found + readers
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -148,10 +157,15 @@ def _drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
 
 
 class FrameReader(CalibrationDataReader):
-    """Feeds calibration batches (graph input name -> array) to onnxruntime's calibrator."""
+    """Feeds calibration frames (graph input name -> array) to onnxruntime's calibrator, one frame at a time.
+
+    Batches are split into frames: the percentile and entropy calibrators stack every run's tensors, and a last
+    batch smaller than the others (26 frames in batches of 4) made that stack ragged ("inhomogeneous shape").
+    """
 
     def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]) -> None:
-        self._feeds = list(feeds)
+        self._feeds = [{k: v[i:i + 1] for k, v in feed.items()} for feed in feeds
+                       for i in range(len(next(iter(feed.values()))))]
         self._it = iter(self._feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
