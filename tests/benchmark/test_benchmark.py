@@ -101,7 +101,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
         assert r["status"] == "ok", r["status"]
         assert isinstance(r["batch"], int) and isinstance(r["cameras"], int) and isinstance(r["height"], int)
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["fps"] > 0 and r["size_mb"] > 0
-        assert r["per_camera_ms"] == pytest.approx(r["p50_ms"] / r["cameras"])
+        assert r["per_camera_ms"] == pytest.approx(r["p50_ms"] / (r["cameras"] * r["batch"]))  # per camera image
         assert r["others_cores"] is None or r["others_cores"] >= 0  # what other processes used meanwhile
     first = {r["model"]: r for r in rows if r["batch"] == 1}
     assert (first["pytorch"]["cameras"], first["pytorch"]["height"], first["pytorch"]["width"]) == (1, 64, 176)
@@ -224,6 +224,21 @@ def test_external_onnx_needs_its_input_shape(models: dict[str, Path], tmp_path: 
         benchmark(_cfg(tmp_path, f"models=[{models['external']}]", *FAST))
     with pytest.raises(ValueError, match=r"'input_shape' for input 'pixels': .*found \[1, 4, 32, 48\]"):
         benchmark(_cfg(tmp_path, f"models=[{models['external']}]", "input_shape=[1,4,32,48]", *FAST))
+
+
+def test_model_size_counts_external_weights(models: dict[str, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from visionpilot.export.benchmark import onnx_bytes
+
+    proto = onnx.load(str(models["external"]))
+    onnx.save_model(proto, str(tmp_path / "split.onnx"), save_as_external_data=True, location="split.onnx.data",
+                    size_threshold=0)  # weights beside the graph, as models over 2 GB must be saved
+    graph, data = tmp_path / "split.onnx", tmp_path / "split.onnx.data"
+    assert data.stat().st_size > graph.stat().st_size  # the graph file alone read as "0.0 MB"
+    assert onnx_bytes(graph, onnx.load(str(graph), load_external_data=False)) == \
+        graph.stat().st_size + data.stat().st_size
+    assert onnx_bytes(models["external"], proto) == models["external"].stat().st_size
 
 
 def test_model_names_and_helpers() -> None:

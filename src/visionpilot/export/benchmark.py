@@ -215,6 +215,15 @@ def external_shapes(path: Path, inputs: Sequence[Any], given: Any) -> dict[str, 
     return shapes
 
 
+def onnx_bytes(path: Path, proto: onnx.ModelProto) -> int:
+    """The model's size on disk: the .onnx file and the external-data files its initializers name (> 2 GB models
+    and any saved with ``save_as_external_data`` keep their weights beside the graph)."""
+    files = {entry.value for tensor in proto.graph.initializer
+             if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+
+
 def onnx_targets(name: str, path: Path, providers: Sequence[str], threads: int, input_shape: Any,
                  seed: int, spinning: bool = False) -> list[Target]:
     """One row per execution provider for an ONNX file (a visionpilot export, or any graph given its shape).
@@ -241,7 +250,7 @@ def onnx_targets(name: str, path: Path, providers: Sequence[str], threads: int, 
         height, width = (int(image[-2]), int(image[-1])) if len(image) >= 4 else (0, 0)
         dynamic = all(not isinstance(i.shape[0], int) for i in inputs if len(i.shape) > 0)
         static = int(image[0]) if image else 1
-    size_mb = path.stat().st_size / 2**20
+    size_mb = onnx_bytes(path, proto) / 2**20
     out = []
     for short in providers:
         provider, backend = PROVIDERS[short]
@@ -500,7 +509,8 @@ def measure(targets: Sequence[Target], batches: Sequence[int], warmup: int, iter
                     row.update(loading[i])
                 if i in times and t.status == "ok":
                     stats = summarise(times[i], row["batch"])
-                    row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras, 1))
+                    # per camera image: a batch-8 call runs 8 frames of every camera
+                    row.update(stats, per_camera_ms=stats["p50_ms"] / max(t.cameras * int(row["batch"]), 1))
                     cores = others[i].cores
                     row["others_cores"] = None if cores is None else round(cores, 2)
                 rows.append(row)

@@ -174,13 +174,25 @@ def _busy_ticks() -> int | None:
     return user + nice + system + irq + softirq + steal
 
 
-def _process_ticks(pid: int) -> int:
-    """CPU ticks (user + system, all threads) process ``pid`` has used; 0 once it is gone."""
+def _process_ticks(pid: int) -> float:
+    """CPU time process ``pid`` has used (all threads), in clock ticks; 0 once it is gone.
+
+    From each thread's ``schedstat`` (nanoseconds on the CPU), not ``stat``'s utime + stime: those are whole ticks,
+    and over the millisecond windows of a fast model's calls their rounding left most of our own time unaccounted,
+    so it was counted as other processes' (2.2-2.7 "other" cores on a 2-core machine).
+    """
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    total = 0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total / tick_ns
 
 
 class OthersCpu:
@@ -196,10 +208,10 @@ class OthersCpu:
 
     def __init__(self, pids: Sequence[int]) -> None:
         self.pids = list(pids)
-        self.ticks = 0
+        self.ticks = 0.0
         self.seconds = 0.0
         self.ok = _busy_ticks() is not None
-        self._start: tuple[int, list[int], float] | None = None
+        self._start: tuple[int, list[float], float] | None = None
 
     def start(self) -> None:
         if self.ok:
@@ -211,7 +223,9 @@ class OthersCpu:
         busy, own, t0 = self._start
         # Per process and never negative: a worker killed meanwhile reads 0 and must not count as others' time.
         ours = sum(max(_process_ticks(p) - before, 0) for p, before in zip(self.pids, own))
-        self.ticks += max((_busy_ticks() or 0) - busy - ours, 0)
+        # Signed: in a window shorter than a tick the machine's count is 0 or 1 while ours is a fraction, and only
+        # the sum over many windows is right (clamping each window at 0 would bias it upwards).
+        self.ticks += (_busy_ticks() or 0) - busy - ours
         self.seconds += time.perf_counter() - t0
         self._start = None
 
@@ -219,4 +233,5 @@ class OthersCpu:
     def cores(self) -> float | None:
         if not self.ok or self.seconds <= 0:
             return None
-        return self.ticks / os.sysconf("SC_CLK_TCK") / self.seconds
+        # The machine's counter moves in whole ticks: over few windows the estimate can leave [0, cores].
+        return min(max(self.ticks / os.sysconf("SC_CLK_TCK") / self.seconds, 0.0), float(os.cpu_count() or 1))
