@@ -70,6 +70,25 @@ def test_calibration_is_checked_before_onnxruntime(bev_runtime, make_batch) -> N
         bev_runtime(images, bad, e)
     with pytest.raises(InputError, match="expected a float dtype"):
         bev_runtime(images, k.astype(np.int64), e)
+    # Finite but no calibration: each ran and gave finite, wrong bird's-eye-view output (up to 0.4 in lane
+    # probabilities), so they are named with the first camera that has them.
+    with pytest.raises(InputError, match=r"intrinsics\[0, 0\]: expected a last row \[0, 0, 1\] \(a pinhole K; is it "
+                                         r"transposed\?\), found \[.+\]"):
+        bev_runtime(images, np.swapaxes(k, -1, -2).copy(), e)
+    negative = k.copy()
+    negative[1, 1, 1, 1] *= -1
+    with pytest.raises(InputError, match=r"intrinsics\[1, 1\]: expected focal lengths fx, fy > 0"):
+        bev_runtime(images, negative, e)
+    with pytest.raises(InputError, match=r"(?s)extrinsics\[0, 0\]: expected a last row \[0, 0, 0, 1\].*"
+                                         r"extrinsics\[0, 0\]: expected a rotation \(orthonormal, determinant \+1\)"):
+        bev_runtime(images, k, np.zeros_like(e))
+    mirrored = e.copy()
+    mirrored[0, 1, :3, 0] *= -1  # a reflection, not a rotation
+    with pytest.raises(InputError, match=r"extrinsics\[0, 1\]: expected a rotation .* det -1"):
+        bev_runtime(images, k, mirrored)
+    with pytest.raises(InputError, match=r"expected at least one frame in dim 0 \(B >= 1\), found B = 0"):
+        bev_runtime(images[:0], k[:0], e[:0])
+    assert bev_runtime(images, k, e).objects_3d.boxes.shape[0] == 2  # the real calibration passes
 
 
 def test_typed_results_and_onnx_decode_match_net_decode(bev_model, bev_runtime, make_batch) -> None:

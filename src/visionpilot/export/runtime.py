@@ -35,6 +35,39 @@ class InputError(ValueError):
     """An input does not match what the exported model takes."""
 
 
+def calibration_problems(name: str, arr: np.ndarray, atol: float = 1e-3) -> list[str]:
+    """What makes (B, N, 3, 3) intrinsics or (B, N, 4, 4) camera->ego extrinsics no camera calibration, if
+    anything: a wrong one (transposed K, a zero matrix) runs and gives finite but wrong bird's-eye-view output.
+
+    Intrinsics: last row [0, 0, 1], K[1, 0] = 0, fx and fy > 0. Extrinsics: last row [0, 0, 0, 1], an orthonormal
+    rotation with determinant +1 (within ``atol``). The first offending camera is named per check.
+    """
+    a = np.asarray(arr, dtype=np.float64)
+    problems = []
+
+    def first(bad: np.ndarray, what: str, found: Any) -> None:
+        if bad.any():
+            b, n = (int(v) for v in np.argwhere(bad)[0])
+            value = found(b, n)
+            problems.append(f"{name}[{b}, {n}]: expected {what}, found {value}")
+
+    if name == "intrinsics":
+        first(np.abs(a[..., 2, :] - [0.0, 0.0, 1.0]).max(-1) > atol, "a last row [0, 0, 1] (a pinhole K; is it "
+              "transposed?)", lambda b, n: np.round(a[b, n, 2], 4).tolist())
+        first(np.abs(a[..., 1, 0]) > atol, "K[1, 0] = 0", lambda b, n: round(float(a[b, n, 1, 0]), 4))
+        first((a[..., 0, 0] <= 0) | (a[..., 1, 1] <= 0), "focal lengths fx, fy > 0 (pixels)",
+              lambda b, n: [round(float(a[b, n, 0, 0]), 3), round(float(a[b, n, 1, 1]), 3)])
+    else:
+        first(np.abs(a[..., 3, :] - [0.0, 0.0, 0.0, 1.0]).max(-1) > atol, "a last row [0, 0, 0, 1] (a camera->ego "
+              "transform)", lambda b, n: np.round(a[b, n, 3], 4).tolist())
+        rot = a[..., :3, :3]
+        gram = np.abs(np.einsum("...ji,...jk->...ik", rot, rot) - np.eye(3)).max((-2, -1))
+        det = np.linalg.det(rot)
+        first((gram > atol) | (np.abs(det - 1.0) > atol), "a rotation (orthonormal, determinant +1) in [:3, :3]",
+              lambda b, n: f"R^T R - I up to {gram[b, n]:.3g}, det {det[b, n]:.4g}")
+    return problems
+
+
 @dataclass(frozen=True)
 class Lanes2D:
     """Per-camera row-anchor lanes. S slots (ego-relative, left to right), R row anchors."""
@@ -183,6 +216,8 @@ class VisionPilotRuntime:
                     if np.issubdtype(imgs.dtype, np.floating) else "")
             problems.append(f"images: expected dtype uint8 (RGB 0..255; the graph normalises), found {imgs.dtype}"
                             + hint)
+        if imgs.ndim == 5 and imgs.shape[0] == 0:
+            problems.append("images: expected at least one frame in dim 0 (B >= 1), found B = 0")
         feed = {"images": np.ascontiguousarray(imgs)}
         batch = imgs.shape[0] if imgs.ndim == 5 else None
         for name, value, size in (("intrinsics", intrinsics, 3), ("extrinsics", extrinsics, 4)):
@@ -199,6 +234,8 @@ class VisionPilotRuntime:
                 problems.append(f"{name}: expected a float dtype (float32), found {arr.dtype}")
             elif not np.isfinite(arr).all():
                 problems.append(f"{name}: expected finite values, found NaN or Inf")
+            else:
+                problems += calibration_problems(name, arr)
             if name in self.inputs:
                 feed[name] = np.ascontiguousarray(arr, dtype=np.float32)
         if problems:
