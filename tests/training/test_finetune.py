@@ -417,3 +417,21 @@ def test_rerunning_a_finetune_in_its_run_dir_resumes_it_and_refuses_another_stra
         finetune(cfg("strategy=full", "trainer.max_steps=4"))
     metrics, _ = finetune(cfg("strategy=full", "trainer.max_steps=1", "resume=never"))
     assert metrics["train/steps"] == 1
+
+
+def test_a_finetune_stopped_by_sigterm_exits_143_without_a_delta(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise SIGTERMException  # what Lightning raises after the batch during which SIGTERM arrived
+
+    monkeypatch.setattr(L.Trainer, "fit", stopped)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={_base(tmp_path)}",
+                                             "region=gb", "strategy=heads", "data.num_workers=0", "logger=csv",
+                                             "data.persistent_workers=false", "callbacks.progress_bar=null"])
+    with pytest.raises(SystemExit) as stop:
+        finetune(cfg)
+    assert stop.value.code == 143 and not (tmp_path / "ft" / "delta.safetensors").exists()

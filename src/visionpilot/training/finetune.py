@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -738,7 +740,12 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume is not None:
         check_same_finetune(resume, info)
         check_resume(resume, module)
-    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
+    try:
+        trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
+    except SIGTERMException:  # as visionpilot-train: a stopped fine-tune must not exit 0 (training/train.py)
+        log.warning("fine-tune stopped by SIGTERM at step %d: no delta written; rerun the same command to resume",
+                    trainer.global_step)
+        raise SystemExit(128 + signal.SIGTERM) from None
     # The fine-tuned model is what the delta ships: changed weights rounded to its dtype (already done before the
     # last validation when training ran to max_steps), so base + delta reproduces the checkpoint exactly.
     round_changed(net, base_state, dtype)
