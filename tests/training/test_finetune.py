@@ -428,8 +428,9 @@ def test_a_finetune_stopped_by_sigterm_exits_143_without_a_delta(tmp_path: Path,
         raise SIGTERMException  # what Lightning raises after the batch during which SIGTERM arrived
 
     monkeypatch.setattr(L.Trainer, "fit", stopped)
+    base = _base(tmp_path)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={_base(tmp_path)}",
+        cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base}",
                                              "region=gb", "strategy=heads", "data.num_workers=0", "logger=csv",
                                              "data.persistent_workers=false", "callbacks.progress_bar=null"])
     with pytest.raises(SystemExit) as stop:
