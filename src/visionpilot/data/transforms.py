@@ -266,7 +266,7 @@ class Photometric:
             A.RandomGamma(gamma_limit=(100 - 30 * s, 100 + 40 * s), p=p),
             A.GaussNoise(std_range=(0.005 * s, 0.04 * s), p=pd),
             # Centred, symmetric kernels only: albumentations' defaults (allow_shifted, direction_range (-1, 1))
-            # shift the picture by up to half a kernel (1.7-2.8 px measured), which no label or intrinsics follow.
+            # shift the picture by up to half a kernel (~2 px measured), which no label or intrinsics follow.
             A.OneOf([A.MotionBlur(blur_limit=(3, blur), allow_shifted=False, direction_range=(0.0, 0.0)),
                      A.GaussianBlur(blur_limit=(3, blur), sigma_limit=(0.1, 1.5 * s))], p=pd),
             A.ImageCompression(quality_range=(max(1, round(100 - 60 * s)), 100), p=pd),
