@@ -412,6 +412,8 @@ def test_rerunning_a_finetune_in_its_run_dir_resumes_it_and_refuses_another_stra
         metrics, objects = finetune(cfg("trainer.max_steps=4"))
     assert "ckpt_path=auto: resuming from" in caplog.text  # README: rerunning in the same run dir resumes
     assert metrics["train/steps"] == 4 and objects["summary"]["steps"] == 4
+    rerun, _ = finetune(cfg("trainer.max_steps=4"))  # finished: resumes at step 4, trains and validates nothing
+    assert rerun["train/steps"] == 4 and rerun["val/gb/lane_f1"] == metrics["val/gb/lane_f1"]  # its metrics kept
     with pytest.raises(ValueError, match=r"holds a fine-tune with field 'strategy' = 'heads', but this run's is "
                                          r"'full'; give another hydra.run.dir, or resume=never"):
         finetune(cfg("strategy=full", "trainer.max_steps=4"))

@@ -48,7 +48,12 @@ from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
-from visionpilot.training.fault_tolerance import check_resume, install_atomic_io, resolve_ckpt_path
+from visionpilot.training.fault_tolerance import (
+    check_resume,
+    install_atomic_io,
+    resolve_ckpt_path,
+    with_previous_metrics,
+)
 from visionpilot.training.module import flat_lr_mult, model_signature, under_prefix
 from visionpilot.utils.io import write_atomic, write_json_atomic
 
@@ -771,6 +776,8 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     "finetune/total_params": float(report.total_params),
                     "finetune/delta_bytes": float(delta_path.stat().st_size),
                     "finetune/checkpoint_bytes": float(ckpt_path.stat().st_size)})
+    if resume is not None:  # a rerun of a finished fine-tune validates nothing: keep the metrics it wrote then
+        metrics = with_previous_metrics(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
     write_json_atomic(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
     summary = {**info, "checkpoint": str(ckpt_path), "delta": str(delta_path),
                "delta_bytes": delta_path.stat().st_size, "checkpoint_bytes": ckpt_path.stat().st_size,
