@@ -96,8 +96,7 @@ def write_plots(plots_dir: Path, examples: dict[str, list[tuple[dict[str, Any], 
     written = []
     for region, kept in examples.items():
         for k, (frame, decoded) in enumerate(kept):
-            path = plots_dir / f"{region}_{k}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = plots_dir / f"{region}_{k}.png"  # save_rgb writes atomically and makes the folder
             save_rgb(str(path), render_comparison(frame, decoded, list(datamodule.camera_names),
                                                   lane_cameras=list(lane_cameras) if lane_cameras else None))
             written.append(path)

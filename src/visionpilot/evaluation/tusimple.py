@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from visionpilot.evaluation._common import ArrayLike, to_numpy
+from visionpilot.evaluation._common import ArrayLike, precision_recall_f1, to_numpy
 
 #: The rows TuSimple samples lanes at (its 1280x720 images).
 TUSIMPLE_H_SAMPLES: tuple[int, ...] = tuple(range(160, 720, 10))
@@ -153,8 +153,6 @@ class TuSimpleMetric(Metric):
     def compute(self) -> dict[str, Tensor]:
         n = self.images.clamp(min=1).double()
         fp, fn = self.fp_sum / n, self.fn_sum / n
-        precision = 1.0 - fp  # CLRNet: tp = 1 - fp; precision = tp / (tp + fp); recall = tp / (tp + fn)
-        recall = precision / (precision + fn).clamp(min=1e-12)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        _, _, f1 = precision_recall_f1(1.0 - fp, fp, fn)  # CLRNet's: rates as counts, tp = 1 - fp
         return {"tusimple_accuracy": (self.accuracy_sum / n).float(), "tusimple_fp": fp.float(),
-                "tusimple_fn": fn.float(), "tusimple_f1": f1.float()}
+                "tusimple_fn": fn.float(), "tusimple_f1": f1}

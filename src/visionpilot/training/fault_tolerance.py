@@ -256,7 +256,7 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
     or not at all (``lr_mult`` values: the optimizer's restored learning rates win silently). Lightning's own
     ``last`` / ``hpc`` and object-store URLs are left to Lightning.
     """
-    from visionpilot.training.module import check_signature, flat_lr_mult, model_signature
+    from visionpilot.training.module import check_signature, flatten_dotted, model_signature
 
     if ckpt_path is None or ckpt_path in ("last", "hpc") or _is_url(ckpt_path):
         return
@@ -281,7 +281,7 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
     stored = ((entry.get("config") or {}).get("model") or {})
     if not stored:
         return
-    checks = {"lr_mult": (flat_lr_mult(stored.get("lr_mult")), flat_lr_mult(module.hparams.get("lr_mult"))),
+    checks = {"lr_mult": (flatten_dotted(stored.get("lr_mult")), flatten_dotted(module.hparams.get("lr_mult"))),
               "weight_decay_norm": (bool(stored.get("weight_decay_norm", False)),
                                     bool(module.hparams.get("weight_decay_norm", False)))}
     for name, (saved, current) in checks.items():
@@ -294,18 +294,11 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
 
 def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any], limit: int = 8) -> list[str]:
     """``'data.regions: [us] -> [us, gb]'`` for each leaf of the data, model and rig configs that differs."""
-    def leaves(node: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(node, Mapping):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                out.update(leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-            return out
-        return {prefix: node}
+    from visionpilot.training.module import flatten_dotted
 
     if not stored or not current:
         return []
-    a = {k: v for part in ("data", "model", "rig") for k, v in leaves(stored.get(part), part).items()}
-    b = {k: v for part in ("data", "model", "rig") for k, v in leaves(current.get(part), part).items()}
+    a, b = (flatten_dotted({part: config.get(part) for part in ("data", "model", "rig")}) for config in (stored, current))
     diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
              if a.get(k, "(unset)") != b.get(k, "(unset)")]
     return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])

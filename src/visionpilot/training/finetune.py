@@ -54,7 +54,7 @@ from visionpilot.training.fault_tolerance import (
     resolve_ckpt_path,
     with_previous_metrics,
 )
-from visionpilot.training.module import flat_lr_mult, model_signature, under_prefix
+from visionpilot.training.module import flatten_dotted, model_signature, under_prefix
 from visionpilot.utils.io import write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -652,7 +652,7 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
     # given; a part this network does not have (a model without a lane head) is left out, not an error.
     if strategy.get("lr_mult") and not (_plain(cfg.get("model")) or {}).get("lr_mult"):
         names = [name for name, _ in base.net.named_parameters()]
-        model.lr_mult = {prefix: mult for prefix, mult in flat_lr_mult(strategy["lr_mult"]).items()
+        model.lr_mult = {prefix: mult for prefix, mult in flatten_dotted(strategy["lr_mult"]).items()
                          if any(under_prefix(name, prefix) for name in names)}
     if name == "adapter":
         model.net = adapter_net_config(stored.model.net, _adapter_settings(strategy))

@@ -54,7 +54,7 @@ class PerceptionModule(L.LightningModule):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {list(NAN_POLICIES)}, found '{nan_policy}'")
-        for prefix, mult in flat_lr_mult(lr_mult).items():
+        for prefix, mult in flatten_dotted(lr_mult).items():
             if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not mult > 0:
                 raise ValueError(f"field 'model.lr_mult.{prefix}': expected a positive number, found {mult!r}")
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -232,7 +232,7 @@ class PerceptionModule(L.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """The trainable parameters grouped by weight decay (none on norm layers and biases unless
         ``weight_decay_norm``) and by learning-rate multiplier (``lr_mult``); each group carries its ``lr_mult``."""
-        mults = {k: float(v) for k, v in flat_lr_mult(self.hparams.get("lr_mult")).items()}
+        mults = {k: float(v) for k, v in flatten_dotted(self.hparams.get("lr_mult")).items()}
         named = list(getattr(self.net, "_orig_mod", self.net).named_parameters())
         for prefix in mults:
             if not any(under_prefix(name, prefix) for name, _ in named):
@@ -280,13 +280,13 @@ class PerceptionModule(L.LightningModule):
         check_signature(saved, model_signature(self.net))
 
 
-def flat_lr_mult(lr_mult: Mapping[str, Any] | None, parent: str = "") -> dict[str, Any]:
-    """``lr_mult`` with nested mappings flattened to dotted prefixes: a command-line override
+def flatten_dotted(mapping: Mapping[str, Any] | None, parent: str = "") -> dict[str, Any]:
+    """A nested mapping's leaves under dotted keys, e.g. ``lr_mult``: a command-line override
     ``model.lr_mult.heads.lanes_2d=2`` arrives as ``{"heads": {"lanes_2d": 2}}``, YAML may write ``heads.lanes_2d: 2``."""
     flat: dict[str, Any] = {}
-    for key, value in dict(lr_mult or {}).items():
+    for key, value in dict(mapping or {}).items():
         prefix = f"{parent}.{key}" if parent else str(key)
-        flat.update(flat_lr_mult(value, prefix) if isinstance(value, Mapping) else {prefix: value})
+        flat.update(flatten_dotted(value, prefix) if isinstance(value, Mapping) else {prefix: value})
     return flat
 
 

@@ -64,10 +64,10 @@ def read_lines_txt(path: Path) -> list[np.ndarray]:
         except ValueError:
             bad = next(v for v in fields if not _is_float(v))
             raise FormatError(f"{path}: line {n}: field 'x y' pairs must be numbers, found '{bad}'") from None
-        if len(values) % 2 or not np.isfinite(values).all():
+        finite = bool(np.isfinite(values).all())
+        if len(values) % 2 or not finite:
             raise FormatError(f"{path}: line {n}: field 'x y' pairs must hold an even count of finite numbers, "
-                              f"found {len(values)} value(s)" + ("" if np.isfinite(values).all() else
-                                                                 ", not all finite"))
+                              f"found {len(values)} value(s)" + ("" if finite else ", not all finite"))
         if len(values) >= 4:
             lanes.append(values.reshape(-1, 2))
     return lanes
