@@ -224,3 +224,15 @@ def test_lane_raster_width(width: float) -> None:
     seg = head.build_targets(_lane_batch())["seg"][0, lane_type_index("white_dashed")]
     per_row = seg.sum(dim=1)[2:-2]  # lit cells per row of a straight line along x
     assert per_row.min() >= 1 and per_row.max() <= math.ceil(width) + 1
+
+
+def test_objects_ignore_classes_the_head_does_not_predict() -> None:
+    # A head trained on fewer classes than the vocabulary (num_classes=3) skips the other labels, as the 2D head does.
+    head = Objects3DHead(in_channels=8, grid=OBJ_GRID, head_channels=8, num_classes=3)
+    batch = _box_batch(has=(True, True))
+    batch["boxes_3d_classes"][:, 1] = len(OBJECT_CLASSES) - 1  # the pedestrian relabelled to the last class
+    t = head.build_targets(batch)
+    assert t["valid"][0].tolist() == [CAR < 3, False, CLASSES[2] < 3, False]
+    assert int((t["heatmap"][0] == 1.0).sum()) == int(t["valid"][0].sum())
+    losses = head.loss(head(torch.randn(2, 8, 32, 32)), batch)
+    assert all(torch.isfinite(v) for v in losses.values())

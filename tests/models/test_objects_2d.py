@@ -199,3 +199,20 @@ def test_decode_pads_when_the_map_has_fewer_cells_than_top_k() -> None:
 def test_refuses_a_missing_level() -> None:
     with pytest.raises(ValueError, match="stride 4 is not a neck level"):
         _head(stride=4)
+
+
+@pytest.mark.parametrize("area", [0.0, 0.54])
+def test_a_box_regresses_at_its_own_centre_cell_inside_a_larger_box(area: float) -> None:
+    # A far car (10x8 px, centre (49, 30) px -> cell (6, 3)) next to the centre cell of a near one (40x32 px, centre
+    # cell (5, 3)): with TTFNet's areas the near car's area covers the far car's centre cell, but that cell must
+    # regress the far car, or decoding its peak returns the near car's box.
+    head = _head(regress_area=area)
+    near, far = [20.0, 10.0, 60.0, 42.0], [44.0, 26.0, 54.0, 34.0]
+    t = head.targets(_batch([[(near, 0), (far, 1)]]), (8, 20))
+    assert t["regress_mask"][0, 0].tolist() == [True, True]
+    out = {"heatmap": t["heatmap"].clamp(1e-6, 1 - 1e-6).logit(), "size": t["size_map"], "offset": t["offset_map"]}
+    dec = head.decode(out)
+    assert (dec["scores"][0, 0, :2] > 0.99).all()
+    for box, cls in ((near, 0), (far, 1)):
+        hit = (dec["classes"][0, 0, :2] == cls).nonzero()[:, 0]
+        np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1e-4)

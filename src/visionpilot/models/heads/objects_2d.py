@@ -127,10 +127,16 @@ class CenterNetHead(nn.Module):
         area_w = (ry[..., :, None] * rx[..., None, :]) * box_mask[..., None, None]  # (B, N, M, h, w)
         # One box per cell, as decode returns one box per cell: where regression areas overlap (a far car straight
         # behind a near one, common at stride 8 on small images) the largest box owns the cell; two boxes pulling
-        # one cell towards different targets would be an irreducible loss floor. Ties: the first box.
+        # one cell towards different targets would be an irreducible loss floor. Ties: the first box. A box's own
+        # centre cell, where decode reads it, goes first to the boxes centred there: otherwise a small box inside a
+        # larger one's regression area would decode as the larger box.
         area = torch.where(box_mask, bw * bh, -1.0)
+        centre = (area_w > 0) & (dy == 0)[..., :, None] & (dx == 0)[..., None, :]  # (B, N, M, h, w)
         # argmax returns the first of equal maxima: the larger box, then the first one.
-        owner = torch.where(area_w > 0, area[..., None, None], -1.0).argmax(dim=2, keepdim=True)  # (B, N, 1, h, w)
+        owner = torch.where(centre.any(dim=2, keepdim=True),
+                            torch.where(centre, area[..., None, None], -1.0).argmax(dim=2, keepdim=True),
+                            torch.where(area_w > 0, area[..., None, None], -1.0).argmax(dim=2, keepdim=True)
+                            )  # (B, N, 1, h, w)
         owned = (torch.arange(m, device=boxes.device)[:, None, None] == owner) & (area_w > 0)  # (B, N, M, h, w)
         mass = (area_w * owned).sum(dim=(-2, -1))  # (B, N, M)
         regress_mask = box_mask & (mass > 0)

@@ -153,9 +153,11 @@ class Objects3DHead(nn.Module):
         wj = cj_l[..., None] + dj
         inside = ((di.abs() <= radius[..., None]) & (dj.abs() <= radius[..., None]) & valid[..., None]
                   & (wi >= 0) & (wi < nx) & (wj >= 0) & (wj < ny))
-        flat = classes.clamp(min=0)[..., None] * (nx * ny) + wi.clamp(0, nx - 1) * ny + wj.clamp(0, ny - 1)
+        flat = (classes.clamp(0, self.num_classes - 1)[..., None] * (nx * ny)
+                + wi.clamp(0, nx - 1) * ny + wj.clamp(0, ny - 1))
         heat = torch.zeros(b, self.num_classes * nx * ny, device=boxes.device)
-        # Masked entries write 0 somewhere valid: harmless under amax because every value is >= 0.
+        # Masked entries (padding, classes the head does not predict, outside the grid) write 0 somewhere valid:
+        # harmless under amax because every value is >= 0.
         heat.scatter_reduce_(1, flat.reshape(b, -1), (gauss * inside).reshape(b, -1), reduce="amax")
 
         return {
