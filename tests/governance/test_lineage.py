@@ -150,3 +150,30 @@ def test_evaluating_cn_frames_at_home_scores_them_but_draws_none(workflow: dict[
                                                 "compute_region=cn", "data.num_workers=0", "plots=1"]))
     assert set(report["results"]["adapter-cn"]) == {"cn", "us"} and (out / "eval.json").is_file()
     assert [p.name for p in out.rglob("*.png")] == ["cross_region.png"]  # the matrix, no frame
+
+
+def test_code_version_names_no_commit_of_a_repository_the_package_is_not_from(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed (non-editable) package in a virtual environment inside some git checkout recorded that
+    checkout's commit as the code's version, whatever code the wheel holds."""
+    import subprocess
+
+    import visionpilot
+    from visionpilot.governance.provenance import code_version
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "other project"], check=True)
+    package = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages" / "visionpilot" / "__init__.py"
+    package.parent.mkdir(parents=True)
+    package.touch()
+    code_version.cache_clear()
+    try:
+        monkeypatch.setattr(visionpilot, "__file__", str(package))
+        assert code_version() == f"visionpilot {visionpilot.__version__}"
+        monkeypatch.undo()  # the source checkout itself still names its commit
+        code_version.cache_clear()
+        checkout = Path(visionpilot.__file__).resolve().parents[2]
+        assert code_version().startswith(f"visionpilot {visionpilot.__version__}+g") or not (checkout / ".git").exists()
+    finally:
+        code_version.cache_clear()

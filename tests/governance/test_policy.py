@@ -90,3 +90,63 @@ def test_circle_and_polygon_zones() -> None:
     assert points_in_polygon(np.array([0.5]), np.array([0.5]), ell.polygon).tolist() == [True]
     with pytest.raises(ValueError, match="antimeridian"):
         zone_from_config({"name": "pacific", "polygon": [[0, 179], [1, -179], [-1, -179]]}, "z")
+
+
+@pytest.mark.parametrize(("regions", "expected"), [("cn", ("cn",)), (["CN", "jp"], ("cn", "jp"))])
+def test_zone_regions_are_region_codes(regions: object, expected: tuple[str, ...]) -> None:
+    """``regions: cn`` (a bare string, not a list) is one code, not the regions 'c' and 'n' that match no frame."""
+    zone = zone_from_config({"name": "site", "circle": {"lat": 31.23, "lon": 121.474, "radius_m": 1000},
+                             "regions": regions}, "governance.zones[0]")
+    assert zone.regions == expected and zone.applies_to("cn")
+
+
+@pytest.mark.parametrize(("regions", "found"), [(["china"], "'china'"), ([False], "False")])
+def test_zone_regions_that_match_no_frame_are_refused(regions: list, found: str) -> None:
+    """A zone whose region is no ISO code (``china``, or YAML's ``no`` read as false) would silently exclude nothing."""
+    with pytest.raises(ValueError, match=rf"governance.zones\[0\].regions: expected an ISO 3166-1 alpha-2 code .* "
+                                         rf"found {found}"):
+        zone_from_config({"name": "site", "circle": {"lat": 31.23, "lon": 121.474, "radius_m": 1000},
+                          "regions": regions}, "governance.zones[0]")
+
+
+@pytest.mark.parametrize("field", ["source", "region"])
+@pytest.mark.parametrize("value", [None, ""])
+def test_a_rule_with_an_empty_source_or_region_is_refused(field: str, value: object) -> None:
+    """YAML ``source:`` (null) made a rule for a source named 'None' that matched nothing (CN data then read abroad
+    under the default), and ``region:`` silently became every region; both are errors naming the field."""
+    rule = {"source": "*", "region": "cn", "process_abroad": "never", field: value}
+    with pytest.raises(ValueError, match=rf"governance.rules\[0\]: field '{field}' must be .* or '\*', found "
+                                         rf"{value!r}"):
+        Policy.from_config({"rules": [rule]})
+
+
+def test_a_typo_in_the_anonymiser_settings_is_refused_even_while_it_is_off() -> None:
+    """``anonymise: {enable: true}`` left the anonymiser silently off: the settings are checked at parse time."""
+    with pytest.raises(ValueError, match=r"governance.anonymise: unknown field\(s\) \['enable'\]; valid: .*'enabled'"):
+        Policy.from_config({"anonymise": {"enable": True, "method": "blur"}})
+    with pytest.raises(ValueError, match=r"governance.anonymise: field 'method' must be one of \['blur', 'fill'\], "
+                                         r"found 'pixelate'"):
+        Policy.from_config({"anonymise": {"enabled": False, "method": "pixelate"}})
+    assert Policy.from_config(policy("sovereign")).anonymise["enabled"] is False  # the presets parse
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("sovereign", r"governance: expected a mapping \(name, rules, default, zones, .*\), found 'sovereign'"),
+    ({"rules": {"region": "cn", "process_abroad": "never"}},
+     r"governance.rules: expected a list of rules \[\{source, region, .*\}, ...\], found a mapping"),
+    ({"rules": ["cn"]}, r"governance.rules\[0\]: expected a mapping \{source, region, .*\}, found 'cn'"),
+    ({"default": "never"}, r"governance.default: expected a mapping \{.*process_abroad.*\}, found 'never'"),
+    ({"zones": {"name": "z", "circle": {"lat": 1, "lon": 1, "radius_m": 5}}},
+     r"governance.zones: expected a list of zones .*, found a mapping"),
+    ({"zones": ["z"]}, r"governance.zones\[0\]: expected a mapping \{name, circle \| polygon, .*\}, found 'z'"),
+    ({"zones": [{"name": "z", "circle": {"lat": "31.2N", "lon": 1, "radius_m": 5}}]},
+     r"governance.zones\[0\].circle \('z'\): field 'lat' must be a number, found '31.2N'"),
+    ({"zones": [{"name": "z", "polygon": [[1, 2], [3], [4, 5]]}]},
+     r"governance.zones\[0\].polygon \('z'\): expected at least 3 \[lat, lon\] vertices \(numbers\), found "
+     r"\[\[1, 2\], \[3\]"),
+    ({"anonymise": "on"}, r"governance.anonymise: expected a mapping \{enabled, method, .*\}, found 'on'"),
+])
+def test_policies_of_the_wrong_type_name_the_field(spec: object, message: str) -> None:
+    """Wrong types gave Python's own errors ('dictionary update sequence element #0 has length 1')."""
+    with pytest.raises(ValueError, match=message):
+        Policy.from_config(spec)  # type: ignore[arg-type]

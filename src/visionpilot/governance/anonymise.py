@@ -30,6 +30,7 @@ from visionpilot.data.sources.base import FrameRef, FrameSource
 
 log = logging.getLogger(__name__)
 METHODS = ("blur", "fill")
+FIELDS = ("enabled", "method", "margin", "strength", "detector", "always_detect")
 
 
 class Detector(Protocol):
@@ -40,6 +41,22 @@ class Detector(Protocol):
 
 class AnonymisationError(RuntimeError):
     """A frame could not be anonymised (no boxes and no detector)."""
+
+
+def check_config(spec: Mapping[str, Any] | None, where: str = "governance.anonymise") -> dict[str, Any]:
+    """The anonymiser settings as a plain dict, their names and ``method`` checked (also while ``enabled`` is false:
+    a typo such as ``enable: true`` must not leave the anonymiser silently off)."""
+    if spec is not None and not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: expected a mapping {{enabled, method, margin, strength, detector, always_detect}}, "
+                         f"found {spec!r}")
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; valid: {sorted(FIELDS)}")
+    method = spec.get("method", "blur")
+    if method not in METHODS:
+        raise ValueError(f"{where}: field 'method' must be one of {list(METHODS)}, found {method!r}")
+    return spec
 
 
 def _grow(box: Sequence[float], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
@@ -113,16 +130,12 @@ class Anonymiser:
     @classmethod
     def from_config(cls, spec: Mapping[str, Any] | None) -> Anonymiser:
         """From ``governance.anonymise`` (a plain mapping); the detector is instantiated if it has a ``_target_``."""
-        spec = dict(spec or {})
+        spec = check_config(spec)
         det = spec.pop("detector", None)
         if isinstance(det, Mapping):
             import hydra
 
             det = hydra.utils.instantiate(det)
-        known = {"method", "margin", "strength", "always_detect", "enabled"}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise ValueError(f"governance.anonymise: unknown field(s) {unknown}; valid: {sorted(known | {'detector'})}")
         return cls(detector=det, **spec)
 
     def describe(self) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,19 +85,46 @@ class Rule:
                 "process_abroad": self.process_abroad, "note": self.note}
 
 
+def _found(value: Any) -> str:
+    return "a mapping" if isinstance(value, Mapping) else repr(value)
+
+
+def expect_mapping(value: Any, where: str, what: str) -> dict[str, Any]:
+    """``value`` as a dict (None: empty), or an error naming ``where``, the expected ``what`` and what was found."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping {what}, found {_found(value)}")
+    return dict(value)
+
+
+def expect_list(value: Any, where: str, what: str) -> list[Any]:
+    """``value`` as a list (None: empty), or an error naming ``where``, the expected ``what`` and what was found."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ValueError(f"{where}: expected a list of {what}, found {_found(value)}")
+    return list(value)
+
+
 def rule_from_config(spec: Mapping[str, Any], where: str) -> Rule:
-    spec = dict(spec or {})
+    spec = expect_mapping(spec, where, "{source, region, resides_in, process_abroad, note}")
     unknown = sorted(set(spec) - _RULE_FIELDS)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; a rule has {sorted(_RULE_FIELDS)}")
     mode = str(spec.get("process_abroad", "allowed"))
     if mode not in PROCESSING:
         raise ValueError(f"{where}: field 'process_abroad' must be one of {list(PROCESSING)}, found {mode!r}")
-    region = str(spec.get("region", ANY)).lower()
-    if region != ANY:
-        region = normalise_region_code(region, f"{where}.region") or ANY
+    # Left out means '*'; an explicit null or empty value is a mistake, not a wildcard (nor a source named 'None').
+    for key, what in (("source", "a source name (Frame.source)"), ("region", "a region code")):
+        value = spec.get(key, ANY)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: field '{key}' must be {what} or '{ANY}', found {value!r}")
+    region = str(spec.get("region", ANY)).strip().lower()
+    if region != ANY and normalise_region_code(region, f"{where}.region") is None:  # 'null', 'none'
+        raise ValueError(f"{where}: field 'region' must be a region code or '{ANY}', found {spec['region']!r}")
     resides = normalise_region_code(spec.get("resides_in"), f"{where}.resides_in")
-    return Rule(where, str(spec.get("source", ANY)), region, resides, mode, str(spec.get("note", "")))
+    return Rule(where, str(spec.get("source", ANY)).strip(), region, resides, mode, str(spec.get("note", "")))
 
 
 @dataclass(frozen=True)
@@ -130,28 +157,35 @@ class Policy:
     @classmethod
     def from_config(cls, spec: Mapping[str, Any] | None) -> Policy:
         """Parse a policy config (a plain mapping; None gives the open policy), checking every field."""
-        spec = dict(spec or {})
+        spec = expect_mapping(spec, "governance", "(name, rules, default, zones, unknown_location, anonymise; a "
+                                                  "preset is selected with governance=<name> on the command line)")
         unknown = sorted(set(spec) - _POLICY_FIELDS)
         if unknown:
             raise ValueError(f"governance: unknown field(s) {unknown}; a policy has {sorted(_POLICY_FIELDS)}")
-        rules = [rule_from_config(r, f"governance.rules[{i}]") for i, r in enumerate(spec.get("rules") or [])]
+        rules = [rule_from_config(r, f"governance.rules[{i}]") for i, r in
+                 enumerate(expect_list(spec.get("rules"), "governance.rules", "rules [{source, region, resides_in, "
+                                                                                "process_abroad, note}, ...]"))]
         seen: dict[tuple[str, str], str] = {}
         for r in rules:
             if (r.source, r.region) in seen:
                 raise ValueError(f"{r.where}: source {r.source!r} and region {r.region!r} are already ruled by "
                                  f"{seen[(r.source, r.region)]}; keep one rule per source and region")
             seen[(r.source, r.region)] = r.where
-        default = spec.get("default") or {}
+        default = expect_mapping(spec.get("default"), "governance.default", "{resides_in, process_abroad, note}")
         if {"source", "region"} & set(default):
             raise ValueError("governance.default: applies to every source and region; remove 'source'/'region'")
         unknown_location = str(spec.get("unknown_location", "keep"))
         if unknown_location not in UNKNOWN_LOCATION:
             raise ValueError(f"governance: field 'unknown_location' must be one of {list(UNKNOWN_LOCATION)}, found "
                              f"{unknown_location!r}")
-        zones = [zone_from_config(z, f"governance.zones[{i}]") for i, z in enumerate(spec.get("zones") or [])]
+        zones = [zone_from_config(z, f"governance.zones[{i}]") for i, z in
+                 enumerate(expect_list(spec.get("zones"), "governance.zones", "zones [{name, circle | polygon, "
+                                                                              "regions, note}, ...]"))]
+        from visionpilot.governance.anonymise import check_config  # lazily: it imports the data package
+
         return cls(name=str(spec.get("name", "custom")), rules=rules,
                    default=rule_from_config(default, "governance.default"), zones=zones,
-                   unknown_location=unknown_location, anonymise=dict(spec.get("anonymise") or {}))
+                   unknown_location=unknown_location, anonymise=check_config(spec.get("anonymise")))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "rules": [r.to_dict() for r in self.rules], "default": self.default.to_dict(),

@@ -50,8 +50,10 @@ def code_version() -> str:
     version = f"visionpilot {visionpilot.__version__}"
     root = Path(visionpilot.__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
+        top, _, sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "--short=12", "HEAD"],
+                                     capture_output=True, text=True, timeout=5, check=True).stdout.strip().partition("\n")
+        if Path(top).resolve() != root:  # an installed package inside some other checkout (e.g. its .venv/)
+            return version
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):

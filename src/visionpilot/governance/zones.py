@@ -87,36 +87,67 @@ class Zone:
 def zone_from_config(spec: Mapping[str, Any], where: str) -> Zone:
     """A :class:`Zone` from a policy entry ``{name, circle: {lat, lon, radius_m} | polygon: [[lat, lon], ...],
     regions: [..], note}``; ``where`` names the entry in errors (``governance.zones[0]``)."""
-    spec = dict(spec)
+    from visionpilot.governance.policy import expect_mapping
+
+    spec = expect_mapping(spec, where, "{name, circle | polygon, regions, note}")
     unknown = sorted(set(spec) - {"name", "circle", "polygon", "regions", "note"})
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; a zone has name, circle or polygon, regions, note")
     name = str(spec.get("name") or where)
-    regions = tuple(str(r).lower() for r in (spec.get("regions") or ()))
+    regions = _zone_regions(spec.get("regions"), f"{where}.regions")
     if ("circle" in spec) == ("polygon" in spec):
         raise ValueError(f"{where} ('{name}'): expected exactly one of 'circle' ({{lat, lon, radius_m}}) or "
                          f"'polygon' ([[lat, lon], ...]), found {sorted(k for k in ('circle', 'polygon') if k in spec)}")
     if "circle" in spec:
-        c = dict(spec["circle"] or {})
+        c = expect_mapping(spec["circle"], f"{where}.circle ('{name}')", "{lat, lon, radius_m}")
         missing = [k for k in ("lat", "lon", "radius_m") if k not in c]
         if missing:
             raise ValueError(f"{where}.circle ('{name}'): missing field(s) {missing}; expected lat, lon (degrees) and "
                              f"radius_m (metres), found {c}")
-        lat, lon, radius = float(c["lat"]), float(c["lon"]), float(c["radius_m"])
+        lat, lon, radius = (_number(c[k], f"{where}.circle ('{name}')", k) for k in ("lat", "lon", "radius_m"))
         _check_latlon(f"{where}.circle", lat, lon)
         if not radius > 0:
             raise ValueError(f"{where}.circle ('{name}'): radius_m must be > 0, found {radius}")
         return Zone(name, center=(lat, lon), radius_m=radius, regions=regions, note=str(spec.get("note", "")))
-    poly = np.asarray(spec["polygon"], dtype=np.float64)
+    try:
+        poly = np.asarray(spec["polygon"], dtype=np.float64)
+    except (TypeError, ValueError):  # ragged, or not numbers
+        poly = np.zeros(0)
     if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
-        raise ValueError(f"{where}.polygon ('{name}'): expected at least 3 [lat, lon] vertices, found shape "
-                         f"{poly.shape}")
+        raise ValueError(f"{where}.polygon ('{name}'): expected at least 3 [lat, lon] vertices (numbers), found "
+                         f"{spec['polygon']!r}")
     for lat, lon in poly:
         _check_latlon(f"{where}.polygon", lat, lon)
     if np.ptp(poly[:, 1]) > 180:
         raise ValueError(f"{where}.polygon ('{name}'): spans {np.ptp(poly[:, 1]):.0f} degrees of longitude; polygons "
                          f"across the antimeridian are not supported, split it in two")
     return Zone(name, polygon=poly, regions=regions, note=str(spec.get("note", "")))
+
+
+def _zone_regions(regions: Any, where: str) -> tuple[str, ...]:
+    """A zone's region codes; a bare string is one code (``regions: cn``), not its characters. A code that is no
+    ISO code (``china``, or YAML's unquoted ``no`` read as false) is an error: it would match no frame."""
+    from visionpilot.governance.policy import normalise_region_code
+
+    if regions is None:
+        return ()
+    if isinstance(regions, (str, bool)) or not isinstance(regions, Sequence):
+        regions = [regions]
+    codes = []
+    for r in regions:
+        code = None if isinstance(r, bool) else normalise_region_code(r, where)
+        if code is None:
+            raise ValueError(f"{where}: expected an ISO 3166-1 alpha-2 code (e.g. us, cn, de), found {r!r}"
+                             f"{' (quote it in YAML: an unquoted no reads as false)' if isinstance(r, bool) else ''}")
+        codes.append(code)
+    return tuple(codes)
+
+
+def _number(value: Any, where: str, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field '{key}' must be a number, found {value!r}") from None
 
 
 def _check_latlon(where: str, lat: float, lon: float) -> None:
