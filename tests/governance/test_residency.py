@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,29 @@ def test_mixed_sources_are_ruled_by_their_own_names() -> None:
     dm.setup()
     assert {(g.source, g.region, g.frames) for g in dm.governance_report.groups} == {("fleet", "us", 6),
                                                                                       ("tiny", "us", 6)}
+
+
+def test_shards_of_a_mixed_source_are_ruled_by_their_members_names(tmp_path: Path) -> None:
+    # A shard root records the source it was written from; for a mixed source that name is "mixed", which no rule
+    # names: without the members' names a rule for "fleet" would not apply to streamed fleet frames (fail open).
+    mixed = MixedSource({"fleet": FleetSource({"us": 3}), "public": TinySource({"us": 3})})
+    refs = mixed.index()
+    write_shards(mixed, refs, make_splits(refs, seed=0), ["us"], tmp_path / "shards", chunk_bytes="40KB")
+    gov = {"rules": [{"source": "fleet", "region": "us", "process_abroad": "never"}]}
+    dm = StreamingDataModule(tmp_path / "shards", image_size=None, batch_size=2, governance=gov, compute_region="gb")
+    with pytest.raises(ResidencyError, match=r"fleet / us \(6 frames\): governance.rules\[0\]"):
+        dm.setup("fit")
+    dm = StreamingDataModule(tmp_path / "shards", image_size=None, batch_size=2, governance=gov, compute_region="us")
+    dm.setup("fit")
+    assert {(g.source, g.region, g.frames) for g in dm.governance_report.groups} == {("fleet", "us", 6),
+                                                                                      ("tiny", "us", 6)}
+    # A root written before the members were recorded cannot be ruled by source: refused, naming file and field.
+    meta_path = tmp_path / "shards" / "visionpilot.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["members"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"visionpilot.json: field 'members' is missing: .* re-shard"):
+        ShardSource(tmp_path / "shards")
 
 
 def test_streaming_refuses_shards_that_hold_zone_frames(tmp_path: Path) -> None:

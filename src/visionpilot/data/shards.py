@@ -270,6 +270,9 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
             log.info("sharded %d %s frames of region %s to %s", len(chosen), split, region, prefix)
     meta = {"format": FORMAT, "version": VERSION, "source": source.name, "camera_names": list(source.camera_names),
             "image_format": image_format, "regions": list(regions), "frames": parts, "manifest": manifest.to_dict()}
+    members = getattr(source, "sources", None)
+    if isinstance(members, Mapping):  # a mixed source: governance rules its frames (ids '<key>:<id>') by these names
+        meta["members"] = {str(key): str(getattr(member, "name", source.name)) for key, member in members.items()}
     write_json(join(out, META_FILE), meta, storage_options)
     return meta
 

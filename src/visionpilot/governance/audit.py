@@ -28,10 +28,14 @@ NO_LOCATION = "(no location)"
 
 
 def source_names(source: Any, refs: Sequence[FrameRef]) -> list[str]:
-    """The dataset name (``Frame.source``) of each ref: a mixed source's refs are ``<key>:<id>``."""
+    """The dataset name (``Frame.source``) of each ref: a mixed source's refs are ``<key>:<id>`` (shards of one
+    record the members' names as ``member_names``)."""
     parts = getattr(source, "sources", None)
     if isinstance(parts, Mapping):
         return [getattr(parts.get(r.frame_id.partition(":")[0]), "name", source.name) for r in refs]
+    names = getattr(source, "member_names", None)
+    if isinstance(names, Mapping):
+        return [str(names.get(r.frame_id.partition(":")[0], source.name)) for r in refs]
     return [str(source.name)] * len(refs)
 
 

@@ -32,6 +32,7 @@ from visionpilot.data.frame import Frame
 from visionpilot.data.regions import GLOBAL
 from visionpilot.data.shards import FRAMES_FILE, META_FILE, decode_frame, join, read_json, read_meta
 from visionpilot.data.sources.base import FrameRef, FrameSource
+from visionpilot.data.sources.mixed import MixedSource
 from visionpilot.data.splits import SplitManifest
 from visionpilot.data.transforms import child_seeds
 from visionpilot.governance.audit import GovernanceReport
@@ -66,6 +67,13 @@ class ShardSource(FrameSource):
         self.storage_options = dict(_plain(storage_options) or {})
         self.meta = read_meta(self.root, self.storage_options)
         self.name = str(self.meta.get("source", self.name))
+        # Shards of a mixed source: the dataset name of each member key (frame ids are '<key>:<id>'), which
+        # governance rules frames by; without them a rule for one member would not apply to its streamed frames.
+        self.member_names: dict[str, str] | None = self.meta.get("members")
+        if self.name == MixedSource.name and self.member_names is None:
+            raise ValueError(f"{join(self.root, META_FILE)}: field 'members' is missing: these shards of a mixed source "
+                             "were written before its members' names were recorded, so data-residency rules cannot "
+                             "tell its datasets apart; re-shard with visionpilot-data action=shard")
         m = self.meta["manifest"]
         self.manifest = SplitManifest(seed=int(m["seed"]), fractions=dict(m["fractions"]), splits=m["splits"],
                                       counts=m.get("counts", {}))
