@@ -19,7 +19,7 @@ from visionpilot.export.parity import ParityError
 from visionpilot.export.pipeline import build_datamodule, collect_batches, export
 from visionpilot.export.runtime import load_runtime, onnx_decode
 from visionpilot.paths import config_dir
-from visionpilot.training.checkpoints import load_checkpoint
+from visionpilot.training.checkpoints import file_sha256, load_checkpoint
 from visionpilot.training.finetune import add_adapters, apply_strategy, save_delta, write_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -138,6 +138,34 @@ def test_parity_failure_is_loud_and_ships_nothing(checkpoint: Path, tmp_path: Pa
     assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.failed.onnx").exists()
     report = json.loads((tmp_path / "export.json").read_text())
     assert report["parity"]["passed"] is False and report["model"] == "model.failed.onnx"
+
+
+def test_failed_gate_removes_a_previous_runs_model(checkpoint: Path, tmp_path: Path) -> None:
+    # Re-exporting into the run dir of an earlier export (hydra.run.dir=runs/export-int8): a failing gate must not
+    # leave the earlier model.onnx next to an export.json that says the export failed.
+    (tmp_path / "model.onnx").write_bytes(b"an earlier export")
+    with pytest.raises(ParityError):
+        export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1"))
+    assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.failed.onnx").exists()
+
+
+def test_interrupted_report_leaves_no_stale_report_beside_the_new_model(checkpoint: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An earlier export's model.onnx + export.json in the run dir; this export dies after writing its model (disk
+    # full, Ctrl-C): the earlier export.json (its sha256, its parity) must not be left describing the new model.
+    (tmp_path / "model.onnx").write_bytes(b"an earlier export")
+    (tmp_path / "export.json").write_text(json.dumps({"model": "model.onnx", "sha256": "0" * 64,
+                                                      "parity": {"passed": True}}))
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("visionpilot.export.pipeline.write_json_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export(_cfg(tmp_path, checkpoint, "parity.frames=1"))
+    if (tmp_path / "export.json").exists():
+        report = json.loads((tmp_path / "export.json").read_text())
+        assert report["sha256"] == file_sha256(tmp_path / report["model"]), "export.json describes another model"
 
 
 def test_region_delta_is_merged_and_recorded(checkpoint: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from visionpilot.export.onnx_export import (
     set_metadata,
     strip_raw_outputs,
 )
-from visionpilot.export.parity import check_parity, failures, tolerance_for
+from visionpilot.export.parity import ParityError, check_parity, failures, tolerance_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -97,3 +97,33 @@ def test_parity_detects_a_different_model(bev_model, build_net, make_batch, hw) 
     assert not report["passed"] and not report["raw_within_tolerance"]
     assert any("raw/objects_2d.heatmap: max abs diff" in line for line in failures(report))
     assert np.isfinite(report["max_abs_diff_raw"])
+
+
+def test_model_file_is_on_disk_before_it_is_renamed(bev_model, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # export.json is written after model.onnx and fsynced (utils.io.write_text_atomic); an unsynced model renamed
+    # into place can be empty after a power cut while the report that vouches for it survives.
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = save_onnx_atomic(strip_raw_outputs(bev_model[1]), tmp_path / "model.onnx")
+    assert path.stat().st_size in synced, "model.onnx was renamed into place without an fsync of its bytes"
+
+
+def test_parity_refuses_a_graph_that_lacks_a_decoded_output(bev_model, make_batch, hw) -> None:
+    # A graph without one of net.decode's outputs is not the model: parity must say so, not compare the rest.
+    net, full = bev_model
+    partial = onnx.ModelProto()
+    partial.CopyFrom(full)
+    keep = [o for o in partial.graph.output if o.name != "bev.lanes_seg_prob"]
+    del partial.graph.output[:]
+    partial.graph.output.extend(keep)
+    partial = strip_raw_outputs(partial)
+    with pytest.raises(ParityError, match=r"lacks outputs \['bev\.lanes_seg_prob'\]"):
+        check_parity(net, _session(partial), [make_batch(2)], hw, tolerance_for("fp32"), raw_session=_session(full))

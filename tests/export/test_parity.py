@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from visionpilot.export.parity import RAW_PREFIX, compare, decoded_agreement, failures, tolerance_for
+from visionpilot.export.parity import (
+    RAW_PREFIX,
+    ParityError,
+    compare,
+    decoded_agreement,
+    failures,
+    raise_on_failure,
+    tolerance_for,
+)
 from visionpilot.export.pipeline import summary
 
 INT8 = tolerance_for("int8")
@@ -139,3 +147,15 @@ def test_unknown_box_layout_is_a_clear_error() -> None:
     ref = {"x.boxes": np.zeros((1, 1, 5)), "x.scores": np.ones((1, 1)), "x.classes": np.zeros((1, 1), np.int64)}
     with pytest.raises(ValueError, match=r"'x\.boxes' has 5 values per box; expected 4"):
         decoded_agreement(ref, ref, INT8)
+
+
+def test_a_nan_raw_output_fails_the_gate_loudly() -> None:
+    # NaN compares False with everything: the gate failed (passed: false) but no reason was given, so
+    # raise_on_failure did not raise and the export ended quietly with model.failed.onnx and no model.onnx.
+    ref = {f"{RAW_PREFIX}logits": np.full((1, 4), 2.0, np.float32)}
+    got = {f"{RAW_PREFIX}logits": np.array([[2.0, np.nan, 2.0, 2.0]], np.float32)}
+    report = compare([ref], [got], tolerance_for("fp32"))
+    assert not report["passed"]
+    assert [line.split(":")[0] for line in failures(report)] == [f"{RAW_PREFIX}logits"]
+    with pytest.raises(ParityError, match=r"raw/logits: max abs diff nan"):
+        raise_on_failure(report, "test")

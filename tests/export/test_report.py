@@ -41,3 +41,16 @@ def test_table_has_parity_and_metric_deltas(tmp_path: Path, capsys: pytest.Captu
 def test_missing_report_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export report not found"):
         compare_exports([tmp_path])
+
+
+def test_deltas_are_against_the_first_export_only(tmp_path: Path) -> None:
+    # The first export (the named reference) was not evaluated: no row may show a delta against another export
+    # while the footer says the deltas are against the first.
+    fp32 = _export(tmp_path / "fp32", "fp32", 1e-5, 1.0)
+    fp16 = _export(tmp_path / "fp16", "fp16", None, 0.99)
+    int8 = _export(tmp_path / "int8", "int8", None, 0.97)
+    evaluation = {"model_info": {"h": {"path": str(fp16 / "model.onnx")}, "q": {"path": str(int8 / "model.onnx")}},
+                  "overall": {"h": {"lane_f1": 0.5}, "q": {"lane_f1": 0.49}}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    lines = compare_exports([fp32, fp16, int8], tmp_path / "eval.json").splitlines()
+    assert lines[4].startswith("| int8 |") and "| 49.00 |" in lines[4], lines[4]

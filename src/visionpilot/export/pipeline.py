@@ -3,8 +3,8 @@
 checkpoint (+ region delta) -> full fp32 graph (decoded + raw outputs) -> fp16 / int8 variant -> parity on real
 frames of the target region -> shipped graph (decoded outputs only, metadata) -> ``model.onnx`` + ``export.json``.
 A parity failure writes ``export.json`` (``parity.passed: false``) and the graph as ``<name>.failed.onnx`` for
-inspection, then raises :class:`~visionpilot.export.parity.ParityError`; no ``model.onnx`` is written (with
-``parity.fail=false`` it is, and the failure is a warning).
+inspection, then raises :class:`~visionpilot.export.parity.ParityError`; no ``model.onnx`` is written, and an
+earlier export's is removed (with ``parity.fail=false`` it is written, and the failure is a warning).
 """
 
 from __future__ import annotations
@@ -246,7 +246,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ok = report["passed"]
     name = str(cfg.get("output") or "model.onnx")
     # A failed graph is kept for inspection under another name, unless the user accepted it (parity.fail=false).
-    path = out_dir / (name if ok or not cfg.parity.fail else f"{Path(name).stem}.failed.onnx")
+    shipped_path, failed_path = out_dir / name, out_dir / f"{Path(name).stem}.failed.onnx"
+    path = shipped_path if ok or not cfg.parity.fail else failed_path
+    # An earlier export in this run dir must not outlive this one: its model.onnx beside a report saying the gate
+    # failed, or its export.json (sha256, parity) beside this model if the job dies between the two writes below.
+    for stale in {out_dir / "export.json", shipped_path, failed_path} - {path}:
+        stale.unlink(missing_ok=True)
     save_onnx_atomic(shipped, path)
     io_info = graph_io(shipped)
     result = {

@@ -39,7 +39,7 @@ def compare_exports(export_dirs: Sequence[str | Path], eval_json: str | Path | N
     header = ["precision", "MB", "raw max abs diff", "decoded agree", "lowest agreement"]
     metrics = [m for m in METRICS if evaluation is not None]
     header += metrics
-    for folder in map(Path, export_dirs):
+    for index, folder in enumerate(map(Path, export_dirs)):
         report = _read_json(folder / "export.json", "export report")
         parity = report["parity"]
         name, low = min(parity["agreement"].items(), key=lambda kv: kv[1])
@@ -48,7 +48,7 @@ def compare_exports(export_dirs: Sequence[str | Path], eval_json: str | Path | N
                str(parity["decoded_agree"]), f"{low:.3f} ({name})"]
         if evaluation is not None:
             values = _eval_metrics(evaluation, folder / report["model"])
-            if reference is None:
+            if index == 0:  # the first export only: a later one would not be what the footer names
                 reference = values
             for m in metrics:
                 if values is None or m not in values:
