@@ -248,6 +248,22 @@ def with_previous_metrics(path: str | os.PathLike[str], metrics: dict[str, float
     return {**{k: v for k, v in previous.items() if isinstance(v, int | float)}, **metrics}
 
 
+def read_checkpoint_to_check(ckpt_path: str | os.PathLike[str] | None, field: str = "ckpt_path"
+                             ) -> tuple[Path, Any] | None:
+    """A local checkpoint read (memory-mapped) for checks before a resume, or an error naming ``field=<path>``;
+    None for no checkpoint, Lightning's own ``last`` / ``hpc`` and object-store URLs (left to Lightning)."""
+    if ckpt_path is None or str(ckpt_path) in ("last", "hpc") or _is_url(str(ckpt_path)):
+        return None
+    path = Path(str(ckpt_path).removeprefix("file://"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}={ckpt_path}: no such checkpoint file")
+    try:
+        return path, torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{field}={path}: cannot be read as a checkpoint ({type(err).__name__}: "
+                         f"{str(err)[:200]}); the file is truncated or not a checkpoint") from None
+
+
 def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
     """Before ``Trainer.fit`` restores ``ckpt_path``: a checkpoint this run can continue, or an error that names it.
 
@@ -258,16 +274,10 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
     """
     from visionpilot.training.module import check_signature, flatten_dotted, model_signature
 
-    if ckpt_path is None or ckpt_path in ("last", "hpc") or _is_url(ckpt_path):
+    loaded = read_checkpoint_to_check(ckpt_path)
+    if loaded is None:
         return
-    path = Path(str(ckpt_path).removeprefix("file://"))
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"ckpt_path={path}: cannot be read as a checkpoint ({type(err).__name__}: "
-                         f"{str(err)[:200]}); the file is truncated or not a checkpoint") from None
+    path, ckpt = loaded
     entry = (ckpt.get("visionpilot") or {}) if isinstance(ckpt, dict) else {}
     if entry.get("model_signature") is not None:
         try:

@@ -51,6 +51,7 @@ from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load
 from visionpilot.training.fault_tolerance import (
     check_resume,
     install_atomic_io,
+    read_checkpoint_to_check,
     resolve_ckpt_path,
     with_previous_metrics,
 )
@@ -367,7 +368,9 @@ class FinetuneCallback(L.Callback):
     """Keeps frozen norm layers in eval mode during training and stamps the fine-tune facts into checkpoints.
 
     Lightning puts the whole module in train mode at the start of fitting and after every validation, so the
-    frozen layers are switched back before every training batch (a few dozen attribute writes).
+    frozen layers are switched back before every training batch (a few dozen attribute writes). They are found by
+    name when training starts: Lightning may have replaced them by then (``trainer.sync_batchnorm`` turns every
+    BatchNorm into a new SyncBatchNorm module under DDP).
 
     With ``base_state`` and a half-precision ``delta_dtype``, the changed weights are rounded to it
     (:func:`round_changed`) before the validation at the last step, so the final metrics are those of the weights
@@ -386,6 +389,16 @@ class FinetuneCallback(L.Callback):
         self.info = dict(info)
         self.base_state = base_state
         self.delta_dtype = delta_dtype
+        self._frozen_names: list[str] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before the strategy's setup, which may swap the norm layers: remember where the frozen ones sit.
+        names = {id(m): n for n, m in pl_module.named_modules()}
+        self._frozen_names = [names[id(m)] for m in self.frozen_norms if id(m) in names]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._frozen_names is not None:  # the modules that run now (SyncBatchNorm after a conversion)
+            self.frozen_norms = [pl_module.get_submodule(n) for n in self._frozen_names]
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.base_state is not None and 0 < trainer.max_steps <= trainer.global_step:
@@ -415,6 +428,8 @@ def changed_tensors(net: nn.Module, base_state: Mapping[str, Tensor], copy: bool
     return out
 
 
+#: The keys of a delta's ``adapter`` field (:func:`add_adapters`' settings).
+_ADAPTER_KEYS = ("rank", "kernel_size", "stages", "block_rank", "head_rank", "head_min_params")
 #: Floating-point dtypes a region delta may store its tensors in (``delta_dtype``).
 DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -514,8 +529,19 @@ def read_delta_metadata(path: str | Path) -> dict[str, Any]:
     if meta.get("format") != DELTA_FORMAT:
         raise ValueError(f"{path}: field 'format' must be '{DELTA_FORMAT}' (a visionpilot region delta), found "
                          f"{meta.get('format')!r}")
+    if not meta.get("base_sha256"):  # what merge_delta checks the base against
+        raise ValueError(f"{path}: field 'base_sha256' (the base checkpoint's SHA-256) is missing or empty; the "
+                         f"delta cannot be matched to its base")
     for key in ("adapter", "frame_counts", "replay_frame_counts", "extra", "lineage", "dtypes"):
-        meta[key] = json.loads(meta.get(key) or "null")
+        try:
+            meta[key] = json.loads(meta.get(key) or "null")
+        except ValueError as err:
+            raise ValueError(f"{path}: field '{key}' is not valid JSON ({err}), found {meta[key]!r}") from None
+    adapter = meta["adapter"]
+    unknown = sorted(set(adapter) - set(_ADAPTER_KEYS)) if isinstance(adapter, dict) else []
+    if not isinstance(adapter, dict | None) or unknown:
+        raise ValueError(f"{path}: field 'adapter' must be null or an object with keys from {list(_ADAPTER_KEYS)}, "
+                         f"found {adapter!r}" + (f" (unknown: {unknown})" if unknown else ""))
     return meta
 
 
@@ -672,15 +698,21 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
 
 
 def check_same_finetune(path: str | Path, info: Mapping[str, Any]) -> None:
-    """A fine-tune resumes only its own checkpoints: same base checkpoint, region and strategy, or an error naming
-    the field (a 'heads' run must not continue from the weights of a 'full' one left in the same run dir)."""
-    stored = (torch.load(path, map_location="cpu", mmap=True, weights_only=False).get("visionpilot") or {})
-    stored = stored.get("finetune") or {}
-    for key in ("base_sha256", "region", "strategy"):
-        if stored.get(key) != info[key]:
+    """A fine-tune resumes only its own checkpoints: same base checkpoint, region, strategy and seed, or an error
+    naming the field (a 'heads' run must not continue from the weights of a 'full' one left in the same run dir, nor
+    seed 43 from seed 42's: a multirun over seeds shares the sweep subdir unless it names the seed)."""
+    loaded = read_checkpoint_to_check(path, field="resume")  # None: Lightning's own 'last' / 'hpc', a URL
+    if loaded is None:
+        return
+    ckpt = loaded[1]
+    stored = ((ckpt.get("visionpilot") if isinstance(ckpt, dict) else None) or {}).get("finetune") or {}
+    keys = ("base_sha256", "region", "strategy", *(("seed",) if "seed" in stored else ()))  # older: no seed
+    for key in keys:
+        if stored.get(key) != info.get(key):
+            hint = " (a multirun over seeds: hydra.sweep.subdir='${strategy.name}-${data.regions.0}-s${seed}')"
             raise ValueError(f"{path}: this run dir holds a fine-tune with field '{key}' = {stored.get(key)!r}, but "
-                             f"this run's is {info[key]!r}; give another hydra.run.dir, or resume=never to start "
-                             f"over here")
+                             f"this run's is {info.get(key)!r}; give another hydra.run.dir, or resume=never to "
+                             f"start over here{hint if key == 'seed' else ''}")
 
 
 def _plain(value: Any) -> Any:
