@@ -50,6 +50,22 @@ def test_gains_table_reports_target_gain_and_change_elsewhere() -> None:
     assert gains_table(RESULTS, REGIONS, "nobody", {"adapter-gb": "gb"}, ["lane_f1"]) == []
 
 
+def test_gains_only_against_the_base_a_model_was_fine_tuned_from(caplog: pytest.LogCaptureFixture) -> None:
+    # adapter-gb was fine-tuned from another checkpoint than the one evaluated as 'global': its difference from
+    # 'global' is not its fine-tune's gain, so it stays in the matrix but not in the gains table.
+    info = {"global": {"kind": "checkpoint", "sha256": "a" * 64},
+            "adapter-gb": {"kind": "delta", "region": "gb", "base_sha256": "b" * 64},
+            "full-gb": {"kind": "checkpoint", "region": "gb", "base_sha256": "a" * 64}}
+    with caplog.at_level("WARNING"):
+        report = build_report(RESULTS, REGIONS, model_info=info)
+    assert {r["model"] for r in report["gains"]} == {"full-gb"}
+    assert report["gains_excluded"] == {"adapter-gb": f"fine-tuned from {'b' * 12}, not from 'global' ({'a' * 12})"}
+    assert "adapter-gb" in caplog.text and report["targets"]["adapter-gb"] == "gb"
+    assert "Not in the gains table: adapter-gb (fine-tuned from bbbbbbbbbbbb" in format_markdown(report)
+    # Without the hashes (older files) nothing can be checked: gains as before.
+    assert len(build_report(RESULTS, REGIONS)["gains"]) == 4
+
+
 def test_report_json_md_png(tmp_path: Path) -> None:
     report = build_report(RESULTS, REGIONS, split="val", frames={"us": 40, "de": 40, "gb": 30},
                           model_info={"adapter-gb": {"kind": "delta", "strategy": "adapter", "region": "gb",

@@ -5,7 +5,8 @@ the gains table of the region workflow.
 
     {"models": [...], "regions": [...], "results": {model: {region: {metric: value}}},
      "overall": {model: {metric: value}}, "split": "val", "frames": {region: n}, "primary_metrics": [...],
-     "model_info": {model: {...}}, "gains": [...], "strategies": [...], "baseline": "global"}
+     "model_info": {model: {...}}, "gains": [...], "gains_excluded": {model: why}, "strategies": [...],
+     "baseline": "global"}
 
 Metric names are those of ``metrics.json`` without ``val/`` (``lane_f1``, ``det_map50``, ...), values in [0, 1].
 Tables and plots show them in points (x100). A fine-tuned model's *target* region comes from its delta or
@@ -14,6 +15,7 @@ checkpoint (``finetune.region``), else from its name ``<strategy>-<region>`` (``
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ LABELS = {"lane_f1": "lane F1", "det_map50": "2D mAP@0.5", "det_map": "2D mAP", 
           "bev_lane_iou": "BEV lane IoU", "bev_lane_f1": "BEV lane F1"}
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]
+log = logging.getLogger(__name__)
 
 #: The strategy other strategies' gains are a share of (the per-strategy table; docs/finetuning.md).
 REFERENCE_STRATEGY = "full"
@@ -128,11 +131,32 @@ def build_report(results: Results, regions: Sequence[str], *, models: Sequence[s
     info = {m: dict((model_info or {}).get(m, {})) for m in models}
     primary = present_metrics(results, metrics)
     targets = {m: target_region(m, info[m], regions) for m in models}
-    gains = gains_table(results, regions, baseline, targets, primary) if baseline else []
+    excluded = not_fine_tuned_from(baseline, info, targets) if baseline else {}
+    for model, why in excluded.items():
+        log.warning("gains: %s is left out of the gains table: %s", model, why)
+    tuned = {m: t for m, t in targets.items() if m not in excluded}
+    gains = gains_table(results, regions, baseline, tuned, primary) if baseline else []
     return {"models": models, "regions": regions, "results": {m: dict(results[m]) for m in models},
             "overall": dict(overall or {}), "split": split, "frames": dict(frames or {}),
             "primary_metrics": primary, "model_info": info, "baseline": baseline if baseline in results else None,
-            "targets": targets, "gains": gains, "strategies": strategy_table(gains, info), **extra}
+            "targets": targets, "gains": gains, "gains_excluded": excluded, "strategies": strategy_table(gains, info),
+            **extra}
+
+
+def not_fine_tuned_from(baseline: str, info: Mapping[str, Mapping[str, Any]],
+                        targets: Mapping[str, str | None]) -> dict[str, str]:
+    """Fine-tuned models whose recorded base checkpoint (``base_sha256``) is not the ``baseline`` checkpoint
+    evaluated here (``sha256``): their difference from it is not their fine-tune's gain. Model -> why; models or
+    baselines without the hashes (older files, ONNX) are not judged."""
+    base = info.get(baseline) or {}
+    if base.get("kind") != "checkpoint" or not base.get("sha256"):
+        return {}
+    out = {}
+    for model, target in targets.items():
+        tuned_from = (info.get(model) or {}).get("base_sha256")
+        if model != baseline and target and tuned_from and tuned_from != base["sha256"]:
+            out[model] = f"fine-tuned from {tuned_from[:12]}, not from {baseline!r} ({base['sha256'][:12]})"
+    return out
 
 
 def format_markdown(report: Mapping[str, Any]) -> str:
@@ -153,6 +177,9 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     if report.get("gains"):
         lines += gains_markdown(report["gains"], regions, report.get("baseline") or "baseline")
+    if report.get("gains_excluded"):
+        lines += ["Not in the gains table: " + "; ".join(f"{m} ({why})" for m, why in
+                                                         report["gains_excluded"].items()) + ".", ""]
     if report.get("strategies"):
         lines += strategies_markdown(report["strategies"])
     info = report.get("model_info") or {}
