@@ -17,7 +17,7 @@ from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.export.onnx_export import RAW_PREFIX, read_metadata
 from visionpilot.export.parity import ParityError
 from visionpilot.export.pipeline import build_datamodule, collect_batches, export
-from visionpilot.export.runtime import load_runtime, onnx_decode
+from visionpilot.export.runtime import VisionPilotRuntime, load_runtime, onnx_decode
 from visionpilot.paths import config_dir
 from visionpilot.training.checkpoints import file_sha256, load_checkpoint
 from visionpilot.training.finetune import add_adapters, apply_strategy, save_delta, write_checkpoint
@@ -136,6 +136,24 @@ def test_parity_failure_is_loud_and_ships_nothing(checkpoint: Path, tmp_path: Pa
         export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1"))
     assert "model.failed.onnx" in str(err.value)
     assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.failed.onnx").exists()
+
+
+def test_a_graph_that_failed_its_gate_says_so_wherever_it_is_loaded(checkpoint: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # model.failed.onnx carries the export's metadata; copied or renamed, it must still not load as a good model.
+    with pytest.raises(ParityError):
+        export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1"))
+    copied = tmp_path / "copied.onnx"
+    copied.write_bytes((tmp_path / "model.failed.onnx").read_bytes())
+    with caplog.at_level("WARNING"):
+        runtime = VisionPilotRuntime(copied)
+    assert runtime.metadata["parity"]["passed"] is False and runtime.metadata["parity"]["failures"]
+    assert f"{copied}: this export FAILED its parity gate" in caplog.text and "agreement" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a passing export loads quietly and says it passed
+        export(_cfg(tmp_path / "ok", checkpoint, "parity.frames=1"))
+        runtime = VisionPilotRuntime(tmp_path / "ok" / "model.onnx")
+    assert runtime.metadata["parity"]["passed"] is True and "FAILED" not in caplog.text
     report = json.loads((tmp_path / "export.json").read_text())
     assert report["parity"]["passed"] is False and report["model"] == "model.failed.onnx"
 

@@ -248,6 +248,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     # A failed graph is kept for inspection under another name, unless the user accepted it (parity.fail=false).
     shipped_path, failed_path = out_dir / name, out_dir / f"{Path(name).stem}.failed.onnx"
     path = shipped_path if ok or not cfg.parity.fail else failed_path
+    # The verdict travels inside the graph: a failed graph copied or renamed still says so where it is loaded.
+    metadata["parity"] = {"passed": bool(ok), "failures": failures(report), "accepted": bool(not ok and not cfg.parity.fail)}
+    set_metadata(shipped, {"parity": metadata["parity"]})
     # An earlier export in this run dir must not outlive this one: its model.onnx beside a report saying the gate
     # failed, or its export.json (sha256, parity) beside this model if the job dies between the two writes below.
     for stale in {out_dir / "export.json", shipped_path, failed_path} - {path}:

@@ -19,6 +19,7 @@ models.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+
+log = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -171,6 +174,12 @@ class VisionPilotRuntime:
                                                 providers=list(providers or ["CPUExecutionProvider"]))
             self.name = str(path)
         self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        parity = self.metadata.get("parity")
+        if isinstance(parity, dict) and parity.get("passed") is False:
+            log.warning("%s: this export FAILED its parity gate (%s): its outputs differ from the PyTorch model "
+                        "beyond tolerance: %s", self.name,
+                        "accepted with parity.fail=false" if parity.get("accepted") else "kept for inspection",
+                        "; ".join(parity.get("failures") or []) or "see its export.json")
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         if "images" not in self.inputs:
             raise ValueError(f"{self.name}: expected a graph input 'images', found {sorted(self.inputs)}; not a "
