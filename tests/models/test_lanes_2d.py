@@ -142,6 +142,16 @@ def test_loss_is_masked_by_presence(kind: str) -> None:
         torch.testing.assert_close(masked[k], solo[k])
 
 
+def test_a_lane_of_a_type_the_head_does_not_classify_counts_only_as_a_lane() -> None:
+    head = _head("conv", num_types=2)
+    out = _outputs(head, torch.randn(1, 16, 2, 5), 1, 1)
+    unknown = head.loss(out, _batch([[(_lane(50.0), 5)]]))  # type 5 of a 2-type head: no crash, no type term
+    known = head.loss(out, _batch([[(_lane(50.0), 1)]]))
+    assert unknown["type"].item() == 0.0 and known["type"].item() > 0.0
+    for term in ("exist", "columns", "position"):  # still a lane where it is
+        torch.testing.assert_close(unknown[term], known[term])
+
+
 @pytest.mark.parametrize("kind", HEADS)
 def test_overfits_a_tiny_batch(kind: str) -> None:
     torch.manual_seed(0)

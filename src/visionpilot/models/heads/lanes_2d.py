@@ -224,9 +224,12 @@ class RowAnchorLaneHead(nn.Module):
         pos_l = F.smooth_l1_loss(expect, t["pos"], reduction="none")
         pos_m = (t["bins"] < g).float()  # covered rows of existing slots of labelled images
 
-        type_l = F.cross_entropy(outputs["types"].flatten(0, 2), t["types"].clamp(min=0).flatten(),
+        # A lane of a type this head does not classify (num_types below the vocabulary) still is a lane: it counts
+        # for existence and position, not for the type term (as the other heads ignore classes they do not predict).
+        num_types = outputs["types"].shape[-1]
+        type_l = F.cross_entropy(outputs["types"].flatten(0, 2), t["types"].clamp(0, num_types - 1).flatten(),
                                  reduction="none").view_as(t["types"])
-        type_m = (t["types"] >= 0).float()
+        type_m = ((t["types"] >= 0) & (t["types"] < num_types)).float()
         return {
             "exist": masked_mean(exist_l, exist_m),
             "columns": masked_mean(col_l, col_m),
