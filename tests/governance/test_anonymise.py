@@ -78,8 +78,13 @@ def test_sources_without_boxes_need_a_detector() -> None:
     assert not np.array_equal(before[10:30, 10:30], after[10:30, 10:30])
     np.testing.assert_array_equal(before[:, 40:], after[:, 40:])  # far from the box: untouched
     # A detector given as a Hydra target in the policy is instantiated.
-    an = Anonymiser.from_config({"enabled": True, "detector": {"_target_": "numpy.zeros", "shape": [0]}})
-    assert an.detector is not None
+    an = Anonymiser.from_config({"enabled": True, "detector": {"_target_": "numpy.zeros", "_partial_": True}})
+    assert callable(an.detector)
+    # What would only fail at the first frame, or never: refused when the policy is read.
+    with pytest.raises(ValueError, match=r"field 'detector' must be a callable .* found array"):
+        Anonymiser.from_config({"detector": {"_target_": "numpy.zeros", "shape": [0]}})
+    with pytest.raises(ValueError, match=r"field 'always_detect' is true but no 'detector' is given"):
+        Anonymiser.from_config({"always_detect": True})
 
 
 def test_privacy_boxes_follow_resize_and_flip() -> None:

@@ -123,6 +123,12 @@ class Anonymiser:
         if margin < 0 or strength <= 0:
             raise ValueError(f"governance.anonymise: margin must be >= 0 and strength > 0, found margin={margin}, "
                              f"strength={strength}")
+        if detector is not None and not callable(detector):
+            raise ValueError(f"governance.anonymise: field 'detector' must be a callable image -> (boxes, classes) or a "
+                             f"{{_target_: ...}} mapping that builds one, found {detector!r}")
+        if always_detect and detector is None:
+            raise ValueError("governance.anonymise: field 'always_detect' is true but no 'detector' is given; give a "
+                             "detector or set always_detect: false")
         self.method, self.margin, self.strength = method, float(margin), float(strength)
         self.detector = detector
         self.always_detect = bool(always_detect)
