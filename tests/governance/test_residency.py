@@ -168,6 +168,19 @@ def test_mixed_sources_are_ruled_by_their_own_names() -> None:
                                                                                       ("tiny", "us", 6)}
 
 
+def test_replay_regions_are_ruled_only_when_replay_frames_are_read() -> None:
+    source = SyntheticSource(rig="front1", regions=["cn", "gb"], scenes_per_region=3, frames_per_scene=2,
+                             image_size=(32, 88))
+    gov = {"rules": [{"region": "cn", "process_abroad": "never"}]}
+    kwargs = {"regions": ["gb"], "replay_regions": ["cn"], "batch_size": 4, "image_size": (32, 88),
+              "governance": gov, "compute_region": "gb"}
+    with pytest.raises(ResidencyError, match=r"synthetic / cn"):
+        ReplayDataModule(source, replay_fraction=0.25, **kwargs).setup("fit")
+    dm = ReplayDataModule(source, replay_fraction=0.0, **kwargs)  # no CN frame is read: nothing to refuse
+    dm.setup("fit")
+    assert {g.region for g in dm.governance_report.groups} == {"gb"}
+
+
 def test_shards_of_a_mixed_source_are_ruled_by_their_members_names(tmp_path: Path) -> None:
     # A shard root records the source it was written from; for a mixed source that name is "mixed", which no rule
     # names: without the members' names a rule for "fleet" would not apply to streamed fleet frames (fail open).

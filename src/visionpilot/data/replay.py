@@ -136,8 +136,10 @@ class ReplayDataModule(VisionPilotDataModule):
         return [r for r in chosen if r not in self.selected_regions]
 
     def regions_read(self) -> list[str]:
-        # Replay frames are read too: governance must rule on them before setup loads any frame.
-        return [*super().regions_read(), *self._resolve_replay()]
+        # Replay frames are read too: governance must rule on them before setup loads any frame (but not when no
+        # replay frame is read: a job must not be refused for data it never touches).
+        replay = self._resolve_replay() if self.replay_fraction > 0 else []
+        return [*super().regions_read(), *replay]
 
     def build_dataset(self, split: str) -> Dataset:
         target = super().build_dataset(split)
