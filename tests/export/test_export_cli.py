@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.export.onnx_export import RAW_PREFIX, read_metadata
 from visionpilot.export.parity import ParityError
-from visionpilot.export.pipeline import build_datamodule, collect_batches, export
+from visionpilot.export.pipeline import build_datamodule, collect_batches, export, summary
 from visionpilot.export.runtime import VisionPilotRuntime, load_runtime, onnx_decode
 from visionpilot.paths import config_dir
 from visionpilot.training.checkpoints import file_sha256, load_checkpoint
@@ -136,6 +136,22 @@ def test_parity_failure_is_loud_and_ships_nothing(checkpoint: Path, tmp_path: Pa
         export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1"))
     assert "model.failed.onnx" in str(err.value)
     assert not (tmp_path / "model.onnx").exists() and (tmp_path / "model.failed.onnx").exists()
+
+
+def test_a_failed_graph_is_kept_beside_where_the_model_would_go(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ParityError):
+        export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1",
+                    "output=sub/model.onnx"))
+    assert (tmp_path / "sub" / "model.failed.onnx").is_file() and not (tmp_path / "model.failed.onnx").exists()
+
+
+def test_export_settings_that_cannot_work_name_the_field(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"parity.frames must be >= 1, found 0"):
+        export(_cfg(tmp_path, checkpoint, "parity.frames=0"))
+    # An exact raw gate (0) is a valid request: the console summary must not divide by it.
+    result = export(_cfg(tmp_path / "exact", checkpoint, "parity.frames=1", "parity.fail=false",
+                         "+parity.tolerance.raw_max_abs=0"))
+    assert "beyond its gate" in summary(result) or "closest to its gate" in summary(result)
 
 
 def test_a_graph_that_failed_its_gate_says_so_wherever_it_is_loaded(checkpoint: Path, tmp_path: Path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,9 +98,14 @@ def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size:
     return dm
 
 
-def collect_batches(dm: Any, splits: Sequence[str], frames: int, batch_size: int) -> list[dict[str, Any]]:
+def collect_batches(dm: Any, splits: Sequence[str], frames: int, batch_size: int,
+                    field: str = "parity") -> list[dict[str, Any]]:
     """``frames`` frames spread over the scenes of ``splits`` (taken in order until enough), deterministic,
-    resized by the val transform (no augmentation: calibration should see what the car sees), collated."""
+    resized by the val transform (no augmentation: calibration should see what the car sees), collated.
+    ``field`` names the config block in errors (``parity``, ``calibration``)."""
+    for key, value in ((f"{field}.frames", frames), ("parity.batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, found {value}")
     items = []
     for split in splits:
         if split not in dm.datasets:
@@ -213,7 +219,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         full = to_fp16(full)
     elif precision == "int8":
         c = cfg.calibration
-        calib_batches = collect_batches(dm, list(c.splits), int(c.frames), int(cfg.parity.batch_size))
+        calib_batches = collect_batches(dm, list(c.splits), int(c.frames), int(cfg.parity.batch_size), "calibration")
         full = quantize_int8(full, graph_feeds(full, calib_batches), activation_type=c.activation_type,
                              weight_type=c.weight_type, per_channel=bool(c.per_channel),
                              reduce_range=bool(c.reduce_range), calibrate_method=c.method,
@@ -246,7 +252,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ok = report["passed"]
     name = str(cfg.get("output") or "model.onnx")
     # A failed graph is kept for inspection under another name, unless the user accepted it (parity.fail=false).
-    shipped_path, failed_path = out_dir / name, out_dir / f"{Path(name).stem}.failed.onnx"
+    shipped_path = out_dir / name
+    failed_path = shipped_path.with_name(f"{shipped_path.stem}.failed.onnx")  # beside it (output=sub/model.onnx)
     path = shipped_path if ok or not cfg.parity.fail else failed_path
     # The verdict travels inside the graph: a failed graph copied or renamed still says so where it is loaded.
     metadata["parity"] = {"passed": bool(ok), "failures": failures(report), "accepted": bool(not ok and not cfg.parity.fail)}
@@ -287,7 +294,7 @@ def summary(result: Mapping[str, Any]) -> str:
     raw = p.get("max_abs_diff_raw")
     gates = p.get("raw_gate") or {}
     if gates:  # the output closest to its own gate (gates scale with each output's magnitude, see parity.py)
-        key = max(gates, key=lambda k: p["max_abs_diff"][k] / gates[k])
+        key = max(gates, key=lambda k: p["max_abs_diff"][k] / gates[k] if gates[k] > 0 else math.inf)
         raw_text = (f"{raw:.2e}; closest to its gate: {key} {p['max_abs_diff'][key]:.2e} <= "
                     f"{gates[key]:.2e}" if p["max_abs_diff"][key] <= gates[key] else
                     f"{raw:.2e}; beyond its gate: {key} {p['max_abs_diff'][key]:.2e} > {gates[key]:.2e}")
