@@ -343,6 +343,17 @@ def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path, monkey
     assert tuned.config.model.net.block_rank == block_rank == read_delta_metadata(out / "delta.safetensors")[
         "adapter"]["block_rank"]
     assert any(n.startswith("backbone.body.adapter_block_") for n, _ in merged.named_parameters())
+    # Starting over in the finished run dir (resume=never) and dying between the new checkpoint and the new delta
+    # (disk full): the earlier run's delta and summary must not be left beside the new checkpoint.
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ft, "save_delta", disk_full)
+    cfg.resume = "never"
+    with pytest.raises(OSError, match="No space left"):
+        finetune(cfg)
+    assert (out / "checkpoints" / "finetuned.ckpt").is_file()
+    assert not (out / "delta.safetensors").exists() and not (out / "finetune.json").exists()
 
 
 def test_half_precision_delta_is_exact_after_rounding_and_keeps_what_float16_cannot_hold(tmp_path: Path) -> None:

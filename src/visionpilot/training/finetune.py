@@ -789,6 +789,10 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     out_dir = Path(run_cfg.paths.output_dir)
     ckpt_path = out_dir / "checkpoints" / "finetuned.ckpt"
+    # An earlier fine-tune's results in this run dir (resume=never) must not outlive this one's checkpoint: a job
+    # that dies between the writes below would leave them describing another model beside it.
+    for stale in (out_dir / cfg.get("delta_file", "delta.safetensors"), out_dir / "finetune.json"):
+        stale.unlink(missing_ok=True)
     trainer.save_checkpoint(ckpt_path)
     replay_counts = getattr(datamodule, "replay_frame_counts", {})
     delta_path = save_delta(out_dir / cfg.get("delta_file", "delta.safetensors"), net, base_state,
