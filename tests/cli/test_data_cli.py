@@ -71,3 +71,11 @@ def test_console_script_with_hydra_run_dir(tmp_path: Path) -> None:
                    check=True, capture_output=True, text=True)
     assert json.loads((tmp_path / "stats.json").read_text())["regions"]["jp"]["frames"] > 0
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_preview_needs_a_positive_frame_count(tmp_path: Path, value: str) -> None:
+    # frames_per_region <= 0 used to "write 0 preview images" and exit 0.
+    with pytest.raises(ValueError, match=rf"field 'frames_per_region' must be a positive integer, found '?{value}'?"):
+        run(_compose(tmp_path, ["action=preview", "region=gb", "rig=front1", f"frames_per_region={value}"]))
+    assert not (tmp_path / "splits.json").exists()  # refused before any work

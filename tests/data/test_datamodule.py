@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import lightning as L
@@ -145,3 +146,29 @@ def test_lightning_fit_sets_the_epoch(tiny_source, tmp_path) -> None:
     orders = [[ids for e, ids in probe.seen if e == epoch] for epoch in (0, 1)]
     assert orders[0] and orders[0] != orders[1]  # reshuffled: Lightning called set_epoch on our sampler
     assert (tmp_path / "manifest.json").is_file()
+
+
+def test_a_setup_refused_by_governance_stays_refused(source_factory) -> None:
+    # A second setup() (a retry in a notebook, trainer.validate after a failed fit) must not read what the first one
+    # was refused: the refusal used to leave the manifest behind, and setup() then skipped the governance check.
+    from visionpilot.governance import ResidencyError
+
+    policy = {"name": "t", "rules": [{"source": "*", "region": "de", "resides_in": "de", "process_abroad": "never"}]}
+    dm = VisionPilotDataModule(source_factory({"de": 3, "gb": 3}, frames_per_scene=1), image_size=(32, 56),
+                               governance=policy, compute_region="us")
+    for _ in range(2):
+        with pytest.raises(ResidencyError, match="refuses this job"):
+            dm.setup("fit")
+    assert dm.manifest is None and not dm.datasets
+
+
+def test_drop_last_keeps_the_only_batch_of_each_ddp_rank(source_factory, monkeypatch) -> None:
+    # Under DDP each rank gets ceil(n / world) frames: with fewer than a batch per rank, drop_last would leave every
+    # rank without a single training step (silently), as it would on one process with fewer frames than a batch.
+    src = source_factory({"de": 3, "gb": 3}, frames_per_scene=2)
+    dm = _dm(src, batch_size=4, drop_last=True)
+    n = len(dm.datasets["train"])
+    assert 4 <= n < 8, n  # a whole batch on one process, less than one on each of two ranks
+    monkeypatch.setattr(EpochSampler, "replicas", lambda self: (2, 0))
+    batches = _batches(dm.train_dataloader())
+    assert len(batches) == 1 and len(batches[0]["frame_id"]) == math.ceil(n / 2)

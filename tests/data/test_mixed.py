@@ -116,6 +116,18 @@ def test_datamodule_draws_by_weight(roots: dict[str, Path], tmp_path: Path) -> N
     assert dm.frame_counts["val"] == {"cn": 1, "us": 1}
 
 
+def test_drop_last_keeps_the_only_batch_of_each_ddp_rank(roots: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # As VisionPilotDataModule's: a rank with fewer frames than a batch keeps them rather than train on none.
+    dm = SourceDataModule(_mixed(roots), image_size=(48, 128), num_workers=0, manifest_path=tmp_path, drop_last=True)
+    dm.setup("fit")
+    n = len(dm.datasets["train"])
+    dm.batch_size = n  # a whole batch on one process, about half of one on each of two ranks
+    monkeypatch.setattr(WeightedEpochSampler, "replicas", lambda self: (2, 0))
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1 and len(batches[0]["frame_id"]) == (n + 1) // 2
+
+
 @pytest.mark.slow
 def test_mixed_experiment_trains_a_few_steps(roots: dict[str, Path], tmp_path: Path) -> None:
     from visionpilot.training.train import train

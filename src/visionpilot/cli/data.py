@@ -45,6 +45,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "e.g. out=/data/shards/synthetic or out=s3://bucket/shards")
     if action == "export" and cfg.get("format") not in FORMAT_REGIONS:
         raise ValueError(f"action=export: unknown format '{cfg.get('format')}'; valid choices: {list(FORMAT_REGIONS)}")
+    if action == "preview":
+        count = cfg.get("frames_per_region")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"action=preview: field 'frames_per_region' must be a positive integer, found {count!r}")
     if action == "lineage":
         return _lineage(cfg)
     out_dir = Path(cfg.paths.output_dir)

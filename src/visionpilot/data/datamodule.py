@@ -215,7 +215,8 @@ class VisionPilotDataModule(L.LightningDataModule):
         val_transform: the same for val/test (no randomness by default: resize only).
         seed: seed of shuffling and augmentation.
         persistent_workers: keep workers alive across epochs (ignored with 0 workers).
-        drop_last: drop the last incomplete train batch (kept when the train set is smaller than a batch).
+        drop_last: drop the last incomplete train batch (kept when the train set, or a DDP rank's share of it, is
+            smaller than a batch).
         pin_memory: pin batches for faster host-to-GPU copies.
         manifest_path: where ``setup`` writes the split manifest (a file, or a folder for ``manifest.json``).
         governance: the job's data governance policy (``configs/governance/``; None: the open policy). ``setup``
@@ -276,8 +277,13 @@ class VisionPilotDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.manifest is None:
             self.manifest = self.build_splits()
-            self.selected_regions = self.manifest.select_regions(self.regions)
-            self.enforce_governance()  # residency and restricted zones, on the index: no frame has been read yet
+            try:
+                self.selected_regions = self.manifest.select_regions(self.regions)
+                self.enforce_governance()  # residency and restricted zones, on the index: no frame has been read yet
+            except BaseException:
+                # A refused setup must stay refused: a manifest left behind would make the next setup() skip both.
+                self.manifest, self.selected_regions = None, []
+                raise
             if self.manifest_path is not None and (self.trainer is None or self.trainer.is_global_zero):
                 path = self.manifest.write(self.manifest_path)
                 log.info("split manifest (sha256 %s) written to %s", self.manifest.sha256[:12], path)
@@ -322,14 +328,16 @@ class VisionPilotDataModule(L.LightningDataModule):
         n = len(ds)  # type: ignore[arg-type]
         refs = getattr(ds, "refs", None)
         order = spread_order(refs) if not train and refs is not None else None
+        sampler = EpochSampler(n, shuffle=train, seed=self.seed, distributed=True, pad=train, order=order)
         return ResumableDataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochSampler(n, shuffle=train, seed=self.seed, distributed=True, pad=train, order=order),
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_frames,
             pin_memory=self.pin_memory,
-            drop_last=train and self.drop_last and n >= self.batch_size,
+            # len(sampler): this rank's frames, so a DDP rank with less than a batch keeps it rather than train on none
+            drop_last=train and self.drop_last and len(sampler) >= self.batch_size,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 

@@ -228,11 +228,12 @@ class SourceDataModule(VisionPilotDataModule):
         else:  # evaluation: every prefix spreads over the sources' regions and scenes (limit_val_batches)
             sampler = EpochSampler(n, shuffle=train, seed=self.seed, distributed=True, pad=train,
                                    order=None if train else spread_order(ds.refs))  # type: ignore[attr-defined]
-        # As the parent's: sharded over DDP ranks by the sampler, position saved in checkpoints.
+        # As the parent's: sharded over DDP ranks by the sampler, position saved in checkpoints; drop_last only when
+        # this rank has a full batch (len(sampler): its share of the frames).
         return ResumableDataLoader(
             ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=partial(collate_padded, num_cameras=len(self.source.camera_names)),
-            pin_memory=self.pin_memory, drop_last=train and self.drop_last and n >= self.batch_size,
+            pin_memory=self.pin_memory, drop_last=train and self.drop_last and len(sampler) >= self.batch_size,
             persistent_workers=self.persistent_workers and self.num_workers > 0)
 
 
