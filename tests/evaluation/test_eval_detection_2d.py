@@ -90,3 +90,41 @@ def test_no_ground_truth() -> None:
     metric = Detection2DMAP()
     metric.update([t([[0, 0, 1, 1]])], [t([0.5])], [torch.tensor([0])], [torch.zeros(0, 4)], [torch.zeros(0)])
     assert metric.compute()["det_map50"] == -1.0
+
+
+def test_coco_thresholds_are_exact() -> None:
+    # COCO's IoU thresholds 0.50, 0.55, ... and recall points 0, 0.01, ..., 1 (pycocotools: float64 linspace). An
+    # IoU of exactly 0.55 matches at 0.55, and a recall of exactly 3/5 reaches the recall point 0.60 (torchmetrics'
+    # defaults are float32-rounded: 0.55000001 and 0.60000002 miss both).
+    metric = Detection2DMAP()
+    metric.update([t([[0, 0, 100, 55]])], [t([0.9])], [torch.tensor([0])], [t([[0, 0, 100, 100]])],
+                  [torch.tensor([0])])
+    assert metric.compute()["det_map"] == pytest.approx(2 / 10)  # a TP at IoU 0.50 and 0.55 only
+    # 5 GT; ranked FP, FP, TP, TP, TP: precision envelope 3/5 up to recall 3/5 -> 61 of 101 points at 0.6.
+    gt = t([[100 * i, 0, 100 * i + 50, 50] for i in range(5)])
+    pred = torch.cat([t([[0, 500, 50, 550], [100, 500, 150, 550]]), gt[:3]])
+    metric = Detection2DMAP()
+    metric.update([pred], [t([0.9, 0.8, 0.7, 0.6, 0.5])], [torch.zeros(5, dtype=torch.long)], [gt],
+                  [torch.zeros(5, dtype=torch.long)])
+    assert metric.compute()["det_map50"] == pytest.approx(61 * 0.6 / 101, abs=1e-6)
+
+
+def test_evaluator_skips_images_without_2d_labels() -> None:
+    # Frame 0 (de): camera 0 labelled and predicted exactly; camera 1 is padding (no camera). Frame 1 (gb) comes
+    # from a source without 2D boxes: its confident detections are neither FPs nor an image with zero objects.
+    from visionpilot.evaluation.evaluator import PerceptionEvaluator
+
+    box = t([0, 0, 10, 10])
+    gt_boxes = torch.zeros(2, 2, 1, 4)
+    gt_boxes[0, 0, 0] = box
+    batch = {"region": ["de", "gb"], "has_boxes_2d": torch.tensor([True, False]),
+             "camera_mask": torch.tensor([[True, False], [True, True]]), "boxes_2d": gt_boxes,
+             "boxes_2d_classes": torch.zeros(2, 2, 1, dtype=torch.long),
+             "boxes_2d_mask": torch.tensor([[[True], [False]], [[False], [False]]])}
+    decoded = {"objects_2d.boxes": box.expand(2, 2, 1, 4).clone(), "objects_2d.scores": torch.full((2, 2, 1), 0.9),
+               "objects_2d.classes": torch.zeros(2, 2, 1, dtype=torch.long)}
+    evaluator = PerceptionEvaluator(["de", "gb"], (64, 64), ["front", "back"], tasks=["objects_2d"])
+    evaluator.update(batch, decoded)
+    out = evaluator.compute()
+    assert out["det_map50"] == pytest.approx(1.0) and out["de/det_map50"] == pytest.approx(1.0)
+    assert not any(k.startswith("gb/") for k in out)

@@ -106,3 +106,13 @@ def test_spline_interpolation_passes_through_points() -> None:
 def test_mismatched_batch_raises() -> None:
     with pytest.raises(ValueError, match="same images"):
         CULaneF1().update([[CURVED]], [])
+
+
+def test_single_point_lanes_count_but_never_match() -> None:
+    # The official counter counts a one-point lane (it is a line of the file) but its similarity to anything is 0
+    # (``get_lane_similarity``: "lane size must be greater or equal to 2"): an FP and an FN, never a TP.
+    dot = np.array([[800.0, 300.0]])
+    assert lane_iou_matrix([dot], [dot, VERTICAL], (590, 1640)).tolist() == [[0.0, 0.0]]
+    metric = CULaneF1()
+    metric.update([[dot], [VERTICAL]], [[dot], [VERTICAL, dot]])
+    assert (metric.tp, metric.fp, metric.fn) == (1, 1, 2)

@@ -29,6 +29,11 @@ from visionpilot.evaluation._common import ArrayLike, cat_state, to_numpy
 # which buries the training and evaluation logs; the numbers are in metrics.json / eval.json.
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
+# COCO's thresholds exactly as pycocotools builds them (float64). torchmetrics' defaults come from a float32
+# torch.linspace (0.55000001, 0.60000002, ...), so an IoU of exactly 0.55 or a recall of exactly 3/5 would miss them.
+COCO_IOU_THRESHOLDS: list[float] = np.linspace(0.5, 0.95, 10).tolist()
+COCO_RECALL_THRESHOLDS: list[float] = np.linspace(0.0, 1.0, 101).tolist()
+
 
 def coco_backend(preferred: str = "faster_coco_eval") -> str:
     """The COCO backend to use: ``preferred`` if importable, else the other one."""
@@ -123,6 +128,7 @@ class Detection2DMAP(Metric):
         # A local evaluation on the already-synced inputs: it must not sync again (each process would gather
         # copies of the same data).
         coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=self.backend,
+                                    iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS,
                                     max_detection_thresholds=[1, 10, self.max_detections],
                                     extended_summary=self.class_metrics, sync_on_compute=False)
         coco.update(preds, targets)

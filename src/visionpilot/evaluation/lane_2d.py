@@ -14,9 +14,13 @@ Definition followed: the official CULane evaluation (SCNN ``tools/lane_evaluatio
 
 Other image sizes. The 30 px width belongs to 1640-px-wide images, so the line width scales with image width:
 ``30 * W / 1640`` pixels of the evaluated image. By default the lanes are drawn on a canvas ``canvas_width`` (1640)
-pixels wide, with the image scaled isotropically to it (so the width is exactly 30 canvas px); this equals the
-official metric for a CULane image at any uniform resize, and avoids the quantisation of a thin line on a small
-image. With ``canvas_width=None`` the lanes are drawn at the evaluated size with width ``max(1, round(30*W/1640))``.
+pixels wide and ``round(H * 1640 / W)`` high, the image mapped onto it edge to edge (so the width is exactly 30
+canvas px, and x and y scales differ by under half a pixel over the height); for a resized CULane image (e.g. the
+usual 800x288 input) this is the official tool's ``resize_lane`` back to 1640x590, and it avoids the quantisation
+of a thin line on a small image. With ``canvas_width=None`` the lanes are drawn at the evaluated size with width
+``max(1, round(30*W/1640))``.
+
+A lane of a single point counts (an FP or an FN) but has IoU 0 with every lane, as in the official tool.
 
 Deviation: lanes with no finite point (padding of a fixed-size output) are dropped rather than counted.
 """
@@ -92,18 +96,25 @@ def lane_iou_matrix(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], imag
     """
     height, width = image_size
     if canvas_width is None:
-        scale, line = 1.0, max(1, round(lane_width * width / CULANE_IMAGE_SIZE[1]))
+        canvas, line = (height, width), max(1, round(lane_width * width / CULANE_IMAGE_SIZE[1]))
     else:
-        scale, line = canvas_width / width, max(1, round(lane_width * canvas_width / CULANE_IMAGE_SIZE[1]))
-    canvas = (max(1, round(height * scale)), max(1, round(width * scale)))
+        canvas = (max(1, round(height * canvas_width / width)), int(canvas_width))
+        line = max(1, round(lane_width * canvas_width / CULANE_IMAGE_SIZE[1]))
+    # The image is mapped onto the whole canvas, edge to edge: x and y scale apart by under half a canvas pixel over
+    # the height, and an 800x288 CULane input goes back onto 1640x590 exactly as the official ``resize_lane`` does.
+    scale = np.array([canvas[1] / width, canvas[0] / height])
     drawn = [draw_lane(np.asarray(lane) * scale, canvas, line) for lane in [*preds, *gts]]
     areas = [int(m.sum()) for m, _ in drawn]
+    # A one-point lane still counts, but its similarity is 0, as in the official ``get_lane_similarity``.
+    short = [len(lane) < 2 for lane in [*preds, *gts]]
     n_pred = len(preds)
     iou = np.zeros((n_pred, len(gts)))
     for i in range(n_pred):
         (ma, (ra, ca)), area_a = drawn[i], areas[i]
         for j in range(len(gts)):
             (mb, (rb, cb)), area_b = drawn[n_pred + j], areas[n_pred + j]
+            if short[i] or short[n_pred + j]:
+                continue
             r0, c0 = max(ra, rb), max(ca, cb)  # overlap of the two regions, in canvas pixels
             r1, c1 = min(ra + ma.shape[0], rb + mb.shape[0]), min(ca + ma.shape[1], cb + mb.shape[1])
             if r0 >= r1 or c0 >= c1:
