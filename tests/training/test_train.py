@@ -228,3 +228,36 @@ def test_checkpoints_are_atomic_without_the_periodic_checkpoint_callback(tmp_pat
 
     objects = build(_cfg(tmp_path, ["rig=front1", "region=de", "callbacks.periodic_checkpoint=null"]))
     assert isinstance(objects["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)  # epoch*.ckpt too
+
+
+def test_metrics_json_holds_the_last_validation_and_says_when_it_was_a_subset(tmp_path: Path, monkeypatch) -> None:
+    """A metric the last validation could not compute (NaN) must not keep an earlier validation's value; a validation
+    on part of the split (trainer.limit_val_batches) is labelled with its frame count and ``val/subset``."""
+    from visionpilot.training.module import PerceptionModule
+
+    build_evaluator = PerceptionModule.build_evaluator
+    calls = []
+
+    def stub(self, regions):  # noqa: ANN001, ANN202
+        evaluator = build_evaluator(self, regions)
+        compute = evaluator.compute
+        calls.append(1)
+        nan = len(calls) > 1
+        evaluator.compute = lambda: {**compute(), "lane_f1": float("nan") if nan else 0.5}
+        return evaluator
+
+    monkeypatch.setattr(PerceptionModule, "build_evaluator", stub)
+    cfg = _cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=2", "trainer.max_epochs=-1",
+                          "callbacks.prediction_images=null"])
+    metrics, objects = train(cfg)
+    assert len(calls) == 2  # one validation per (one-batch) epoch
+    assert "val/lane_f1" not in metrics and "val/lane_precision" in metrics
+    frames = len(objects["datamodule"].datasets["val"])
+    assert (metrics["val/frames"], metrics["val/subset"]) == (frames, 0.0)
+    assert "val/lane_f1" not in json.loads((tmp_path / "metrics.json").read_text())
+
+    monkeypatch.setattr(PerceptionModule, "build_evaluator", build_evaluator)
+    metrics, _ = train(_cfg(tmp_path / "subset", ["rig=front1", "region=de", "trainer.max_steps=1",
+                                                  "trainer.max_epochs=-1", "trainer.limit_val_batches=1", "trainer.val_check_interval=1",
+                                                  "callbacks.prediction_images=null", "data.source.frames_per_scene=4"]))
+    assert (metrics["val/frames"], metrics["val/subset"]) == (2, 1.0)

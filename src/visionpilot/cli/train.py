@@ -22,7 +22,10 @@ def main(cfg: DictConfig) -> float | None:
     print("final: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys))
     print(f"run dir: {cfg.paths.output_dir} (metrics.json, checkpoints/, plots/)")
     monitor = cfg.get("optimized_metric")
-    return metrics.get(monitor) if monitor else None
+    if monitor and monitor not in metrics:  # a sweeper would get None for its objective, with no word why
+        raise ValueError(f"field 'optimized_metric': expected a key of metrics.json, one of {sorted(metrics)}; "
+                         f"found {monitor!r}")
+    return metrics[monitor] if monitor else None
 
 
 if __name__ == "__main__":

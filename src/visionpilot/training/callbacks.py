@@ -64,6 +64,11 @@ class Throughput(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._batch_end = None  # the wait before an epoch's first batch includes loader start-up: not counted
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A validation inside the epoch (val_check_interval) runs between one step's end and the next step's start:
+        # its time is neither training nor waiting for data.
+        self._batch_end = None
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         now = time.perf_counter()

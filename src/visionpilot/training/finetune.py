@@ -803,7 +803,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                             lineage=build_lineage("region_delta", datamodule=datamodule, config=module.run_config,
                                                   base_sha256=base.sha256, parents=[base_record],
                                                   region=run_cfg.finetune.region, strategy=strategy))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = module.run_metrics()
     for cb in callbacks:
         if isinstance(cb, Throughput):
             metrics.update(cb.summary())

@@ -1,7 +1,8 @@
 """The LightningModule: wires the network, its weighted losses, the evaluator and the optimiser. Thin on purpose.
 
 Metric names: ``train/loss`` and ``train/<head>.<term>`` per step, ``val/loss``, ``val/<metric>`` and
-``val/<region>/<metric>`` per validation (see evaluation/evaluator.py for the metric names).
+``val/<region>/<metric>`` per validation (see evaluation/evaluator.py for the metric names), with ``val/frames`` (frames
+evaluated) and ``val/subset`` (1 when that is less than the val split, e.g. with ``trainer.limit_val_batches``).
 """
 
 from __future__ import annotations
@@ -57,10 +58,21 @@ class PerceptionModule(L.LightningModule):
         for prefix, mult in flatten_dotted(lr_mult).items():
             if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not mult > 0:
                 raise ValueError(f"field 'model.lr_mult.{prefix}': expected a positive number, found {mult!r}")
+        # A command-line override +model.loss_weights.lanes_2d.position=0.5 arrives nested, as lr_mult's do.
+        weights = flatten_dotted(loss_weights)
+        for key, value in weights.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"field 'model.loss_weights.{key}': expected a number >= 0, found {value!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float)) or not warmup_steps >= 0:
+            raise ValueError(f"field 'model.warmup_steps': expected a count >= 0 or a fraction in (0, 1) of the "
+                             f"total steps, found {warmup_steps!r}")
+        if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)) or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"field 'model.min_lr_ratio': expected a number in [0, 1], found {min_lr_ratio!r}")
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer
-        self.loss_weights = dict(loss_weights or {})
+        self.loss_weights = {k: float(v) for k, v in weights.items()}
+        self._weights_checked = False
         self.lane_cameras = list(lane_cameras) if lane_cameras else None
         self.nan_policy = nan_policy
         self.skipped_batches = 0
@@ -68,6 +80,10 @@ class PerceptionModule(L.LightningModule):
         self.camera_names: list[str] | None = None
         self.image_size: tuple[int, int] | None = None
         self.val_examples: list[tuple[dict[str, Any], dict[str, Tensor]]] = []  # for prediction images
+        # The ``val/`` metrics of the last validation (None before one): Lightning's callback_metrics keep a metric
+        # an earlier validation logged and the last could not compute (NaN), which must not reach metrics.json.
+        self.val_metrics: dict[str, float] | None = None
+        self._val_frames = 0
         self.run_config: dict[str, Any] | None = None  # the resolved Hydra config, stored in checkpoints
         self.lineage_parents: list[dict[str, Any]] = []  # lineage of the model this run starts from (fine-tunes)
         self.num_val_examples = 4
@@ -92,7 +108,9 @@ class PerceptionModule(L.LightningModule):
                 images, intrinsics, extrinsics = example_inputs(len(self.camera_names), self.image_size, batch=1)
                 self.example_input_array = ({"images": images, "intrinsics": intrinsics, "extrinsics": extrinsics},)
         if self.hparams.compile and not self._compiled:
-            self.net = torch.compile(self.net)
+            # In place (nn.Module.compile): the state dict keeps the net's own keys, so checkpoints are the same with
+            # or without compile (torch.compile's wrapper stored them under net._orig_mod.*).
+            self.net.compile()
             self._compiled = True
 
     def build_evaluator(self, regions: Sequence[str]) -> PerceptionEvaluator:
@@ -147,7 +165,18 @@ class PerceptionModule(L.LightningModule):
             return float(self.loss_weights[term])
         return float(self.loss_weights.get(term.split(".")[0], 1.0))
 
+    def _check_loss_weights(self, terms: Sequence[str]) -> None:
+        """Every ``loss_weights`` key names a loss term or a head: a typo would otherwise weigh nothing, silently."""
+        valid = sorted({*terms, *(t.split(".")[0] for t in terms)})
+        for key in self.loss_weights:
+            if key not in valid:
+                raise ValueError(f"field 'model.loss_weights.{key}': expected a loss term or a head of the net, one of "
+                                 f"{valid}; found no such term")
+        self._weights_checked = True
+
     def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        if not self._weights_checked:
+            self._check_loss_weights(list(losses))
         return sum(self.weight(k) * v for k, v in losses.items() if self.weight(k) != 0.0)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -197,12 +226,14 @@ class PerceptionModule(L.LightningModule):
             regions = sorted({r for ref in self.trainer.datamodule.datasets["val"].refs for r in [ref.region]})
         self.evaluator = self.build_evaluator(regions)
         self.val_examples = []
+        self._val_frames = 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         batch = self._with_lane_cameras(batch)
         outputs = self(batch)
         losses = self._losses(outputs, batch)
         bs = batch["images"].shape[0]
+        self._val_frames += int(bs)
         self.log("val/loss", self._total_loss(losses), on_epoch=True, batch_size=bs, sync_dist=True)
         with torch.autocast(self.device.type, enabled=False):  # float32, as in _losses
             decoded = self.net.decode(outputs, batch["images"].shape[-2:])
@@ -213,16 +244,34 @@ class PerceptionModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.evaluator.compute()
-        for key, value in metrics.items():
-            if not math.isnan(value):
-                self.log(f"val/{key}", value, sync_dist=False)
+        # Frames evaluated (every rank's), and whether that is less than the val split (trainer.limit_val_batches):
+        # figures of a subset must not pass for the split's.
+        frames = float(self.trainer.strategy.reduce(torch.tensor(float(self._val_frames), device=self.device),
+                                                    reduce_op="sum"))
+        dm = self.trainer.datamodule
+        total = len(dm.datasets["val"]) if "val" in getattr(dm, "datasets", {}) else None
+        subset = frames < total if total is not None else self.trainer.limit_val_batches not in (1, 1.0)
+        metrics = {**metrics, "frames": frames, "subset": float(subset)}
+        logged = {f"val/{k}": float(v) for k, v in metrics.items() if not math.isnan(v)}
+        for key, value in logged.items():
+            self.log(key, value, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self.val_metrics = logged
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.param_groups())
         for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
             group["lr"] *= group.pop("lr_mult")
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            # inf: max_steps=-1 with max_epochs=-1; -1: max_steps=-1 with a training set of unknown length (a
+            # stream), which used to give a one-step schedule, i.e. the whole run at min_lr_ratio * lr.
+            raise ValueError(f"trainer.max_steps: expected a number of steps (the warm-up + cosine schedule needs the "
+                             f"run's length), found {self.trainer.max_steps} with trainer.max_epochs="
+                             f"{self.trainer.max_epochs} and a training set of unknown length or no epoch limit; set "
+                             f"trainer.max_steps")
+        total = int(total)
         warm = self.hparams.warmup_steps
         warm = int(warm * total) if isinstance(warm, float) and warm < 1 else int(warm)
         schedule = warmup_cosine(total, warm, self.hparams.min_lr_ratio)
@@ -271,7 +320,19 @@ class PerceptionModule(L.LightningModule):
                                      parents=self.lineage_parents),
         }
 
+    def run_metrics(self) -> dict[str, float]:
+        """The trainer's scalar metrics for ``metrics.json``: ``val/`` ones only from the last validation (Lightning
+        keeps a metric an earlier validation logged and the last could not compute)."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        if self.val_metrics is None:
+            return metrics
+        return {k: v for k, v in metrics.items() if not k.startswith("val/") or k == "val/loss" or k in self.val_metrics}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None and any(k.startswith("net._orig_mod.") for k in state):
+            # written by a compiled run before compile kept the net's keys: before Lightning's strict load
+            checkpoint["state_dict"] = {k.replace("net._orig_mod.", "net.", 1): v for k, v in state.items()}
         entry = checkpoint.get("visionpilot", {})
         self.skipped_batches = int(entry.get("skipped_batches", 0))
         saved = entry.get("model_signature")

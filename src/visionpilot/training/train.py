@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.warning("training stopped by SIGTERM at step %d: no metrics.json; rerun the same command to resume",
                     trainer.global_step)
         raise SystemExit(128 + signal.SIGTERM) from None
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = objects["model"].run_metrics()
     for cb in objects["callbacks"]:
         if isinstance(cb, Throughput):
             metrics.update(cb.summary())

@@ -1,0 +1,154 @@
+"""The LightningModule's checks of its settings and the training callbacks' arithmetic, on tiny stand-ins."""
+
+from __future__ import annotations
+
+import functools
+import time
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from visionpilot.training.callbacks import Throughput
+from visionpilot.training.module import PerceptionModule
+
+
+class _Net(nn.Module):
+    """Two image heads with the loss-term names of the real net (``"<head>.<term>"``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({"lanes_2d": nn.Linear(2, 2), "objects_2d": nn.Linear(2, 2)})
+
+    def loss(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:  # noqa: ARG002
+        return {"lanes_2d.exist": torch.tensor(1.0), "lanes_2d.position": torch.tensor(2.0),
+                "objects_2d.heatmap": torch.tensor(4.0)}
+
+
+def _module(**kwargs) -> PerceptionModule:  # noqa: ANN003
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
+    return PerceptionModule(_Net(), optimizer, **kwargs)
+
+
+def test_loss_weights_refuse_a_key_that_names_no_loss_term_or_head() -> None:
+    module = _module(loss_weights={"lanes_2d.postion": 0.5})  # a typo: silently weighted nothing
+    with pytest.raises(ValueError, match=r"field 'model.loss_weights.lanes_2d.postion': expected a loss term or a "
+                                         r"head of the net.*'lanes_2d.position'.*found no such term"):
+        module._total_loss(module.net.loss({}, {}))
+    with pytest.raises(ValueError, match=r"field 'model.loss_weights.lanes_2d': expected a number >= 0, found 'x'"):
+        _module(loss_weights={"lanes_2d": "x"})
+
+
+def test_loss_weights_weigh_terms_and_heads_and_read_nested_keys() -> None:
+    # A command-line override +model.loss_weights.lanes_2d.position=0.5 arrives nested.
+    module = _module(loss_weights={"lanes_2d": {"position": 0.5}, "objects_2d": 0.25})
+    assert float(module._total_loss(module.net.loss({}, {}))) == pytest.approx(1.0 + 0.5 * 2.0 + 0.25 * 4.0)
+
+
+def _schedule(module: PerceptionModule, **trainer) -> torch.optim.lr_scheduler.LRScheduler:  # noqa: ANN003
+    module._trainer = SimpleNamespace(**trainer)
+    return module.configure_optimizers()["lr_scheduler"]["scheduler"]
+
+
+@pytest.mark.parametrize("estimated", [float("inf"), -1])
+def test_a_run_of_unknown_length_is_refused_instead_of_a_schedule_of_one_step(estimated: float) -> None:
+    """max_steps=-1 with max_epochs=-1 (inf: crashed on int(inf)), or with a training set of unknown length (-1:
+    a one-step schedule, so the whole run trained at min_lr_ratio * lr)."""
+    with pytest.raises(ValueError, match=r"trainer.max_steps: expected a number of steps .*found -1"):
+        _schedule(_module(), estimated_stepping_batches=estimated, max_steps=-1, max_epochs=-1)
+
+
+def test_warmup_and_cosine_are_stepped_per_optimizer_step_down_to_min_lr_ratio() -> None:
+    for warmup, warm_steps in ((0.1, 10), (10, 10), (0, 0)):
+        scheduler = _schedule(_module(warmup_steps=warmup, min_lr_ratio=0.1), estimated_stepping_batches=100,
+                              max_steps=100, max_epochs=-1)
+        assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 / max(warm_steps, 1) if warm_steps else 1e-3)
+        lrs = []
+        for _ in range(100):
+            scheduler.optimizer.step()
+            scheduler.step()
+            lrs.append(scheduler.get_last_lr()[0])
+        if warm_steps:
+            assert lrs[warm_steps - 1] == pytest.approx(1e-3)  # the peak right after the warm-up
+        assert lrs[-1] == pytest.approx(1e-4)  # min_lr_ratio * lr at max_steps
+    with pytest.raises(ValueError, match=r"field 'model.warmup_steps': expected a count >= 0 .*found -5"):
+        _module(warmup_steps=-5)
+    with pytest.raises(ValueError, match=r"field 'model.min_lr_ratio': expected a number in \[0, 1\], found 2"):
+        _module(min_lr_ratio=2)
+
+
+# --- Throughput -------------------------------------------------------------------------------------------------
+class _Frames(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"images": torch.zeros(2)}
+
+
+class _SlowValidation(L.LightningModule):
+    """Instant training steps and a slow validation: the run never waits for data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:  # noqa: ARG002
+        return self.layer(batch["images"]).sum()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:  # noqa: ARG002
+        time.sleep(0.1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Frames(), batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Frames(), batch_size=1)
+
+
+def test_throughput_does_not_count_validation_as_waiting_for_data(tmp_path) -> None:  # noqa: ANN001
+    throughput = Throughput(warmup_steps=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, val_check_interval=2, limit_val_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[throughput], default_root_dir=tmp_path)
+    trainer.fit(_SlowValidation())
+    summary = throughput.summary()
+    assert throughput.frames == 8
+    # Three mid-epoch validations of 0.2 s each used to count as data wait (0.99 of the time) and as time per frame.
+    assert summary["train/data_wait_fraction"] < 0.5, summary
+    assert summary["train/frames_per_s"] > 8 / 0.6, summary
+
+
+def test_optimized_metric_that_training_did_not_produce_is_an_error(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """A sweeper's objective with a typo was returned as None after the whole training, with no word why."""
+    from omegaconf import OmegaConf
+
+    from visionpilot.cli.train import main
+
+    metrics = {"val/lane_f1": 0.5, "val/loss": 1.0, "train/loss": 2.0}
+    monkeypatch.setattr("visionpilot.training.train.train", lambda cfg: (metrics, {}))
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "optimized_metric": "val/lane_f1"})
+    assert main.__wrapped__(cfg) == 0.5
+    cfg.optimized_metric = "val/lane_f"
+    with pytest.raises(ValueError, match=r"field 'optimized_metric': expected a key of metrics.json, one of "
+                                         r"\['train/loss', 'val/lane_f1', 'val/loss'\]; found 'val/lane_f'"):
+        main.__wrapped__(cfg)
+
+
+def test_compile_keeps_the_checkpoint_keys_so_a_run_resumes_with_or_without_it() -> None:
+    """model.compile=true stored the weights as ``net._orig_mod.*``: resuming with compile=false (or a compiled run
+    from a plain checkpoint) failed in Lightning's strict load. The compile itself is lazy: nothing compiles here."""
+    compiled, plain = _module(compile=True), _module()
+    compiled.setup("fit")
+    assert set(compiled.state_dict()) == set(plain.state_dict())
+    # A checkpoint written by a compiled run before this fix still loads, into either.
+    old = {"state_dict": {k.replace("net.", "net._orig_mod.", 1): v for k, v in plain.state_dict().items()}}
+    for module in (compiled, plain):
+        module.on_load_checkpoint(old)
+        module.load_state_dict(old["state_dict"])
