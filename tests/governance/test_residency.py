@@ -57,7 +57,7 @@ def test_cn_job_reads_cn_data_but_withholds_prediction_images(tmp_path: Path) ->
     # The same run on data that may go anywhere writes its prediction images.
     train(compose_cfg("train", tmp_path / "us", [*overrides, "governance=sovereign", "compute_region=cn",
                                                  "data.regions=[us]"]))
-    assert list((tmp_path / "us" / "plots").glob("val_e*.png"))
+    assert list((tmp_path / "us" / "plots").glob("val_s*.png"))
 
 
 def test_anonymised_only_data_is_read_abroad_only_through_the_anonymiser(tmp_path: Path) -> None:

@@ -230,6 +230,20 @@ def test_checkpoints_are_atomic_without_the_periodic_checkpoint_callback(tmp_pat
     assert isinstance(objects["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)  # epoch*.ckpt too
 
 
+def test_a_run_that_max_steps_ends_inside_an_epoch_is_validated_at_its_last_step(tmp_path: Path) -> None:
+    # Lightning does not validate when max_steps stops a run inside an epoch: metrics.json would describe the model
+    # of an earlier step than last.ckpt. The last validation here is at step 2 of 3, so the final model is validated.
+    cfg = _cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=3", "trainer.max_epochs=-1",
+                          "trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=null",
+                          "data.source.frames_per_scene=8"])
+    metrics, objects = train(cfg)
+    assert objects["trainer"].num_training_batches > 3  # still inside the first epoch at step 3
+    assert metrics["train/steps"] == 3 and metrics["val/step"] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/step"] == 3
+    # Prediction images are named by step: both validations of the epoch keep theirs.
+    assert {p.name.split("_")[1] for p in (tmp_path / "plots").glob("val_s*.png")} == {"s000002", "s000003"}
+
+
 def test_metrics_json_holds_the_last_validation_and_says_when_it_was_a_subset(tmp_path: Path, monkeypatch) -> None:
     """A metric the last validation could not compute (NaN) must not keep an earlier validation's value; a validation
     on part of the split (trainer.limit_val_batches) is labelled with its frame count and ``val/subset``."""

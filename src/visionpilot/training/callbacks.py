@@ -13,7 +13,8 @@ from visionpilot.viz.predictions import render_prediction
 
 
 class PredictionImages(L.Callback):
-    """Writes ``plots/val_e<epoch>_<k>.png``: each camera with labels (solid) and predictions (dashed), plus the BEV.
+    """Writes ``plots/val_s<step>_<k>.png`` after each validation: each camera with labels (solid) and predictions
+    (dashed), plus the BEV. Named by optimiser step, so several validations in one epoch keep their own images.
 
     Args:
         dirpath: output folder (``<run dir>/plots``).
@@ -35,7 +36,7 @@ class PredictionImages(L.Callback):
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         for k, (batch, decoded) in enumerate(getattr(pl_module, "val_examples", [])):
-            path = self.dirpath / f"val_e{trainer.current_epoch:03d}_{k}.png"
+            path = self.dirpath / f"val_s{trainer.global_step:06d}_{k}.png"
             save_rgb(str(path), render_prediction(batch, decoded, pl_module.camera_names or [],
                                                   self.score_threshold, self.lane_threshold,
                                                   getattr(pl_module, "lane_cameras", None)))

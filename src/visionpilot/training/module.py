@@ -83,6 +83,8 @@ class PerceptionModule(L.LightningModule):
         # The ``val/`` metrics of the last validation (None before one): Lightning's callback_metrics keep a metric
         # an earlier validation logged and the last could not compute (NaN), which must not reach metrics.json.
         self.val_metrics: dict[str, float] | None = None
+        self.val_step: int | None = None  # the optimiser step the last validation saw (None before one)
+        self.train_start_step: int | None = None  # the step this process started training at (after a resume)
         self._val_frames = 0
         self.run_config: dict[str, Any] | None = None  # the resolved Hydra config, stored in checkpoints
         self.lineage_parents: list[dict[str, Any]] = []  # lineage of the model this run starts from (fine-tunes)
@@ -256,7 +258,7 @@ class PerceptionModule(L.LightningModule):
         for key, value in logged.items():
             self.log(key, value, sync_dist=False)
         if not self.trainer.sanity_checking:
-            self.val_metrics = logged
+            self.val_metrics, self.val_step = logged, int(self.global_step)
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -322,11 +324,23 @@ class PerceptionModule(L.LightningModule):
 
     def run_metrics(self) -> dict[str, float]:
         """The trainer's scalar metrics for ``metrics.json``: ``val/`` ones only from the last validation (Lightning
-        keeps a metric an earlier validation logged and the last could not compute)."""
+        keeps a metric an earlier validation logged and the last could not compute), and ``val/step``, the step
+        that validation saw."""
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         if self.val_metrics is None:
             return metrics
-        return {k: v for k, v in metrics.items() if not k.startswith("val/") or k == "val/loss" or k in self.val_metrics}
+        metrics = {k: v for k, v in metrics.items()
+                   if not k.startswith("val/") or k == "val/loss" or k in self.val_metrics}
+        return {**metrics, "val/step": float(self.val_step)}
+
+    def on_train_start(self) -> None:
+        self.train_start_step = int(self.global_step)
+
+    def validation_is_stale(self) -> bool:
+        """Whether this process trained steps after the last validation: Lightning does not validate when
+        ``max_steps`` ends a run inside an epoch, so metrics.json would describe an earlier model than last.ckpt."""
+        trained = self.train_start_step is not None and self.global_step > self.train_start_step
+        return trained and (self.val_step is None or self.val_step < self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")

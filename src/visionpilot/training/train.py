@@ -72,7 +72,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.warning("training stopped by SIGTERM at step %d: no metrics.json; rerun the same command to resume",
                     trainer.global_step)
         raise SystemExit(128 + signal.SIGTERM) from None
-    metrics = objects["model"].run_metrics()
+    model, datamodule = objects["model"], objects["datamodule"]
+    val = (getattr(datamodule, "datasets", None) or {}).get("val")
+    has_val = val is not None and (not hasattr(val, "__len__") or len(val) > 0)
+    if model.validation_is_stale() and has_val and trainer.limit_val_batches:
+        log.info("validating the final model (step %d): the last validation saw step %s", trainer.global_step,
+                 model.val_step)
+        trainer.validate(model, datamodule, verbose=False)
+    metrics = model.run_metrics()
     for cb in objects["callbacks"]:
         if isinstance(cb, Throughput):
             metrics.update(cb.summary())
