@@ -82,3 +82,19 @@ def test_errors_name_the_problem(frame_factory) -> None:
         collate_frames([frame_factory(0), frame_factory(1, image_size=(40, 80))])
     with pytest.raises(ValueError, match="camera 'CAM_FRONT_LEFT': field 'image' is None"):
         collate_frames([frame_factory(0, with_images=False)])
+
+
+def test_frame_validate_refuses_non_finite_geometry_and_boxes(frame_factory) -> None:
+    # A NaN in a dataset file would otherwise reach the loss as a NaN many steps later, far from its file.
+    frame = frame_factory(0).validate("sample x")
+    frame.cameras[1].boxes_2d[0, 2] = np.nan
+    with pytest.raises(ValueError, match=r"sample x '.*', camera 'CAM_FRONT': field 'boxes_2d' must be finite, "
+                                         r"found nan at index \(0, 2\)"):
+        frame.validate("sample x")
+    frame = frame_factory(0)
+    frame.boxes_3d.centers[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"field 'boxes_3d.centers' must be finite, found inf at index \(1, 0\)"):
+        frame.validate("sample x")
+    frame = frame_factory(0)
+    frame.boxes_3d.velocities[:] = np.nan  # unknown velocity: allowed
+    frame.validate("sample x")

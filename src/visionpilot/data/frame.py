@@ -160,6 +160,8 @@ class Frame:
                 raise ValueError(f"{cw}: field 'intrinsics' must be 3x3, found shape {np.shape(cam.intrinsics)}")
             if np.shape(cam.extrinsics) != (4, 4):
                 raise ValueError(f"{cw}: field 'extrinsics' must be 4x4, found shape {np.shape(cam.extrinsics)}")
+            for name in ("intrinsics", "extrinsics", "boxes_2d"):  # a NaN here reaches the loss, far from its file
+                _check_finite(f"{cw}: field '{name}'", getattr(cam, name))
             if cam.image is not None:
                 h, w = cam.image_size
                 if cam.image.shape != (h, w, 3) or cam.image.dtype != np.uint8:
@@ -184,6 +186,8 @@ class Frame:
         for name, arr, shape in (("centers", b.centers, (k, 3)), ("sizes", b.sizes, (k, 3)), ("yaws", b.yaws, (k,))):
             if arr.shape != shape:
                 raise ValueError(f"{where}: field 'boxes_3d.{name}' must have shape {shape}, found {arr.shape}")
+        for name in ("centers", "sizes", "yaws"):  # velocities may be NaN: unknown
+            _check_finite(f"{where}: field 'boxes_3d.{name}'", getattr(b, name))
         if k and (b.sizes <= 0).any():
             raise ValueError(f"{where}: field 'boxes_3d.sizes' must be positive, found min {b.sizes.min():.3g}")
         _check_classes(f"{where}: field 'boxes_3d.classes'", b.classes, OBJECT_CLASSES)
@@ -196,6 +200,13 @@ def _check_classes(what: str, classes: np.ndarray, vocab: tuple[str, ...]) -> No
     if len(classes) and (classes.min() < 0 or classes.max() >= len(vocab)):
         raise ValueError(f"{what} must hold indices in [0, {len(vocab)}) ({list(vocab)}), "
                          f"found range [{classes.min()}, {classes.max()}]")
+
+
+def _check_finite(what: str, values: np.ndarray) -> None:
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(f"{what} must be finite, found {values[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
 
 
 def _check_lane(what: str, lane: Lane, dim: int) -> None:
