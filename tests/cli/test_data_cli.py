@@ -79,3 +79,16 @@ def test_preview_needs_a_positive_frame_count(tmp_path: Path, value: str) -> Non
     with pytest.raises(ValueError, match=rf"field 'frames_per_region' must be a positive integer, found '?{value}'?"):
         run(_compose(tmp_path, ["action=preview", "region=gb", "rig=front1", f"frames_per_region={value}"]))
     assert not (tmp_path / "splits.json").exists()  # refused before any work
+
+
+def test_stats_table_counts_2d_lanes_and_boxes() -> None:
+    # A lane benchmark (CULane, TuSimple) has 2D lanes only: the console table must not show it with zero lanes.
+    from visionpilot.data.inspect import format_stats_table
+    from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
+
+    region = {"frames": 3, "scenes": 1, "objects_3d": dict.fromkeys(OBJECT_CLASSES, 0),
+              "boxes_2d": {**dict.fromkeys(OBJECT_CLASSES, 0), "car": 2}, "lanes_3d": dict.fromkeys(LANE_TYPES, 0),
+              "lanes_2d": {**dict.fromkeys(LANE_TYPES, 0), LANE_TYPES[0]: 7, LANE_TYPES[1]: 4}}
+    head, rule, row = format_stats_table({"regions": {"us": region}}).splitlines()
+    assert head.endswith("| 2D boxes | 3D lanes | 2D lanes |") and rule.count("---") == head.count("|") - 1
+    assert row.endswith("| 2 | 0 | 11 |")

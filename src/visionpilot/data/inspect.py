@@ -103,10 +103,12 @@ def write_stats(source: FrameSource, refs: Sequence[FrameRef], path: str | Path,
 
 
 def format_stats_table(stats: dict[str, Any]) -> str:
-    """A short Markdown table of the per-region counts, for the console."""
-    head = "| region | frames | scenes | " + " | ".join(OBJECT_CLASSES) + " | lanes |"
-    lines = [head, "|" + " --- |" * (4 + len(OBJECT_CLASSES))]
+    """A short Markdown table of the per-region counts, for the console: 3D boxes per class, then the 2D boxes and
+    the 3D and 2D lanes (a lane benchmark such as CULane has only 2D lanes: they must not read as zero lanes)."""
+    head = "| region | frames | scenes | " + " | ".join(OBJECT_CLASSES) + " | 2D boxes | 3D lanes | 2D lanes |"
+    lines = [head, "|" + " --- |" * (6 + len(OBJECT_CLASSES))]
     for region, r in stats["regions"].items():
         objs = " | ".join(str(r["objects_3d"][c]) for c in OBJECT_CLASSES)
-        lines.append(f"| {region} | {r['frames']} | {r['scenes']} | {objs} | {int(np.sum(list(r['lanes_3d'].values())))} |")
+        counts = " | ".join(str(int(np.sum(list(r[k].values())))) for k in ("boxes_2d", "lanes_3d", "lanes_2d"))
+        lines.append(f"| {region} | {r['frames']} | {r['scenes']} | {objs} | {counts} |")
     return "\n".join(lines)
