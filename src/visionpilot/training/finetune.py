@@ -24,6 +24,7 @@ region, the strategy, the adapter settings and the frame counts. :func:`merge_de
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import operator
@@ -428,8 +429,8 @@ def changed_tensors(net: nn.Module, base_state: Mapping[str, Tensor], copy: bool
     return out
 
 
-#: The keys of a delta's ``adapter`` field (:func:`add_adapters`' settings).
-_ADAPTER_KEYS = ("rank", "kernel_size", "stages", "block_rank", "head_rank", "head_min_params")
+#: The keys of a delta's ``adapter`` field: :func:`add_adapters`' settings.
+_ADAPTER_KEYS = tuple(name for name in inspect.signature(add_adapters).parameters if name != "net")
 #: Floating-point dtypes a region delta may store its tensors in (``delta_dtype``).
 DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -27,6 +27,12 @@ class NonFiniteLossError(RuntimeError):
     """A loss term, or a gradient of a finite loss, became NaN or Inf."""
 
 
+def check_number(field: str, value: Any, ok: Callable[[float], bool], expected: str) -> None:
+    """A real number (not a bool) for which ``ok`` holds, or an error naming the field, expected and found."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"field '{field}': expected {expected}, found {value!r}")
+
+
 class PerceptionModule(L.LightningModule):
     """Trains a :class:`~visionpilot.models.net.HydraNet` from batches of the batch contract.
 
@@ -56,18 +62,14 @@ class PerceptionModule(L.LightningModule):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {list(NAN_POLICIES)}, found '{nan_policy}'")
         for prefix, mult in flatten_dotted(lr_mult).items():
-            if not isinstance(mult, (int, float)) or isinstance(mult, bool) or not mult > 0:
-                raise ValueError(f"field 'model.lr_mult.{prefix}': expected a positive number, found {mult!r}")
+            check_number(f"model.lr_mult.{prefix}", mult, lambda v: v > 0, "a positive number")
         # A command-line override +model.loss_weights.lanes_2d.position=0.5 arrives nested, as lr_mult's do.
         weights = flatten_dotted(loss_weights)
         for key, value in weights.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"field 'model.loss_weights.{key}': expected a number >= 0, found {value!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float)) or not warmup_steps >= 0:
-            raise ValueError(f"field 'model.warmup_steps': expected a count >= 0 or a fraction in (0, 1) of the "
-                             f"total steps, found {warmup_steps!r}")
-        if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)) or not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"field 'model.min_lr_ratio': expected a number in [0, 1], found {min_lr_ratio!r}")
+            check_number(f"model.loss_weights.{key}", value, lambda v: v >= 0, "a number >= 0")
+        check_number("model.warmup_steps", warmup_steps, lambda v: v >= 0,
+                     "a count >= 0 or a fraction in (0, 1) of the total steps")
+        check_number("model.min_lr_ratio", min_lr_ratio, lambda v: 0 <= v <= 1, "a number in [0, 1]")
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer

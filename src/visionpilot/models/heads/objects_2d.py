@@ -132,11 +132,10 @@ class CenterNetHead(nn.Module):
         # larger one's regression area would decode as the larger box.
         area = torch.where(box_mask, bw * bh, -1.0)
         centre = (area_w > 0) & (dy == 0)[..., :, None] & (dx == 0)[..., None, :]  # (B, N, M, h, w)
-        # argmax returns the first of equal maxima: the larger box, then the first one.
-        owner = torch.where(centre.any(dim=2, keepdim=True),
-                            torch.where(centre, area[..., None, None], -1.0).argmax(dim=2, keepdim=True),
-                            torch.where(area_w > 0, area[..., None, None], -1.0).argmax(dim=2, keepdim=True)
-                            )  # (B, N, 1, h, w)
+        # One priority per (box, cell): a centre cell above any area, then the larger box; argmax returns the first
+        # of equal maxima.
+        priority = area[..., None, None] + centre * (area.amax().clamp(min=0) + 1)
+        owner = torch.where(area_w > 0, priority, -1.0).argmax(dim=2, keepdim=True)  # (B, N, 1, h, w)
         owned = (torch.arange(m, device=boxes.device)[:, None, None] == owner) & (area_w > 0)  # (B, N, M, h, w)
         mass = (area_w * owned).sum(dim=(-2, -1))  # (B, N, M)
         regress_mask = box_mask & (mass > 0)
