@@ -71,13 +71,23 @@ def _kind(message: str) -> str:
     return message.split(":", 1)[0][:60]
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file's content (UTF-8, as JSON and the ASCII label files are); other bytes (a corrupt or binary file)
+    are an error naming the file and the offset, not a bare UnicodeDecodeError."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{what} {path}: byte offset {e.start}: must be UTF-8 text, found byte "
+                          f"{e.object[e.start]:#04x}") from None
+
+
 def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file; a missing file or a syntax error names the file (and line/column)."""
+    """Parse a JSON file; a missing file, bytes that are not text or a syntax error name the file (and where)."""
     if not path.is_file():
         raise FormatError(f"{what}: file {path} not found")
+    text = read_text(path, f"{what}:")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(f"{what}: {path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
 

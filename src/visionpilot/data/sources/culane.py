@@ -30,7 +30,14 @@ import numpy as np
 
 from visionpilot.data.frame import CameraView, Frame, Lane
 from visionpilot.data.regions import get_region
-from visionpilot.data.sources._common import FormatError, SkipLog, check_on_error, read_rgb, uncalibrated_camera
+from visionpilot.data.sources._common import (
+    FormatError,
+    SkipLog,
+    check_on_error,
+    read_rgb,
+    read_text,
+    uncalibrated_camera,
+)
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.vocab import lane_type_index
 
@@ -55,7 +62,7 @@ def read_lines_txt(path: Path) -> list[np.ndarray]:
     if not path.is_file():
         raise FormatError(f"CULane label file {path} not found (every listed image needs its .lines.txt)")
     lanes = []
-    for n, text in enumerate(path.read_text().splitlines(), start=1):
+    for n, text in enumerate(read_text(path, "CULane label file").splitlines(), start=1):
         fields = text.split()
         if not fields:
             continue
@@ -86,7 +93,8 @@ class CULaneSource(FrameSource):
 
     Args:
         root: the dataset folder (holding ``list/`` and ``driver_*``).
-        lists: which list files to read (``list/<name>.txt``); their names are the official splits.
+        lists: which list files to read (``list/<name>.txt``); their names are the official splits (``train_gt``,
+            CULane's list with mask paths and lane flags, holds the ``train`` split).
         image_size: (height, width) every image must have.
         lane_type: the lane type given to every (untyped) CULane lane.
         region: region code of the data (CULane was recorded in Beijing).
@@ -140,12 +148,13 @@ class CULaneSource(FrameSource):
         categories = self._test_categories()
         seen: set[str] = set()
         entries = []
-        for split in self.lists:
-            path = self.root / "list" / f"{split}.txt"
+        for name in self.lists:
+            split = name.removesuffix("_gt")  # list/train_gt.txt (image, mask, 4 lane flags) lists the train split
+            path = self.root / "list" / f"{name}.txt"
             if not path.is_file():
                 raise FormatError(f"CULane list file {path} not found; is root '{self.root}' the folder holding "
                                   f"list/ and driver_*/? (lists read: {self.lists})")
-            for n, text in enumerate(path.read_text().splitlines(), start=1):
+            for n, text in enumerate(read_text(path, "CULane list file").splitlines(), start=1):
                 if not text.strip():
                     continue
                 image = text.split()[0].lstrip("/")
@@ -176,7 +185,7 @@ class CULaneSource(FrameSource):
         out = {}
         for path in sorted((self.root / "list" / "test_split").glob("test*_*.txt")):
             name = path.stem.split("_", 1)[1]
-            for text in path.read_text().splitlines():
+            for text in read_text(path, "CULane list file").splitlines():
                 if text.strip():
                     out[text.split()[0].lstrip("/")] = name
         return out

@@ -22,6 +22,8 @@ the devkit's ``box_velocity``, in ego axes); ``lanes_3d`` from the map expansion
 location's map file exists; with ``derive_2d``, ``boxes_2d`` (hull of the projected box, clipped at the near plane and
 to the image; the devkit's 2D export drops corners behind the camera instead, which differs for boxes that straddle
 the camera plane) and ``lanes_2d`` (map lanes projected on flat ground). nuScenes annotates neither in 2D.
+A version whose ``sample_annotation`` table is empty (``v1.0-test``: its annotations are withheld) has no box labels:
+its frames carry neither ``boxes_3d`` nor ``boxes_2d`` (unknown, not empty), only the map lanes.
 
 Classes: :data:`CATEGORY_MAP` (None = not one of our classes, ignored; an unknown name is an error). Regions from
 ``log.location`` (:data:`LOCATION_REGIONS`). Official splits by scene name: v1.0-mini mini_train / mini_val,
@@ -287,6 +289,7 @@ class NuScenesSource(FrameSource):
         self.map_origins = {**MAP_ORIGINS, **{k: _origin(k, v) for k, v in dict(map_origins or {}).items()}}
         self.skips = SkipLog(self.name)
         self._samples: list[_Sample] | None = None
+        self._annotated = True  # False when the version has no sample_annotation rows at all (v1.0-test)
         self._maps: dict[str, MapLanes | None] = {}
 
     def _find_version(self, version: str | None) -> str:
@@ -350,6 +353,7 @@ class NuScenesSource(FrameSource):
     def _build(self) -> list[_Sample]:
         t = {name: _Table(name, p, read_json(p, f"nuScenes table '{name}'"))
              for name in TABLES for p in [self.root / self.version / f"{name}.json"]}
+        self._annotated = bool(t["sample_annotation"].rows)
         bad: dict[str, FormatError] = {}  # sample token -> first error of a row that belongs to it
         key_frames = self._key_frames(t, bad)
         annotations: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -363,9 +367,10 @@ class NuScenesSource(FrameSource):
         self._track = {tok: i for i, tok in enumerate(t["instance"].by_token)}
         samples_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in t["sample"].rows:
-            samples_of[row.get("scene_token")].append(row)
-        for scene_token in set(samples_of) - set(t["scene"].by_token):
-            for row in samples_of[scene_token]:
+            scene_token = row.get("scene_token")
+            if isinstance(scene_token, str) and scene_token in t["scene"].by_token:
+                samples_of[scene_token].append(row)
+            else:
                 self._fail(f"sample '{row['token']}'", FormatError(
                     f"{t['sample'].where(row['token'])}: field 'scene_token' must name a row of "
                     f"{t['scene'].path}, found {scene_token!r}"))
@@ -409,7 +414,8 @@ class NuScenesSource(FrameSource):
         wanted = {*self.cameras, self.ref_channel}
         channel_of: dict[str, str] = {}
         for cs in t["calibrated_sensor"].rows:
-            sensor = t["sensor"].by_token.get(cs.get("sensor_token"))
+            sensor_token = cs.get("sensor_token")  # a non-string is reported below, by the rows that use it
+            sensor = t["sensor"].by_token.get(sensor_token) if isinstance(sensor_token, str) else None
             if sensor is not None and isinstance(sensor.get("channel"), str):
                 channel_of[cs["token"]] = sensor["channel"]
         out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -419,7 +425,8 @@ class NuScenesSource(FrameSource):
             try:
                 if not sd.field(row, "is_key_frame", lambda v: isinstance(v, bool), "true or false"):
                     continue
-                channel = channel_of.get(row.get("calibrated_sensor_token"))
+                cs_token = row.get("calibrated_sensor_token")
+                channel = channel_of.get(cs_token) if isinstance(cs_token, str) else None
                 if channel is None:
                     cs = t["calibrated_sensor"].get(row.get("calibrated_sensor_token"), sd.where(row["token"]),
                                                     "calibrated_sensor_token")
@@ -555,7 +562,7 @@ class NuScenesSource(FrameSource):
         if not 0 <= index < len(samples):
             raise IndexError(f"nuScenes source: index {index} out of range [0, {len(samples)})")
         s = samples[index]
-        labels = {"boxes_3d"}
+        labels = {"boxes_3d"} if self._annotated else set()
         lanes: list[Lane] = []
         lane_map = self._map(s.location, s.region)
         if lane_map is not None:
@@ -563,7 +570,8 @@ class NuScenesSource(FrameSource):
             lanes = lane_map.lanes_near(s.ego_to_global, (x0, x1), (y0, y1))
             labels.add("lanes_3d")
         if self.derive_2d:
-            labels.add("boxes_2d")
+            if self._annotated:
+                labels.add("boxes_2d")
             if lane_map is not None:
                 labels.add("lanes_2d")
         views = [self._view(cam, s, lanes, with_images) for cam in s.cameras]

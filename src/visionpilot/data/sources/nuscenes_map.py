@@ -58,6 +58,8 @@ SEGMENT_TYPES: dict[str, str | None] = {
 
 def segment_lane_type(segment_type: str) -> str | None:
     """Our lane type name for a map ``segment_type`` (None: unpainted); unknown spellings are read by their words."""
+    if not isinstance(segment_type, str):
+        raise ValueError(f"segment_type must be a string such as 'DOUBLE_DASHED_WHITE', found {segment_type!r}")
     if segment_type in SEGMENT_TYPES:
         return SEGMENT_TYPES[segment_type]
     words = set(str(segment_type).upper().split("_"))
@@ -119,8 +121,8 @@ class MapLanes:
         nodes: dict[str, tuple[float, float]] = {}
         for i, row in enumerate(data["node"]):
             try:
-                nodes[_token(row, self.path, "node", i)] = (_number(row, "x", self.path, "node"),
-                                                           _number(row, "y", self.path, "node"))
+                tok = _token(row, self.path, "node", i)  # first: the value below is evaluated before the key
+                nodes[tok] = (_number(row, "x", self.path, "node"), _number(row, "y", self.path, "node"))
             except FormatError as e:
                 self._fail(f"map node #{i}", e)
         lines: dict[str, list[str]] = {}
@@ -128,7 +130,7 @@ class MapLanes:
             try:
                 tok = _token(row, self.path, "line", i)
                 refs = row.get("node_tokens")
-                if not isinstance(refs, list) or len(refs) < 2:
+                if not isinstance(refs, list) or len(refs) < 2 or not all(isinstance(r, str) for r in refs):
                     raise FormatError(f"{self.path}: layer 'line', token '{tok}': field 'node_tokens' must list at "
                                       f"least 2 node tokens, found {refs!r}")
                 lines[tok] = refs
@@ -148,7 +150,7 @@ class MapLanes:
         tok = _token(row, self.path, layer, i)
         where = f"{self.path}: layer '{layer}', token '{tok}'"
         line_tok = row.get("line_token")
-        if line_tok not in lines:
+        if not isinstance(line_tok, str) or line_tok not in lines:
             raise FormatError(f"{where}: field 'line_token' must name a record of layer 'line', found {line_tok!r}")
         node_toks = lines[line_tok]
         missing = [t for t in node_toks if t not in nodes]
@@ -181,7 +183,7 @@ class MapLanes:
         starts: list[tuple[int, int]] = []
         for j, seg in enumerate(segments):
             node = seg.get("node_token") if isinstance(seg, dict) else None
-            if node not in position:
+            if not isinstance(node, str) or node not in position:
                 raise FormatError(f"{where}: field 'lane_divider_segments[{j}].node_token' must be a node of the "
                                   f"divider's line, found {node!r}")
             if "segment_type" not in seg:

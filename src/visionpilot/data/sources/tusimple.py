@@ -73,10 +73,14 @@ def parse_label_line(text: str, where: str) -> _Label | None:
     if not isinstance(lanes, list):
         raise FormatError(f"{where}: field 'lanes' must be a list of lanes, found {_short(lanes)}")
     for i, lane in enumerate(lanes):
-        if not isinstance(lane, list) or len(lane) != len(h) or not all(_is_num(v) for v in lane):
+        if not isinstance(lane, list) or len(lane) != len(h):
             found = f"{len(lane)} values" if isinstance(lane, list) else _short(lane)
             raise FormatError(f"{where}: field 'lanes[{i}]' must hold one number per h_sample ({len(h)}), "
                               f"found {found}")
+        bad = [j for j, v in enumerate(lane) if not _is_num(v)]
+        if bad:  # the count is right: name the value (NaN, a string, ...) rather than report the count
+            raise FormatError(f"{where}: field 'lanes[{i}][{bad[0]}]' must be a finite number (x in pixels, -2 = no "
+                              f"point), found {_short(lane[bad[0]])}")
     return _Label("", 0, raw, tuple(float(v) for v in h),
                   tuple(tuple(float(v) for v in lane) for lane in lanes))
 
@@ -172,9 +176,14 @@ class TuSimpleSource(FrameSource):
         for path in self._files():
             if not path.is_file():
                 raise FormatError(f"TuSimple label file {path} not found")
-            for n, text in enumerate(path.read_text().splitlines(), start=1):
+            for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
                 where = f"{path}: line {n}"
                 try:
+                    try:  # line by line, so that on_error=skip drops only a line with bytes that are not text
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise FormatError(f"{where}: column {e.start + 1}: must be UTF-8 text, found byte "
+                                          f"{raw[e.start]:#04x}") from None
                     label = parse_label_line(text, where)
                     if label is None or label.raw_file in seen:
                         continue
