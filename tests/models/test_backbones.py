@@ -70,12 +70,41 @@ def test_local_weights_file_loads(tmp_path) -> None:
         TorchvisionBackbone("resnet18", pretrained=str(wrong))
 
 
+def test_local_weights_with_another_classifier_load(tmp_path) -> None:
+    # A torchvision model fine-tuned on 10 classes: the classifier is ignored, the backbone weights load.
+    model = get_model("resnet18", num_classes=10)
+    path = tmp_path / "resnet18_10cls.pth"
+    torch.save(model.state_dict(), path)
+    bb = TorchvisionBackbone("resnet18", pretrained=str(path))
+    torch.testing.assert_close(bb.body.get_submodule("layer1.0.conv1").weight, model.layer1[0].conv1.weight)
+
+
+def test_unreadable_weights_file_names_the_file(tmp_path) -> None:
+    whole_model = tmp_path / "whole_model.pth"
+    torch.save(get_model("resnet18"), whole_model)  # the pickled module, not its state dict
+    with pytest.raises(ValueError, match=r"could not read '.*whole_model\.pth' as a state dict.*state_dict\(\)"):
+        TorchvisionBackbone("resnet18", pretrained=str(whole_model))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"could not read '.*garbage\.pth'"):
+        TorchvisionBackbone("resnet18", pretrained=str(garbage))
+
+
 def test_frozen_stages_freeze_params_and_norm_statistics() -> None:
     bb = TorchvisionBackbone("regnety_400mf", frozen_stages=2).train()
     for name, p in bb.body.named_parameters():
         assert p.requires_grad == (not name.startswith(("stem", "trunk_output.block1."))), name
     assert not bb.body.get_submodule("trunk_output.block1").training
     assert bb.body.get_submodule("trunk_output.block2").training
+
+
+def test_frozen_stages_match_whole_module_names() -> None:
+    # MobileNetV3's stem group is features.0-1: freezing it must not also freeze features.10 ... features.16.
+    bb = TorchvisionBackbone("mobilenet_v3_large", frozen_stages=1).train()
+    frozen = {name.split(".")[1] for name, p in bb.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"0", "1"}
+    assert not bb.body.get_submodule("features.1").training
+    assert bb.body.get_submodule("features.10").training and bb.body.get_submodule("features.16").training
 
 
 def test_frozen_norm_replaces_batchnorm() -> None:

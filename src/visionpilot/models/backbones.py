@@ -130,7 +130,8 @@ class TorchvisionBackbone(nn.Module):
 
         nodes = {spec.groups[_GROUP_STRIDES.index(s) + 1][-1]: f"s{s}" for s in out_strides}
         self.body = create_feature_extractor(model, return_nodes=nodes)
-        self._frozen_prefixes = tuple(p for group in spec.groups[:frozen_stages] for p in group)
+        # With the trailing dot, so that "features.1" does not also catch "features.10" ... "features.16".
+        self._frozen_prefixes = tuple(f"{p}." for group in spec.groups[:frozen_stages] for p in group)
         for pname, param in self.body.named_parameters():
             if pname.startswith(self._frozen_prefixes):
                 param.requires_grad_(False)
@@ -165,7 +166,7 @@ class TorchvisionBackbone(nn.Module):
         super().train(mode)
         if mode and self._frozen_prefixes:
             for mname, module in self.body.named_modules():
-                if mname.startswith(self._frozen_prefixes):
+                if f"{mname}.".startswith(self._frozen_prefixes):
                     module.eval()
         return self
 
@@ -199,12 +200,19 @@ def _load_weights(name: str, spec: BackboneSpec, pretrained: bool | str, model: 
             f"torchvision's '{spec.tv_name}' (e.g. {get_model_weights(spec.tv_name).DEFAULT.url}), "
             f"pretrained=true to use torchvision's download, or pretrained=false for random init"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise
+    except Exception as e:  # a pickled module instead of its state dict, a truncated or foreign file
+        raise ValueError(f"backbone '{name}': could not read '{path}' as a state dict of torchvision's "
+                         f"'{spec.tv_name}' (save `model.state_dict()`, not the model): {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
     for wrapper in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -218,7 +226,8 @@ def _load_weights(name: str, spec: BackboneSpec, pretrained: bool | str, model: 
         raise ValueError(f"backbone '{name}': '{path}' is not a state dict of torchvision's '{spec.tv_name}': "
                          f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys "
                          f"(e.g. {unexpected[:3]})")
-    return {k: state.get(k, v) for k, v in expected.items()}
+    # The model's own classifier: the file's may have another number of classes (a fine-tuned model).
+    return {k: v if k.startswith(head) else state[k] for k, v in expected.items()}
 
 
 def _freeze_batchnorm(module: nn.Module) -> None:
