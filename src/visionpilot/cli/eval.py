@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from visionpilot.data.regions import resolve_regions
+    from visionpilot.data.regions import GLOBAL, resolve_regions
     from visionpilot.evaluation.cross_region import build_eval_datamodule, evaluate_matrix, load_eval_model, model_specs
     from visionpilot.evaluation.report import build_report, format_markdown, write_report
 
@@ -41,12 +41,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(plots, bool) or not isinstance(plots, int) or plots < 0:
         raise ValueError(f"visionpilot-eval: field 'plots' (frames drawn per region) must be an integer >= 0, "
                          f"found {plots!r}")
+    limit = cfg.get("limit_batches")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        # 0 or a negative count would evaluate nothing and still write an (empty) report
+        raise ValueError(f"visionpilot-eval: field 'limit_batches' must be an integer >= 1 or null (every batch), "
+                         f"found {limit!r}")
     specs = model_specs(OmegaConf.to_container(cfg.models, resolve=True) if OmegaConf.is_config(cfg.models)
                         else cfg.models)
     if not specs:
         raise ValueError("visionpilot-eval: field 'models' is empty; give {name: checkpoint} pairs or paths")
-    regions = resolve_regions(OmegaConf.to_container(cfg.regions) if OmegaConf.is_config(cfg.regions)
-                              else cfg.regions)
+    wanted = OmegaConf.to_container(cfg.regions) if OmegaConf.is_config(cfg.regions) else cfg.regions
+    regions = resolve_regions(wanted)  # checks the codes
+    if any(str(r).lower() == GLOBAL for r in ([wanted] if isinstance(wanted, str) else wanted or [GLOBAL])):
+        regions = GLOBAL  # every region the evaluation source has, not every registered one
     models = [load_eval_model(name, spec) for name, spec in specs.items()]
     with_config = [m for m in models if m.loaded is not None]
     ref_name = cfg.get("reference") or (with_config[0].name if with_config else None)

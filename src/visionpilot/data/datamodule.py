@@ -320,6 +320,10 @@ class VisionPilotDataModule(L.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------------------------
 
+    def collate_fn(self) -> Callable[[Sequence[Frame]], dict[str, Any]]:
+        """How this datamodule's loaders batch frames (subclasses pad camera slots)."""
+        return collate_frames
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"VisionPilotDataModule: no '{split}' dataset; call setup() first "
@@ -334,7 +338,7 @@ class VisionPilotDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate_frames,
+            collate_fn=self.collate_fn(),
             pin_memory=self.pin_memory,
             # len(sampler): this rank's frames, so a DDP rank with less than a batch keeps it rather than train on none
             drop_last=train and self.drop_last and len(sampler) >= self.batch_size,

@@ -8,7 +8,11 @@ any region), and its train loader builds every batch from ``batch_size - k`` tar
 target frame once; replay frames are drawn without replacement, cycling through the pool. Validation and test hold
 the target regions only.
 
-The source must hold the replay regions too (``data.source.regions``); ``visionpilot-finetune`` sets that up.
+The source must hold the replay regions too (``data.source.regions``); ``visionpilot-finetune`` sets that up, and
+picks the replay datamodule that matches the base checkpoint's (:func:`replay_datamodule`): a base trained on the
+synthetic world (``VisionPilotDataModule``) fine-tunes with :class:`ReplayDataModule`, one trained on nuScenes,
+CULane, TuSimple or a mixed source (``SourceDataModule``: ``root``, ``on_error``, padded camera slots) with
+:class:`SourceReplayDataModule`.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from visionpilot.data.collate import collate_frames
 from visionpilot.data.datamodule import EpochSampler, FrameDataset, VisionPilotDataModule, _plain
 from visionpilot.data.frame import Frame
 from visionpilot.data.regions import GLOBAL
+from visionpilot.data.sources.mixed import SourceDataModule
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ class ReplayDataModule(VisionPilotDataModule):
             return super().train_dataloader()
         sampler = MixedBatchSampler(len(ds.target), len(ds.replay), self.batch_size, self.replay_per_batch,
                                     seed=self.seed, drop_last=self.drop_last)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_frames,
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate_fn(),
                           pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers and self.num_workers > 0)
 
@@ -172,3 +176,35 @@ class ReplayDataModule(VisionPilotDataModule):
         if self.manifest is None or not self.selected_replay or self.replay_fraction <= 0:
             return {}
         return self.split_counts("train", self.selected_replay)
+
+
+class SourceReplayDataModule(ReplayDataModule, SourceDataModule):
+    """:class:`ReplayDataModule` for real and mixed sources: replay on top of
+    :class:`~visionpilot.data.sources.mixed.SourceDataModule` (its ``root`` / ``roots`` / ``on_error`` fields, the
+    frames ``on_error=skip`` dropped reported, every batch padded to the source's camera slots). The replay train
+    loader draws target and replay frames uniformly, not by a mixed source's ``sampling_weights``."""
+
+
+#: Datamodule ``_target_`` a base checkpoint stores -> the replay datamodule a fine-tune of it uses.
+REPLAY_DATAMODULES = {
+    "visionpilot.data.datamodule.VisionPilotDataModule": "visionpilot.data.replay.ReplayDataModule",
+    "visionpilot.data.sources.mixed.SourceDataModule": "visionpilot.data.replay.SourceReplayDataModule",
+}
+
+
+def replay_datamodule(target: str | None, where: str) -> str:
+    """The replay datamodule's ``_target_`` for a base trained with datamodule ``target`` (None: the plain one)."""
+    plain = plain_datamodule(target)
+    if plain not in REPLAY_DATAMODULES:
+        raise ValueError(f"{where}: field 'data._target_': fine-tuning replays frames through one of "
+                         f"{sorted(REPLAY_DATAMODULES)} (or their replay versions), found {target!r}; replay reads "
+                         f"frames through a frame source, not from shards: give the source's datamodule and source "
+                         f"(data._target_=... data.source=..., as configs/data/ has them)")
+    return REPLAY_DATAMODULES[plain]
+
+
+def plain_datamodule(target: str | None) -> str:
+    """The datamodule without replay for a stored ``_target_`` (evaluation, a fine-tune of a fine-tune)."""
+    if target is None:
+        return "visionpilot.data.datamodule.VisionPilotDataModule"
+    return {replay: plain for plain, replay in REPLAY_DATAMODULES.items()}.get(target, target)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from visionpilot.data.datamodule import VisionPilotDataModule
+from visionpilot.data.replay import plain_datamodule
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.training.checkpoints import LoadedCheckpoint
 
@@ -71,21 +72,13 @@ def onnx_runtime(path: Path) -> tuple[Any, Decoder]:
     except ImportError as err:
         raise RuntimeError(f"evaluating ONNX model {path} needs visionpilot.export.runtime (onnx_decode), which is "
                            f"not available in this installation ({err}); evaluate the checkpoint instead") from err
-    if not hasattr(rt, "onnx_decode"):
-        raise RuntimeError(f"evaluating ONNX model {path}: visionpilot.export.runtime has no 'onnx_decode'")
-    runtime = rt.load_runtime(path) if hasattr(rt, "load_runtime") else _ort_session(path)
+    runtime = rt.load_runtime(path)
 
     def decode(batch: dict[str, Any]) -> dict[str, Tensor]:
         out = rt.onnx_decode(runtime, batch)
         return {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v for k, v in out.items()}
 
     return runtime, decode
-
-
-def _ort_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def load_eval_model(name: str, spec: str | Path) -> EvalModel:
@@ -117,22 +110,27 @@ def load_eval_model(name: str, spec: str | Path) -> EvalModel:
     return EvalModel(name, torch_decoder(loaded.net), kind, loaded, info)
 
 
-def build_eval_datamodule(reference: LoadedCheckpoint, regions: Sequence[str],
+def build_eval_datamodule(reference: LoadedCheckpoint, regions: str | Sequence[str],
                           overrides: Mapping[str, Any] | None = None,
                           manifest_path: str | Path | None = None,
                           governance: Mapping[str, Any] | None = None) -> VisionPilotDataModule:
     """The evaluation data: the reference's stored data config on ``regions`` (no replay, no augmentation).
 
+    ``regions``: codes, or ``"global"`` for every region the source has.
+
     ``governance``: the evaluation job's ``governance`` / ``compute_region`` keyword arguments
     (:func:`visionpilot.governance.governance_kwargs`): the job's policy, never the one the model was trained under.
     """
     data = OmegaConf.merge(reference.config.data, dict(overrides or {}))
-    data._target_ = "visionpilot.data.datamodule.VisionPilotDataModule"
+    # A fine-tuned reference stores a replay datamodule: evaluate with its plain one. Any other datamodule (real
+    # and mixed sources' SourceDataModule, streaming) stays: its config has fields only it takes (root, on_error).
+    data._target_ = plain_datamodule(data.get("_target_"))
     for key in ("replay_regions", "replay_fraction"):  # a fine-tuned reference stores its replay settings
         data.pop(key, None)
-    data.regions = list(regions)
+    regions = regions if isinstance(regions, str) else list(regions)
+    data.regions = regions
     if "source" in data and "regions" in data.source:  # sources that render or filter regions
-        data.source.regions = list(regions)
+        data.source.regions = regions
     data.manifest_path = str(manifest_path) if manifest_path else None
     return hydra.utils.instantiate(data, **dict(governance or {}))
 

@@ -248,8 +248,11 @@ def plot_matrix(report: Mapping[str, Any], path: str | Path) -> Path:
         grid = np.array([[100 * _value(results, m, r, metric) for r in regions] for m in models])
         finite = grid[np.isfinite(grid)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
-                          aspect="auto")
+        if vmax - vmin < 1e-6:
+            # One value (one model on one region, say): a +-0.5-point scale, not a 1e-6 one whose colour bar reads
+            # 0..10 (x 1e-7, offset) beside cells of 50.0 and whose cells sit at its dark end under black text.
+            vmin, vmax = vmin - 0.5, vmax + 0.5
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i, model in enumerate(models):
             for j, region in enumerate(regions):
                 value = grid[i, j]

@@ -46,6 +46,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from visionpilot.data.regions import GLOBAL, resolve_regions
+from visionpilot.data.replay import replay_datamodule
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
@@ -669,7 +670,8 @@ def build_finetune_config(cfg: DictConfig, base: LoadedCheckpoint) -> DictConfig
         replay = []
     data = OmegaConf.merge(stored.data, {"regions": [region], "replay_regions": replay,
                                          "replay_fraction": float(cfg.replay.fraction)}, _plain(cfg.get("data")) or {})
-    data._target_ = "visionpilot.data.replay.ReplayDataModule"
+    # The replay version of the base's own datamodule (a nuScenes / CULane base keeps its root and on_error fields)
+    data._target_ = replay_datamodule(data.get("_target_"), str(base.path))
     if "source" in data and "regions" in data.source:  # sources that render or filter regions need the replay ones
         data.source.regions = sorted({region, *replay})
     model = OmegaConf.merge(stored.model, _plain(cfg.get("model")) or {})

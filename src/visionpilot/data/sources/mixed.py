@@ -212,6 +212,10 @@ class SourceDataModule(VisionPilotDataModule):
                         skipped)
         return manifest
 
+    def collate_fn(self) -> Any:
+        # Every batch has all camera slots (see _loader).
+        return partial(collate_padded, num_cameras=len(self.source.camera_names))
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         # As the parent's, plus: every batch has all camera slots (a batch drawn only from a 1-camera source still
         # has the mixed source's N slots, so slot i is always camera_names[i]), and the train split is drawn by the
@@ -232,7 +236,7 @@ class SourceDataModule(VisionPilotDataModule):
         # this rank has a full batch (len(sampler): its share of the frames).
         return ResumableDataLoader(
             ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=partial(collate_padded, num_cameras=len(self.source.camera_names)),
+            collate_fn=self.collate_fn(),
             pin_memory=self.pin_memory, drop_last=train and self.drop_last and len(sampler) >= self.batch_size,
             persistent_workers=self.persistent_workers and self.num_workers > 0)
 
