@@ -180,3 +180,24 @@ def test_channels_last_training_gives_the_same_gradients() -> None:
     assert grads[0][0].abs().sum() > 0
     torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_samples_at_float32_coordinates() -> None:
+    # Under bf16 autocast (the demo's training on a CPU with bf16) the features arrive in bf16; the grid used to be
+    # cast to them, and 8-bit coordinates moved the samples by up to ~0.1 feature pixel, a lift the float32 export
+    # does not reproduce. Only the features' own rounding (and the output's) may remain.
+    grid = BEVGrid(x_range=(-6, 14), y_range=(-8, 8), z_range=(-1.0, 3.0), cell_size=0.5, z_levels=4)
+    k = np.array([[70.0, 0.0, 60.0], [0.0, 72.0, 30.0], [0.0, 0.0, 1.0]])
+    cam = camera_extrinsics([1.2, 0.3, 1.6], yaw_deg=25.0, pitch_deg=6.0, roll_deg=2.0)
+    feats = np.random.default_rng(0).normal(size=(1, 3, H // STRIDE, W // STRIDE))
+    rounded = torch.tensor(feats, dtype=torch.float32).bfloat16()  # what autocast hands the lift
+    want, valid = _reference(grid, rounded.float().numpy()[0], k, cam)
+    vt = ViewTransform(grid, in_channels=3, out_channels=4)
+    k_t = torch.tensor(k, dtype=torch.float32)[None, None]
+    e_t = torch.tensor(cam, dtype=torch.float32)[None, None]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vt.lift(rounded[None], k_t, e_t, STRIDE, (H, W))
+    assert valid.sum() > 100
+    # bf16 output rounding: relative 2^-8; a moved sample point errs by up to ~0.1 x the neighbouring-pixel step
+    err = np.abs(got[0].float().numpy() - want)
+    assert err.max() <= 2 ** -8 * np.abs(want).max() + 1e-6, err.max()
