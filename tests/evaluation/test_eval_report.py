@@ -137,3 +137,11 @@ def test_report_shows_strategy_table_and_seeds(tmp_path: Path) -> None:
     data = json.loads(write_report(tmp_path, report)["json"].read_text())
     assert [(r["strategy"], r["metric"]) for r in data["strategies"]][:2] == [("adapter", "lane_f1"),
                                                                             ("adapter", "det_map50")]
+
+
+def test_a_requested_metric_no_model_has_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    # metrics=[lane_f11]: a misspelt name used to drop its table and panel without a word.
+    with caplog.at_level("WARNING"):
+        report = build_report(RESULTS, REGIONS, metrics=["lane_f1", "lane_f11"])
+    assert report["primary_metrics"] == ["lane_f1"]
+    assert "['lane_f11'] are not computed" in caplog.text and "computed: det_map50, lane_f1" in caplog.text

@@ -130,6 +130,11 @@ def build_report(results: Results, regions: Sequence[str], *, models: Sequence[s
     regions = [str(r).lower() for r in regions]
     info = {m: dict((model_info or {}).get(m, {})) for m in models}
     primary = present_metrics(results, metrics)
+    missing = [m for m in metrics if m not in primary]
+    if missing:  # legitimately (a source without 3D boxes has no bev_map), or a misspelt name: say which
+        have = sorted({m for per_region in results.values() for values in per_region.values() for m in values})
+        log.warning("eval: metrics %s are not computed for any model on these regions; left out of the tables "
+                    "and plots (computed: %s)", missing, ", ".join(have) or "none")
     targets = {m: target_region(m, info[m], regions) for m in models}
     excluded = not_fine_tuned_from(baseline, info, targets) if baseline else {}
     for model, why in excluded.items():
