@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from visionpilot.data.regions import GLOBAL, resolve_regions
+    from visionpilot.data.regions import GLOBAL, is_global, resolve_regions
     from visionpilot.evaluation.cross_region import build_eval_datamodule, evaluate_matrix, load_eval_model, model_specs
     from visionpilot.evaluation.report import build_report, format_markdown, write_report
 
@@ -51,9 +51,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not specs:
         raise ValueError("visionpilot-eval: field 'models' is empty; give {name: checkpoint} pairs or paths")
     wanted = OmegaConf.to_container(cfg.regions) if OmegaConf.is_config(cfg.regions) else cfg.regions
-    regions = resolve_regions(wanted)  # checks the codes
-    if any(str(r).lower() == GLOBAL for r in ([wanted] if isinstance(wanted, str) else wanted or [GLOBAL])):
-        regions = GLOBAL  # every region the evaluation source has, not every registered one
+    # checks the codes; "global" means every region the evaluation source has, not every registered one
+    regions = GLOBAL if is_global(wanted) else resolve_regions(wanted)
     models = [load_eval_model(name, spec) for name, spec in specs.items()]
     with_config = [m for m in models if m.loaded is not None]
     ref_name = cfg.get("reference") or (with_config[0].name if with_config else None)

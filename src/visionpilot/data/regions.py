@@ -93,17 +93,20 @@ def get_region(code: str) -> Region:
     return REGIONS[key]
 
 
+def is_global(regions: str | Iterable[str] | None) -> bool:
+    """Whether a region selection means every region: None, ``"global"``, or a list naming ``"global"``."""
+    if regions is None or isinstance(regions, str):
+        return regions is None or regions.lower() == GLOBAL
+    return any(str(code).lower() == GLOBAL for code in regions)
+
+
 def resolve_regions(regions: str | Iterable[str] | None) -> list[str]:
     """Normalise a region selection (``"global"``, a code, or a list of codes) to a sorted list of valid codes."""
-    if regions is None or (isinstance(regions, str) and regions.lower() == GLOBAL):
+    if is_global(regions):
         return sorted(REGIONS)
     if isinstance(regions, str):
         regions = [regions]
-    out = []
-    for code in regions:
-        if str(code).lower() == GLOBAL:
-            return sorted(REGIONS)
-        out.append(get_region(code).code)
+    out = [get_region(code).code for code in regions]
     if not out:
         raise ValueError(f"empty region selection; valid choices: {sorted(REGIONS)} (or '{GLOBAL}' for all)")
     return sorted(set(out))
