@@ -68,6 +68,7 @@ from visionpilot.export.timing import (
     release_memory,
     summarise,
     time_call,
+    timed_session_options,
 )
 from visionpilot.utils.io import write_json_atomic, write_text_atomic
 
@@ -256,12 +257,7 @@ def onnx_targets(name: str, path: Path, providers: Sequence[str], threads: int, 
         provider, backend = PROVIDERS[short]
 
         def load(provider: str = provider) -> Callable[[int], Callable[[], Any]]:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.add_session_config_entry("session.set_denormal_as_zero", "1")
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            options = timed_session_options(threads, spinning)
             chain = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
             session = ort.InferenceSession(str(path), options, providers=chain)
             if session.get_providers()[0] != provider:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from visionpilot.export.onnx_export import example_inputs, export_onnx
-from visionpilot.export.timing import time_interleaved
+from visionpilot.export.timing import time_interleaved, timed_session_options
 
 log = logging.getLogger(__name__)
 BACKENDS = ("onnxruntime-cpu", "torch-eager")
@@ -56,11 +56,7 @@ def _runner(net: nn.Module, cameras: int, size: Sequence[int], backend: str, thr
                 return module(images, intrinsics, extrinsics)
         return run
     model = export_onnx(net, size, cameras, raw_outputs=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # many sessions, timed in turn
+    options = timed_session_options(threads)  # no spinning: many sessions, timed in turn
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     feed = {k: v.numpy() for k, v in zip(("images", "intrinsics", "extrinsics"), (images, intrinsics, extrinsics))

@@ -124,6 +124,19 @@ class PeakMemory:
 
 # --- timing ------------------------------------------------------------------------------------------------------
 
+def timed_session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    """onnxruntime session options for timing: ``threads`` intra-op threads, one inter-op, every graph
+    optimisation, denormals as zero. ``spinning``: whether idle intra-op threads spin-wait for work (onnxruntime's
+    default); off, a session timed beside others does not take a core from them between its calls."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 def summarise(seconds: Sequence[float], batch: int) -> dict[str, Any]:
     """p50 / p90 / p99 and mean in ms, frames/s (frames = batch items per second of timed calls), the samples."""
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
