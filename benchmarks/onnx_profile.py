@@ -56,7 +56,10 @@ def part_of(node: str, op: str) -> str:
 
 def profile(path: Path, threads: int, batch: int, warmup: int, iters: int) -> dict:
     meta = read_metadata(path)
-    cameras = len(meta.get("camera_names") or [])
+    if "input_size" not in meta or not meta.get("camera_names"):
+        raise ValueError(f"{path}: metadata 'input_size' and 'camera_names' expected, found keys {sorted(meta)}; "
+                         f"not a visionpilot-export file (visionpilot-benchmark times any ONNX model)")
+    cameras = len(meta["camera_names"])
     size = [int(s) for s in meta["input_size"]]
     options = timed_session_options(threads)  # visionpilot-benchmark's
     options.enable_profiling = True
@@ -88,7 +91,7 @@ def profile(path: Path, threads: int, batch: int, warmup: int, iters: int) -> di
         by_part[part_of(node, op)] += event["dur"] / 1e3 / iters
         by_op[op] += event["dur"] / 1e3 / iters
         by_part_op[part_of(node, op)][op] += event["dur"] / 1e3 / iters
-    return {"file": str(path), "precision": meta.get("precision", "?"), "wall_ms": float(np.median(wall) * 1e3),
+    return {"file": str(path), "label": str(meta.get("precision", "?")), "wall_ms": float(np.median(wall) * 1e3),
             "kernel_ms": sum(by_part.values()), "by_part": dict(by_part), "by_op": dict(by_op),
             "by_part_op": {part: dict(ops) for part, ops in by_part_op.items()}}
 
@@ -100,7 +103,7 @@ def table(results: list[dict], key: str, top: int | None = None) -> str:
             totals[name] += ms / r["kernel_ms"]
     rows = sorted(totals, key=totals.get, reverse=True)[:top]
     head = "| " + ("part" if key == "by_part" else "operator") + " | " + " | ".join(
-        f"{r['precision']} ms | {r['precision']} %" for r in results) + " |"
+        f"{r['label']} ms | {r['label']} %" for r in results) + " |"
     lines = [head, "| --- |" + " ---: | ---: |" * len(results)]
     for name in rows:
         cells = []
@@ -127,7 +130,14 @@ def main() -> None:
     for path in args.models:
         if not path.is_file():
             parser.error(f"{path}: no such ONNX file")
-    results = [profile(p, args.threads, args.batch, args.warmup, args.iters) for p in args.models]
+    try:
+        results = [profile(p, args.threads, args.batch, args.warmup, args.iters) for p in args.models]
+    except ValueError as err:
+        parser.error(str(err))
+    labels = [r["label"] for r in results]
+    for r, path in zip(results, args.models):
+        if labels.count(r["label"]) > 1:  # two files of one precision: tell them apart by their folders
+            r["label"] = f"{path.parent.name}/{r['label']}"
     print(f"onnxruntime {ort.__version__}, {args.threads} threads, batch {args.batch}, {args.iters} calls after "
           f"{args.warmup} warm-up calls; ms per call summed over the nodes of each part\n")
     print(table(results, "by_part") + "\n")

@@ -70,3 +70,16 @@ def test_a_missing_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit):
         _script().main()
     assert "nope.onnx: no such ONNX file" in capsys.readouterr().err
+
+
+def test_a_graph_without_visionpilots_metadata_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    conv = torch.nn.Conv2d(3, 4, 3).eval()
+    path = tmp_path / "detector.onnx"
+    torch.onnx.export(conv, (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, input_names=["pixels"])
+    monkeypatch.setattr(sys, "argv", ["onnx_profile.py", str(path)])
+    with pytest.raises(SystemExit):
+        _script().main()
+    err = capsys.readouterr().err
+    assert "detector.onnx: metadata 'input_size' and 'camera_names' expected" in err
+    assert "not a visionpilot-export file" in err
