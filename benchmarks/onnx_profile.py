@@ -88,9 +88,10 @@ def profile(path: Path, threads: int, batch: int, warmup: int, iters: int) -> di
         if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") or event["ts"] < timed_from:
             continue
         node, op = event["name"][: -len("_kernel_time")], event["args"].get("op_name", "?")
-        by_part[part_of(node, op)] += event["dur"] / 1e3 / iters
-        by_op[op] += event["dur"] / 1e3 / iters
-        by_part_op[part_of(node, op)][op] += event["dur"] / 1e3 / iters
+        part, ms = part_of(node, op), event["dur"] / 1e3 / iters
+        by_part[part] += ms
+        by_op[op] += ms
+        by_part_op[part][op] += ms
     return {"file": str(path), "label": str(meta.get("precision", "?")), "wall_ms": float(np.median(wall) * 1e3),
             "kernel_ms": sum(by_part.values()), "by_part": dict(by_part), "by_op": dict(by_op),
             "by_part_op": {part: dict(ops) for part, ops in by_part_op.items()}}

@@ -123,8 +123,11 @@ class Detection2DMAP(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         preds, targets = self._images("pred"), self._images("gt")
+        # No ground-truth box: AP is undefined (COCO answers -1), and NaN says so (left out of metrics.json like every
+        # undefined metric), where -1 would read as -100 points in tables, gains and plots.
         if not any(len(t["labels"]) for t in targets):
-            return {"det_map50": torch.tensor(-1.0), "det_map": torch.tensor(-1.0), "det_map75": torch.tensor(-1.0)}
+            nan = torch.tensor(float("nan"))
+            return {"det_map50": nan, "det_map": nan.clone(), "det_map75": nan.clone()}
         # A local evaluation on the already-synced inputs: it must not sync again (each process would gather
         # copies of the same data).
         coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=self.backend,
@@ -133,7 +136,8 @@ class Detection2DMAP(Metric):
                                     extended_summary=self.class_metrics, sync_on_compute=False)
         coco.update(preds, targets)
         result = coco.compute()
-        out = {"det_map50": result["map_50"], "det_map": result["map"], "det_map75": result["map_75"]}
+        out = {k: torch.where(result[key] < 0, float("nan"), result[key].float())  # COCO's -1: undefined, as above
+               for k, key in (("det_map50", "map_50"), ("det_map", "map"), ("det_map75", "map_75"))}
         if self.class_metrics:
             # precision: (iou thresholds, 101 recalls, classes, area ranges, max dets); -1 where undefined. COCO's
             # AP@0.5 for class k is the mean over recalls at IoU index 0, area "all", the largest max-dets.

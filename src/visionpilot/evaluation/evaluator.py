@@ -220,13 +220,8 @@ class PerceptionEvaluator(nn.Module):
     def compute(self) -> dict[str, float]:
         """Flat ``{"lane_f1": ..., "gb/lane_f1": ...}`` over everything accumulated (regions without data omitted)."""
         out: dict[str, float] = {}
-        for name, metric in self.metrics.items():
-            values = flatten_region_results(metric.compute(), prefix="")
-            if name == "objects_2d":
-                # COCO's -1: no ground-truth box to score against. Undefined (NaN, left out of metrics.json like
-                # every undefined metric), not a score of -100 points in tables, gains and plots.
-                values = {k: float("nan") if float(v) < 0 else v for k, v in values.items()}
-            out.update(values)
+        for metric in self.metrics.values():
+            out.update(flatten_region_results(metric.compute(), prefix=""))
         return {k.lstrip("/"): float(v) for k, v in out.items()}
 
     def reset(self) -> None:

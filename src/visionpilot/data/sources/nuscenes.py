@@ -428,7 +428,7 @@ class NuScenesSource(FrameSource):
                 cs_token = row.get("calibrated_sensor_token")
                 channel = channel_of.get(cs_token) if isinstance(cs_token, str) else None
                 if channel is None:
-                    cs = t["calibrated_sensor"].get(row.get("calibrated_sensor_token"), sd.where(row["token"]),
+                    cs = t["calibrated_sensor"].get(cs_token, sd.where(row["token"]),
                                                     "calibrated_sensor_token")
                     t["sensor"].get(cs.get("sensor_token"), t["calibrated_sensor"].where(cs["token"]),
                                     "sensor_token")
