@@ -139,6 +139,42 @@ def test_bad_input_names_file_line_and_field(culane_export: tuple[Path, list], t
         CULaneSource(root, image_size=SIZE).index()
     with pytest.raises(FormatError, match=r"must be 1640x590 \(width x height\), found 164x59"):
         CULaneSource(root, lists=["train"]).load(0)
+    # A path that climbs out of the root is refused, even where an image exists there.
+    (root / "list" / "extra.txt").write_text("/driver_synthetic_cn/../driver_synthetic_cn/syn-cn-0000.MP4/00030.jpg\n")
+    with pytest.raises(FormatError, match=r"list/extra.txt: line 1: field 'image' must be a path inside the dataset "
+                                          r"root, without '\.\.', found 'driver_synthetic_cn/\.\./"):
+        CULaneSource(root, lists=["extra"], image_size=SIZE).index()
+
+
+def test_an_image_in_two_splits_lists_is_an_error_naming_both(culane_export: tuple[Path, list],
+                                                                tmp_path: Path) -> None:
+    root = _copy(culane_export, tmp_path)
+    leaked = "/driver_synthetic_cn/syn-cn-0000.MP4/00030.jpg"  # train.txt line 2
+    with open(root / "list" / "val.txt", "a") as f:
+        f.write(f"{leaked}\n")
+    for on_error in ("raise", "skip"):  # a conflict between lists, not a bad frame: skip mode cannot resolve it
+        with pytest.raises(FormatError, match=r"list/val.txt: line 3: field 'image' 'driver_synthetic_cn/syn-cn-0000"
+                                              r".MP4/00030.jpg' must be in the lists of one split only, found it in "
+                                              r"val \(val.txt\) and in train \(.*list/train.txt line 2\)"):
+            CULaneSource(root, image_size=SIZE, on_error=on_error).index()
+    (root / "list" / "train_gt.txt").write_text((root / "list" / "train.txt").read_text())
+    src = CULaneSource(root, lists=["train", "train_gt"], image_size=SIZE)  # one split twice: read once
+    assert len(src.index()) == 2
+
+
+def test_a_clip_spread_over_two_splits_warns(culane_export: tuple[Path, list], tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    root = _copy(culane_export, tmp_path)
+    train = (root / "list" / "train.txt").read_text().split()
+    (root / "list" / "train.txt").write_text(f"{train[0]}\n")
+    with open(root / "list" / "val.txt", "a") as f:
+        f.write(f"{train[1]}\n")  # the clip's second frame in val
+    with caplog.at_level("WARNING", logger="visionpilot.data.sources.culane"):
+        src = CULaneSource(root, image_size=SIZE)
+        assert len(src.index()) == 6
+    assert src.official_split("driver_synthetic_cn/syn-cn-0000.MP4") == "train"
+    assert "1 clip(s) have images in the lists of different splits" in caplog.text
+    assert "clip 'driver_synthetic_cn/syn-cn-0000.MP4'" in caplog.text and "val.txt" in caplog.text
 
 
 def test_skip_mode_counts_and_reports(culane_export: tuple[Path, list], tmp_path: Path) -> None:

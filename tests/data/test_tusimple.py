@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,24 @@ def test_bad_input_names_file_line_and_field(tusimple_export: tuple[Path, list],
         TuSimpleSource(root, image_size=SIZE).index()
     with pytest.raises(FormatError, match=r"no label_data_\*.json or test_label.json"):
         TuSimpleSource(tmp_path).index()
+
+
+@pytest.mark.parametrize("raw_file", ["/etc/clips/a/1.jpg", "clips/../../outside/1.jpg", "C:/clips/a/1.jpg",
+                                      "clips\\..\\..\\outside\\1.jpg"])
+def test_a_raw_file_outside_the_root_is_refused(tusimple_export: tuple[Path, list], tmp_path: Path,
+                                                raw_file: str) -> None:
+    root = write_tusimple(tusimple_export[1], tmp_path / "t", image_size=SIZE)
+    good = (root / TRAIN_FILE).read_text().splitlines()
+    outside = tmp_path / "outside" / "1.jpg"  # an image exists there: the path itself is what is refused
+    outside.parent.mkdir()
+    outside.write_bytes((root / json.loads(good[0])["raw_file"]).read_bytes())
+    raw = str(outside) if raw_file.startswith("/") else raw_file
+    _write_lines(root, [good[0], json.dumps({**json.loads(good[1]), "raw_file": raw})])
+    with pytest.raises(FormatError, match=rf"{TRAIN_FILE}: line 2: field 'raw_file' must be an image path relative "
+                                          rf"to the dataset root, without '\.\.' .*found {re.escape(repr(raw))}"):
+        TuSimpleSource(root, image_size=SIZE).index()
+    src = TuSimpleSource(root, image_size=SIZE, on_error="skip")  # skip mode drops that line only
+    assert len(src.index()) == 1 and src.skipped["reasons"] == {"field 'raw_file'": 1}
 
 
 def test_skip_mode_counts_and_reports(tusimple_export: tuple[Path, list], tmp_path: Path) -> None:

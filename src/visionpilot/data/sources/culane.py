@@ -12,6 +12,10 @@ On disk (``root``, as the CULane archives unpack):
 
 Frames: ``frame_id`` is the image path without its suffix, ``scene_id`` the video clip (``driver_*/<clip>.MP4``),
 ``timestamp`` the frame number / 30. Official splits: a clip's split is the list it appears in (train, val, test).
+An image in the lists of two different splits would be trained on and evaluated on: that is an error naming both
+lists, in ``skip`` mode too (it is a conflict between lists, not a bad frame; the same image twice in one split, as
+``train.txt`` and ``train_gt.txt`` list it, is read once). A clip whose images are spread over lists of different
+splits goes, every frame of it, to the split of the list read first, with a warning.
 
 Labels: ``lanes_2d`` only (CULane annotates up to four lane markings around the ego lane, without types): every
 lane gets ``lane_type`` (default ``white_dashed``; ``meta['lane_types'] = 'unknown'`` says it is not annotated).
@@ -21,6 +25,7 @@ Points are used as written. The camera, named ``CAM_FRONT``, has no published ca
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,8 @@ from visionpilot.data.sources._common import (
 )
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.vocab import lane_type_index
+
+log = logging.getLogger(__name__)
 
 #: CULane's image size (height, width).
 CULANE_IMAGE_SIZE: tuple[int, int] = (590, 1640)
@@ -146,7 +153,9 @@ class CULaneSource(FrameSource):
 
     def _read_lists(self) -> list[_Entry]:
         categories = self._test_categories()
-        seen: set[str] = set()
+        seen: dict[str, tuple[Path, int, str]] = {}  # image -> (list file, line, split) where first listed
+        clip_list: dict[str, Path] = {}  # clip -> the list that gave it its split
+        mixed: dict[str, tuple[Path, Path]] = {}  # clip -> (that list, a list of another split holding its images)
         entries = []
         for name in self.lists:
             split = name.removesuffix("_gt")  # list/train_gt.txt (image, mask, 4 lane flags) lists the train split
@@ -159,11 +168,19 @@ class CULaneSource(FrameSource):
                     continue
                 image = text.split()[0].lstrip("/")
                 if image in seen:
+                    first, first_n, first_split = seen[image]
+                    if first_split != split:  # one frame in two splits: a leak, whatever on_error says
+                        raise FormatError(f"{path}: line {n}: field 'image' '{image}' must be in the lists of one "
+                                          f"split only, found it in {split} ({path.name}) and in {first_split} "
+                                          f"({first} line {first_n}); remove it from one of them")
                     continue
-                seen.add(image)
+                seen[image] = (path, n, split)
                 try:
                     if not image.endswith(".jpg"):
                         raise FormatError(f"{path}: line {n}: field 'image' must be a .jpg path, found '{image}'")
+                    if ".." in image.replace("\\", "/").split("/"):  # the leading "/" is CULane's, stripped above
+                        raise FormatError(f"{path}: line {n}: field 'image' must be a path inside the dataset root, "
+                                          f"without '..', found '{image}'")
                     if not (self.root / image).is_file():
                         raise FormatError(f"{path}: line {n}: image file {self.root / image} not found")
                     label = (self.root / image).with_suffix(".lines.txt")
@@ -177,7 +194,15 @@ class CULaneSource(FrameSource):
                     self.skips.add(f"{path.name} line {n}", e)
                     continue
                 entries.append(_Entry(image, split, categories.get(image)))
-                self._scene_split.setdefault(_scene_id(image), split)
+                clip = _scene_id(image)
+                if self._scene_split.setdefault(clip, split) != split:
+                    mixed.setdefault(clip, (clip_list[clip], path))
+                clip_list.setdefault(clip, path)
+        if mixed:
+            clip, (first, other) = next(iter(mixed.items()))
+            log.warning("CULane source: %d clip(s) have images in the lists of different splits; each goes, every "
+                        "frame of it, to the split of the list read first (e.g. clip '%s': %s, also in %s)",
+                        len(mixed), clip, first, other)
         return entries
 
     def _test_categories(self) -> dict[str, str]:

@@ -21,6 +21,10 @@ no line types; ``meta['lane_types'] = 'unknown'``). ``meta['tusimple']`` keeps `
 so the official accuracy / FP / FN can be computed exactly (:class:`~visionpilot.evaluation.tusimple.TuSimpleMetric`).
 The camera, named ``CAM_FRONT``, has no published calibration (see
 :func:`~visionpilot.data.sources._common.uncalibrated_camera`).
+
+``raw_file`` must be a path relative to ``root``: an absolute path or one with ``..`` would read an image outside the
+dataset. A root written by :func:`~visionpilot.data.writers.write_tusimple` also holds :data:`EXPORT_STATUS`; one that
+does not say ``complete`` is an export killed half-way (say, train labels written, test labels not) and is refused.
 """
 
 from __future__ import annotations
@@ -28,20 +32,31 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from visionpilot.data.frame import CameraView, Frame, Lane
 from visionpilot.data.regions import get_region
-from visionpilot.data.sources._common import FormatError, SkipLog, check_on_error, read_rgb, uncalibrated_camera
+from visionpilot.data.sources._common import (
+    FormatError,
+    SkipLog,
+    check_on_error,
+    read_json,
+    read_rgb,
+    uncalibrated_camera,
+)
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.vocab import lane_type_index
 
 #: TuSimple's image size (height, width).
 TUSIMPLE_IMAGE_SIZE: tuple[int, int] = (720, 1280)
 TEST_FILE = "test_label.json"
+#: The export's status, which our writer sets to ``writing`` before it touches a root and to ``complete`` (with the
+#: label files it wrote) last. Several label files cannot be replaced in one atomic step, so this file is what tells a
+#: finished export from one killed between them. The official archives have none and are read as they are.
+EXPORT_STATUS = "visionpilot_export.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,9 @@ def parse_label_line(text: str, where: str) -> _Label | None:
     raw = obj.get("raw_file")
     if not isinstance(raw, str) or not raw:
         raise FormatError(f"{where}: field 'raw_file' must be an image path, found {raw!r}")
+    if _escapes_root(raw):
+        raise FormatError(f"{where}: field 'raw_file' must be an image path relative to the dataset root, without "
+                          f"'..' (e.g. 'clips/0313-1/6040/20.jpg'), found {raw!r}")
     h = obj.get("h_samples")
     if not isinstance(h, list) or not h or not all(_is_num(v) for v in h):
         raise FormatError(f"{where}: field 'h_samples' must be a non-empty list of numbers, found {_short(h)}")
@@ -83,6 +101,12 @@ def parse_label_line(text: str, where: str) -> _Label | None:
                               f"point), found {_short(lane[bad[0]])}")
     return _Label("", 0, raw, tuple(float(v) for v in h),
                   tuple(tuple(float(v) for v in lane) for lane in lanes))
+
+
+def _escapes_root(raw_file: str) -> bool:
+    """An absolute path (``root / raw_file`` is then ``raw_file`` itself) or a ``..`` part reads outside the root."""
+    parts = raw_file.replace("\\", "/").split("/")
+    return raw_file.startswith(("/", "\\")) or bool(PureWindowsPath(raw_file).drive) or ".." in parts
 
 
 def _is_num(v: Any) -> bool:
@@ -157,7 +181,28 @@ class TuSimpleSource(FrameSource):
     def official_split(self, scene_id: str) -> str | None:
         return "test" if self.official_splits and scene_id in self._test_scenes else None
 
+    def _check_export(self) -> None:
+        """Refuse a root our writer left half-written (see :data:`EXPORT_STATUS`); roots without the file pass."""
+        path = self.root / EXPORT_STATUS
+        if not path.exists():
+            return
+        status = read_json(path, "TuSimple export status")
+        state = status.get("status") if isinstance(status, dict) else None
+        if state != "complete":
+            raise FormatError(f"TuSimple export status {path}: field 'status' must be 'complete', found {state!r}: "
+                              f"the export into root '{self.root}' did not finish, so its label files may be missing; "
+                              f"run the export again")
+        listed = status.get("label_files")
+        if not isinstance(listed, dict) or not all(isinstance(k, str) for k in listed):
+            raise FormatError(f"TuSimple export status {path}: field 'label_files' must map label file names to "
+                              f"frame counts, found {_short(listed)}")
+        missing = sorted(name for name in listed if not (self.root / name).is_file())
+        if missing:
+            raise FormatError(f"TuSimple export status {path}: field 'label_files' lists {sorted(listed)}, but "
+                              f"{missing} not found under root '{self.root}'; run the export again")
+
     def _files(self) -> list[Path]:
+        self._check_export()
         if self.label_files is not None:
             return [self.root / f for f in self.label_files]
         found = sorted(self.root.glob("label_data_*.json")) + sorted(self.root.glob(TEST_FILE))

@@ -5,7 +5,9 @@ used by tools that read those formats. Every file is written atomically (a temp 
 ``os.replace``), so an interrupted export never leaves a truncated file that a loader would half-read; and the index
 files a loader starts from (nuScenes' tables, CULane's lists, TuSimple's label files) are removed first and written
 last, so an export killed half-way into an existing root leaves one no loader reads as complete, rather than new
-images under an earlier export's labels.
+images under an earlier export's labels. TuSimple's two label files are optional in the format, so a root with only
+one of them looks whole; its writer also keeps ``visionpilot_export.json`` at ``writing`` until the last label file
+is in place, and the loader refuses a root whose status is not ``complete``.
 
     write_nuscenes(frames, root)   nuScenes v1.0 tables + images + map expansion v1.3 lane dividers
     write_culane(frames, root)     CULane list files, images and .lines.txt (front camera, 2D lanes)

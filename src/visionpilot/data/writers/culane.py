@@ -8,6 +8,8 @@ listed left to right; road edges are not lane markings and are left out unless `
 
 Files go to ``driver_<source>_<region>/<scene_id>.MP4/<n>.jpg`` with ``n`` = 30 x the frame's position in its scene
 (CULane's frame numbering of 30 fps video), and the list file of the scene's split (``splits``; default train).
+No test scenario lists are written, and any under ``list/test_split/`` are removed: there they would describe an
+earlier dataset's images, and the reader would give their categories to this export's frames.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def write_culane(frames: Iterable[Frame], root: str | Path, splits: Mapping[str,
     root = Path(root)
     for old in (root / "list").glob("*.txt"):  # lists are written last; an earlier export's go first (see nuScenes)
         old.unlink()
+    scenarios = root / "list" / "test_split"  # stale test scenarios (see the module docstring)
+    for old in scenarios.glob("*.txt"):
+        old.unlink()
+    if scenarios.is_dir() and not any(scenarios.iterdir()):
+        scenarios.rmdir()
     height, width = (int(v) for v in image_size)
     step = max(float(row_step) * height / CULANE_IMAGE_SIZE[0], 1.0)
     resize = Resize((height, width), keep_aspect=True, crop_v=crop_v)

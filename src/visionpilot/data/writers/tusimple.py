@@ -5,6 +5,12 @@ is written as TuSimple does: its x (rounded to whole pixels) at the rows ``h_sam
 height, scaled with the image), ``-2`` where it has no point. Road edges are not lane markings and are left out
 unless ``include_road_edges``. Frames of scenes in the ``test`` split (``splits``) go to ``test_label.json``, the
 others to ``label_data_synthetic.json``; images to ``clips/<scene_id>/<n>.jpg`` (n = 1, 2, ... within the scene).
+
+A crash never leaves a root that reads as complete. Each file is written atomically, but the two label files cannot
+be replaced in one step: a run killed between them would leave train labels without the test ones, which reads as
+a whole dataset. So :data:`~visionpilot.data.sources.tusimple.EXPORT_STATUS` says ``writing`` before anything else
+is touched and ``complete`` (with the label files and their frame counts) only after the last label file, and the
+reader refuses a root whose status is not ``complete``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from visionpilot.data.frame import Frame
-from visionpilot.data.sources.tusimple import TEST_FILE, TUSIMPLE_IMAGE_SIZE
+from visionpilot.data.sources.tusimple import EXPORT_STATUS, TEST_FILE, TUSIMPLE_IMAGE_SIZE
 from visionpilot.data.transforms import Resize, affine_camera
 from visionpilot.data.vocab import lane_type_index
 from visionpilot.data.writers._common import camera_of, check_region, write_image_atomic
 from visionpilot.geometry.polylines import interpolate_x_at_y
-from visionpilot.utils.io import write_text_atomic
+from visionpilot.utils.io import write_json_atomic, write_text_atomic
 
 TRAIN_FILE = "label_data_synthetic.json"
 _ROAD_EDGE = lane_type_index("road_edge")
@@ -49,7 +55,10 @@ def write_tusimple(frames: Iterable[Frame], root: str | Path, splits: Mapping[st
         jpeg_quality: JPEG quality.
     """
     root = Path(root)
-    for name in (TRAIN_FILE, TEST_FILE):  # label files are written last; an earlier export's go first (see nuScenes)
+    # First mark the root unfinished (see the module docstring), then remove an earlier export's label files (as the
+    # nuScenes writer does its tables), so that no old labels point at new images.
+    write_json_atomic(root / EXPORT_STATUS, {"format": "tusimple", "status": "writing"})
+    for name in (TRAIN_FILE, TEST_FILE):
         (root / name).unlink(missing_ok=True)
     height, width = (int(v) for v in image_size)
     h = h_samples_for(height)
@@ -73,7 +82,8 @@ def write_tusimple(frames: Iterable[Frame], root: str | Path, splits: Mapping[st
         write_image_atomic(root / raw_file, cam.image, jpeg_quality)
         target = TEST_FILE if (splits or {}).get(frame.scene_id) == "test" else TRAIN_FILE
         lines[target].append(json.dumps({"lanes": lanes, "h_samples": h, "raw_file": raw_file}))
-    for name in (TRAIN_FILE, TEST_FILE):
-        if lines.get(name):
-            write_text_atomic(root / name, "".join(f"{line}\n" for line in lines[name]))
+    written = {name: len(lines[name]) for name in (TRAIN_FILE, TEST_FILE) if lines.get(name)}
+    for name in written:
+        write_text_atomic(root / name, "".join(f"{line}\n" for line in lines[name]))
+    write_json_atomic(root / EXPORT_STATUS, {"format": "tusimple", "status": "complete", "label_files": written})
     return root
