@@ -118,3 +118,15 @@ def test_onnx_model_scores_like_its_checkpoint(tmp_path: Path) -> None:
     assert report["model_info"]["global-onnx"]["kind"] == "onnx"
     for key in ("lane_f1", "det_map50"):
         assert onnx_metrics[key] == pytest.approx(torch_metrics[key], abs=0.02)
+
+
+def test_eval_refuses_a_baseline_that_names_no_model_before_loading_anything(tmp_path: Path) -> None:
+    # It was skipped silently: a misspelt baseline gave a report without gains after evaluating every model.
+    with pytest.raises(ValueError, match=r"field 'baseline': expected the name of an evaluated model \(base\), "
+                                         r"found 'glbal'"):
+        run(_eval_cfg(tmp_path, f"models=[{tmp_path / 'base.ckpt'}]", "regions=[us]", "baseline=glbal"))
+
+
+def test_eval_baseline_defaults_to_the_model_named_global_if_any(tmp_path: Path) -> None:
+    # null, not "global": an explicit name must be a model, and most evaluations have no model named global.
+    assert _eval_cfg(tmp_path, "models=[a.ckpt]", "regions=[us]").baseline is None

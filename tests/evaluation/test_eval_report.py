@@ -145,3 +145,60 @@ def test_a_requested_metric_no_model_has_is_named(caplog: pytest.LogCaptureFixtu
         report = build_report(RESULTS, REGIONS, metrics=["lane_f1", "lane_f11"])
     assert report["primary_metrics"] == ["lane_f1"]
     assert "['lane_f11'] are not computed" in caplog.text and "computed: det_map50, lane_f1" in caplog.text
+
+
+# BEV translation error (metres, lower is better) beside a score: full-gb lowers the error on gb by 0.2 m, raises
+# it on us by 0.05 m and lowers it on de by 0.02 m.
+ERRORS = {"global": {"us": {"lane_f1": 0.80, "bev_ate": 0.50}, "de": {"lane_f1": 0.78, "bev_ate": 0.60},
+                     "gb": {"lane_f1": 0.55, "bev_ate": 0.80}},
+          "full-gb": {"us": {"lane_f1": 0.81, "bev_ate": 0.55}, "de": {"lane_f1": 0.77, "bev_ate": 0.58},
+                      "gb": {"lane_f1": 0.74, "bev_ate": 0.60}}}
+
+
+def test_error_metrics_gain_as_improvements_with_the_worst_other_a_degradation() -> None:
+    rows = gains_table(ERRORS, REGIONS, "global", {"full-gb": "gb"}, ["lane_f1", "bev_ate"])
+    lane, ate = rows
+    assert lane["gain"] == pytest.approx(0.19) and lane["worst_other"] == pytest.approx(-0.01)  # scores as before
+    # A lower error is a gain; the worst other region is where the error rose most (us), not where it fell least.
+    assert ate["gain"] == pytest.approx(0.20) and ate["changes"]["de"] == pytest.approx(0.02)
+    assert ate["worst_other"] == pytest.approx(-0.05) == ate["changes"]["us"]
+    assert ate["baseline"] == pytest.approx(0.80) and ate["value"] == pytest.approx(0.60)  # raw values, metres
+
+
+def test_error_metrics_are_shown_in_their_units_not_points(tmp_path: Path) -> None:
+    report = build_report(ERRORS, REGIONS, metrics=["lane_f1", "bev_ate"],
+                          model_info={"full-gb": {"strategy": "full", "region": "gb"}})
+    assert report["units"]["bev_ate"] == {"scale": 1.0, "unit": "m", "higher_is_better": False, "digits": 3}
+    assert report["units"]["lane_f1"]["unit"] == "points"
+    md = format_markdown(report)
+    assert "Scores in points (metric x 100), higher is better; other metrics in the unit and direction" in md
+    assert "## lane F1 (`lane_f1`)" in md and "| full-gb | 81.0 | 77.0 | **74.0** |" in md  # scores unchanged
+    assert "## BEV translation error (`bev_ate`, m, lower is better)" in md
+    assert "| full-gb | 0.550 | 0.580 | **0.600** |" in md  # metres, not "55.0"
+    assert "## Gains over `global` (improvements)" in md and "`global` minus fine-tuned for errors" in md
+    assert "| full-gb | lane_f1 | gb | 55.0 | 74.0 | +19.0 | -1.0 |" in md
+    assert "| full-gb | bev_ate (m) | gb | 0.800 | 0.600 | +0.200 | -0.050 | -0.050 | +0.020 | **+0.200** |" in md
+    assert "| gb | full | bev_ate (m) | 1 | +0.200 | +0.200 / +0.200 | 100.0 % | -0.050 |" in md
+    # Score-only reports keep their wording (docs and earlier reports quote it).
+    plain = format_markdown(build_report(ERRORS, REGIONS, metrics=["lane_f1"]))
+    assert "Values in points (metric x 100). Frames per region:" in plain
+    assert "## Gains over `global` (points)" in plain and "Δ: fine-tuned minus `global` on each region;" in plain
+
+
+def test_an_explicit_baseline_must_name_a_model() -> None:
+    with pytest.raises(ValueError, match=r"field 'baseline': expected the name of an evaluated model \(global, "
+                                         r"adapter-gb, full-gb\), found 'glbal'"):
+        build_report(RESULTS, REGIONS, baseline="glbal")
+    assert build_report(RESULTS, REGIONS, baseline="adapter-gb")["baseline"] == "adapter-gb"
+
+
+def test_the_default_baseline_is_global_when_there_is_one(caplog: pytest.LogCaptureFixture) -> None:
+    assert build_report(RESULTS, REGIONS)["baseline"] == "global"
+    # Models not named global (the common case outside the region workflow): no gains table, no error, a note.
+    renamed = {"base" if m == "global" else m: v for m, v in RESULTS.items()}
+    with caplog.at_level("INFO"):
+        report = build_report(renamed, REGIONS)
+    assert report["baseline"] is None and report["gains"] == []
+    assert "no model is named 'global'" in caplog.text
+    assert "No gains table: no model is named `global`; set `baseline=<model>`" in format_markdown(report)
+    assert len(build_report(renamed, REGIONS, baseline="base")["gains"]) == 4

@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from visionpilot.data.regions import GLOBAL, is_global, resolve_regions
     from visionpilot.evaluation.cross_region import build_eval_datamodule, evaluate_matrix, load_eval_model, model_specs
-    from visionpilot.evaluation.report import build_report, format_markdown, write_report
+    from visionpilot.evaluation.report import build_report, format_markdown, resolve_baseline, write_report
 
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
     L.seed_everything(int(cfg.get("seed") or 0), verbose=False)
@@ -50,6 +50,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         else cfg.models)
     if not specs:
         raise ValueError("visionpilot-eval: field 'models' is empty; give {name: checkpoint} pairs or paths")
+    # Checked before any model is loaded or evaluated: a misspelt baseline would otherwise cost the whole matrix.
+    baseline = resolve_baseline(cfg.get("baseline"), list(specs))
     wanted = OmegaConf.to_container(cfg.regions) if OmegaConf.is_config(cfg.regions) else cfg.regions
     # checks the codes; "global" means every region the evaluation source has, not every registered one
     regions = GLOBAL if is_global(wanted) else resolve_regions(wanted)
@@ -70,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     info = {m.name: {"kind": m.kind, **m.info} for m in models}
     report = build_report(matrix["results"], matrix["regions"], models=list(specs), overall=matrix["overall"],
                           split=str(cfg.split), frames=matrix["frames"], model_info=info,
-                          baseline=cfg.get("baseline"), metrics=list(cfg.metrics),
+                          baseline=baseline, metrics=list(cfg.metrics),
                           reference=ref_name, manifest_sha256=matrix["manifest_sha256"])
     paths = write_report(out_dir, report)
     images = write_plots(out_dir / "plots", matrix["examples"], datamodule, reference)
