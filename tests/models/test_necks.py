@@ -31,3 +31,6 @@ def test_fpn_level_subset_and_norm() -> None:
 def test_fpn_refuses_levels_the_backbone_lacks() -> None:
     with pytest.raises(ValueError, match=r"levels \[4\].*out_strides"):
         FPN(in_channels=[24, 40], strides=[8, 16], levels=[4, 8])
+    # An empty selection used to reach torchvision's FPN and fail there without naming the field.
+    with pytest.raises(ValueError, match=r"FPN: levels is empty; give at least one of the backbone's strides \[8, 16\]"):
+        FPN(in_channels=[24, 40], strides=[8, 16], levels=[])

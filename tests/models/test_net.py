@@ -210,3 +210,66 @@ def test_tiny_net_exports_to_onnx_opset17_with_decode(tmp_path) -> None:
     np.testing.assert_allclose(got["objects_2d.boxes"][same], ref["objects_2d.boxes"][same], atol=1e-3)
     np.testing.assert_allclose(got["lanes_2d.points"], ref["lanes_2d.points"], atol=1e-3)
     np.testing.assert_array_equal(got["lanes_2d.points_valid"], ref["lanes_2d.points_valid"])
+
+
+def test_a_head_on_some_cameras_matches_the_full_run_there_and_reads_no_lane_elsewhere(tmp_path) -> None:
+    """The 2D lane head on camera slots [0, 2] of 3: the same raw outputs there as run on every camera (eval mode),
+    "no lane" on slot 1 (decoded existence ~0, no valid point), shapes unchanged; the ONNX graph agrees."""
+    net = _tiny().eval()
+    batch = _batch()
+    inputs = (batch["images"], batch["intrinsics"], batch["extrinsics"])
+    with torch.no_grad():
+        full = net(*inputs)
+        net.set_head_cameras("lanes_2d", [2, 0])
+        some = net(*inputs)
+        dec = net.decode(some, (H, W))
+    assert net.head_cameras == {"lanes_2d": [0, 2]}
+    assert {k: tuple(v.shape) for k, v in some.items()} == RAW_KEYS
+    for key in ("lanes_2d.exist", "lanes_2d.columns", "lanes_2d.types"):
+        torch.testing.assert_close(some[key][:, [0, 2]], full[key][:, [0, 2]])
+        assert not torch.equal(some[key][:, 1], full[key][:, 1])
+    torch.testing.assert_close(some["objects_2d.heatmap"], full["objects_2d.heatmap"])  # other heads: every camera
+    assert (dec["lanes_2d.exist"][:, 1] < 1e-12).all() and not dec["lanes_2d.points_valid"][:, 1].any()
+    assert (dec["lanes_2d.exist"][:, [0, 2]] > 1e-6).all()
+    # Slots past a call's camera count are ignored (a latency sweep over smaller rigs): 2 cameras, head on slot 0;
+    # none left: every slot reads "no lane".
+    with torch.no_grad():
+        two = net(*(t[:, :2] for t in inputs))
+        net.set_head_cameras("lanes_2d", [2])
+        none = net.decode(net(*(t[:, :2] for t in inputs)), (H, W))
+    torch.testing.assert_close(two["lanes_2d.exist"][:, 0], full["lanes_2d.exist"][:, 0])
+    assert two["lanes_2d.exist"].shape == (B, 2, 4) and (none["lanes_2d.exist"] < 1e-12).all()
+    # Exported with a dynamic batch axis: the gathered slots and the filled ones at another batch size.
+    from visionpilot.export.onnx_export import example_inputs, export_onnx
+    net.set_head_cameras("lanes_2d", [0, 2])
+    model = export_onnx(net, (H, W), N)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    images, intrinsics, extrinsics = example_inputs(N, (H, W), batch=3, seed=1)
+    with torch.no_grad():
+        ref = net(images, intrinsics, extrinsics)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": images.numpy()})))
+    for key in ("lanes_2d.exist", "lanes_2d.columns", "lanes_2d.types"):
+        np.testing.assert_allclose(got[f"raw/{key}"], ref[key].numpy(), atol=1e-4)
+
+
+def test_head_cameras_are_checked() -> None:
+    from visionpilot.models.net import camera_slots
+    net = _tiny()
+    with pytest.raises(ValueError, match=r"no image head 'lanes'; heads: \['lanes_2d', 'objects_2d'\]"):
+        net.set_head_cameras("lanes", [0])
+    with pytest.raises(ValueError, match=r"head 'lanes_2d' needs camera slots >= 0, found \[-1, 0\]"):
+        net.set_head_cameras("lanes_2d", [0, -1])
+    with pytest.raises(TypeError, match=r"head 'objects_2d' \(CenterNetHead\) has no empty_outputs"):
+        net.set_head_cameras("objects_2d", [0])
+    assert camera_slots(["CAM_BACK", "CAM_FRONT"], ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_BACK"], "f") == [1, 2]
+    assert camera_slots(None, ["CAM_FRONT"], "f") is None
+    with pytest.raises(ValueError, match=r"field 'model.lane_cameras': \['CAM_REAR'\] are not cameras of the data; "
+                                         r"valid choices: \['CAM_FRONT'\]"):
+        camera_slots(["CAM_REAR"], ["CAM_FRONT"], "model.lane_cameras")
+
+
+def test_images_without_a_camera_axis_are_refused_by_shape() -> None:
+    net = _tiny()
+    batch = _batch()
+    with pytest.raises(ValueError, match=r"images must be \(B, N, 3, H, W\) .* found shape \(2, 3, 64, 160\)"):
+        net(batch["images"][:, 0], batch["intrinsics"][:, 0], batch["extrinsics"][:, 0])

@@ -67,6 +67,8 @@ def test_experiment_configs_run_fast_dev_run(tmp_path: Path, experiment: str, ca
     assert metrics["train/steps"] == 1 and torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert len(objects["datamodule"].camera_names) == cameras
     assert sorted(objects["datamodule"].selected_regions) == sorted(regions)
+    # The 2D lane head runs on the rig's lane cameras only (nuscenes6: CAM_FRONT, CAM_BACK; front1: its one).
+    assert objects["model"].net.head_cameras == ({"lanes_2d": [1, 4]} if cameras == 6 else {"lanes_2d": [0]})
 
 
 @pytest.mark.slow
@@ -275,3 +277,20 @@ def test_metrics_json_holds_the_last_validation_and_says_when_it_was_a_subset(tm
                                                   "trainer.max_epochs=-1", "trainer.limit_val_batches=1", "trainer.val_check_interval=1",
                                                   "callbacks.prediction_images=null", "data.source.frames_per_scene=4"]))
     assert (metrics["val/frames"], metrics["val/subset"]) == (2, 1.0)
+
+
+@pytest.mark.slow
+def test_the_lane_head_runs_on_the_lane_cameras_in_training_and_after_loading(tmp_path: Path) -> None:
+    """nuscenes6: the 2D lane head on CAM_FRONT and CAM_BACK (slots 1 and 4) in training, and again in the net that
+    load_checkpoint rebuilds (export, evaluation and benchmarks time what training trained)."""
+    from visionpilot.training.checkpoints import load_checkpoint
+    run = tmp_path / "run"
+    _, objects = train(_cfg(run, ["rig=nuscenes6", "region=de", "trainer.max_steps=1", "trainer.max_epochs=-1",
+                                  "trainer.limit_val_batches=1"]))
+    assert objects["model"].net.head_cameras == {"lanes_2d": [1, 4]}
+    loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert loaded.camera_names[1] == "CAM_FRONT" and loaded.net.head_cameras == {"lanes_2d": [1, 4]}
+    every = load_checkpoint(run / "checkpoints" / "last.ckpt", config_overrides={"model.lane_cameras": None})
+    assert every.net.head_cameras == {}
+    with pytest.raises(ValueError, match=r"last.ckpt: model.lane_cameras': \['CAM_X'\] are not cameras of the data"):
+        load_checkpoint(run / "checkpoints" / "last.ckpt", config_overrides={"model.lane_cameras": ["CAM_X"]})

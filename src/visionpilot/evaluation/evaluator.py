@@ -32,6 +32,7 @@ from visionpilot.evaluation.detection_bev import NUSCENES_CLASS_RANGES, BevDetec
 from visionpilot.evaluation.lane_2d import CULaneF1
 from visionpilot.evaluation.lanes_bev import BevGrid, BevLaneChamferF1, BevLaneIoU, rasterize_lane_batch
 from visionpilot.evaluation.per_region import PerRegionMetric, flatten_region_results
+from visionpilot.models.net import camera_slots, slots_mask
 
 #: CULane annotates at most the 4 lane lines of the ego lane and its two neighbours.
 CULANE_SLOTS = 4
@@ -66,10 +67,7 @@ class PerceptionEvaluator(nn.Module):
         self.regions = [str(r).lower() for r in regions]
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.camera_names = list(camera_names)
-        unknown = sorted(set(lane_cameras or []) - set(self.camera_names))
-        if unknown:
-            raise ValueError(f"lane_cameras {unknown} are not cameras of the data; valid choices: {self.camera_names}")
-        self.lane_camera_mask = [lane_cameras is None or c in lane_cameras for c in self.camera_names]
+        self.lane_slots = camera_slots(lane_cameras, self.camera_names, "lane_cameras")
         self.lane_rows = tuple(float(v) for v in lane_rows)
         self.lane_threshold = float(lane_threshold)
         self.tasks = list(tasks)
@@ -94,8 +92,7 @@ class PerceptionEvaluator(nn.Module):
 
     def lanes_camera_mask(self, batch: dict[str, Any]) -> Tensor:
         """(B, N) bool: the camera slots the 2D lane task applies to."""
-        mask = torch.tensor(self.lane_camera_mask, device=batch["camera_mask"].device)
-        return batch["camera_mask"] & mask[None, : batch["camera_mask"].shape[1]]
+        return slots_mask(batch["camera_mask"], self.lane_slots)
 
     @torch.no_grad()
     def update(self, batch: dict[str, Any], decoded: dict[str, Tensor]) -> None:

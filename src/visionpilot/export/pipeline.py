@@ -145,10 +145,15 @@ def model_metadata(ckpt: LoadedCheckpoint, net: nn.Module, model: onnx.ModelProt
         g = bev.grid
         grid = {"x_range": list(g.x_range), "y_range": list(g.y_range), "z_range": list(g.z_range),
                 "cell_size": g.cell_size, "z_levels": g.z_levels, "layout": "(X, Y): rows ego +x, columns ego +y"}
+    heads = getattr(net, "heads", {})
+    # The cameras the 2D lane head runs on (HydraNet.set_head_cameras); the others' lane outputs are "no lane".
+    lane_cameras = ([ckpt.camera_names[i] for i in net.head_cameras.get("lanes_2d", range(len(ckpt.camera_names)))
+                     if i < len(ckpt.camera_names)] if "lanes_2d" in heads else None)
     return {
         "object_classes": list(OBJECT_CLASSES),
         "lane_types": list(LANE_TYPES),
         "camera_names": ckpt.camera_names,
+        "lane_cameras": lane_cameras,
         "input_size": list(ckpt.image_size),
         "input_format": "images uint8 RGB (B, N, 3, H, W), cameras in camera_names order; intrinsics (B, N, 3, 3) "
                         "for the input pixels; extrinsics (B, N, 4, 4) camera -> ego",

@@ -40,6 +40,9 @@ class FPN(nn.Module):
             raise ValueError(f"FPN: in_channels {list(in_channels)} and strides {list(strides)} differ in length")
         available = dict(zip(strides, in_channels))
         levels = sorted(levels) if levels is not None else sorted(available)
+        if not levels:
+            raise ValueError(f"FPN: levels is empty; give at least one of the backbone's strides "
+                             f"{sorted(available)} (or leave it unset for all)")
         missing = [s for s in levels if s not in available]
         if missing:
             raise ValueError(f"FPN: levels {missing} are not produced by the backbone (it gives strides "

@@ -4,7 +4,9 @@ The network is a plain ``nn.Module`` (no Lightning) with the contract of ``docs/
 
 - ``forward(images, intrinsics, extrinsics)`` -> flat dict ``"<head>.<output>"`` of raw outputs, each (B, N, ...)
   for image heads (cameras unfolded again after the shared trunk) and whatever the BEV branch returns under
-  ``"bev.<output>"``;
+  ``"bev.<output>"``. An image head may run on some camera slots only (:meth:`HydraNet.set_head_cameras`: the 2D
+  lane head on the forward/rearward cameras); the other slots get the head's ``empty_outputs`` ("nothing there"),
+  so every image output keeps its (B, N, ...) shape;
 - ``loss(outputs, batch)`` -> ``"<head>.<term>"``;
 - ``decode(outputs, image_size)`` -> ``"<head>.<result>"``, fixed shapes, exportable inside the ONNX graph.
 
@@ -76,6 +78,31 @@ class HydraNet(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        # Image heads that run on some camera slots only: not weights, so not in the state dict. Set from the camera
+        # names by whoever knows them (the training module, the checkpoint loader): see set_head_cameras.
+        self.head_cameras: dict[str, list[int]] = {}
+
+    def set_head_cameras(self, name: str, slots: Sequence[int] | None) -> None:
+        """Run image head ``name`` on the camera slots ``slots`` only (None: on every camera).
+
+        The 2D lane head is trained and evaluated on the forward/rearward cameras (``model.lane_cameras``); run on
+        all six nuScenes cameras, two thirds of its work would be thrown away, in training and in the vehicle. The
+        other slots get the head's ``empty_outputs`` (for lanes: no lane exists), and outputs keep their (B, N, ...)
+        shape, so losses, metrics and the ONNX outputs need no camera bookkeeping. Slots past the camera count of a
+        call are ignored (a latency sweep over smaller rigs).
+        """
+        if name not in self.heads:
+            raise ValueError(f"HydraNet.set_head_cameras: no image head '{name}'; heads: {list(self.heads)}")
+        if slots is None:
+            self.head_cameras.pop(name, None)
+            return
+        slots = sorted({int(s) for s in slots})
+        if not slots or slots[0] < 0:
+            raise ValueError(f"HydraNet.set_head_cameras: head '{name}' needs camera slots >= 0, found {slots}")
+        if not hasattr(self.heads[name], "empty_outputs"):
+            raise TypeError(f"HydraNet.set_head_cameras: head '{name}' ({type(self.heads[name]).__name__}) has no "
+                            f"empty_outputs, so it cannot skip cameras")
+        self.head_cameras[name] = slots
 
     def forward(self, images: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> dict[str, Tensor]:
         """Raw outputs of every head.
@@ -88,6 +115,9 @@ class HydraNet(nn.Module):
         Returns:
             ``"<head>.<output>"`` -> (B, N, ...) for image heads; ``"bev.<output>"`` as the BEV branch returns.
         """
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"HydraNet: images must be (B, N, 3, H, W) (cameras on their own axis, even for one "
+                             f"camera), found shape {tuple(images.shape)}")
         b, n, _, height, width = images.shape
         x = (images.flatten(0, 1).float() - self.mean) / self.std  # (B*N, 3, H, W): cameras folded into the batch
         if self.channels_last:
@@ -95,13 +125,34 @@ class HydraNet(nn.Module):
         feats = self.neck(self.backbone(x))  # {"s8": (B*N, C, H/8, W/8), ...}
         out: dict[str, Tensor] = {}
         for name, head in self.heads.items():
-            for key, value in head(feats).items():
-                out[f"{name}.{key}"] = _unfold_cameras(value, b, n)  # (B, N, ...)
+            slots = [s for s in self.head_cameras.get(name, range(n)) if s < n]
+            if len(slots) == n:
+                for key, value in head(feats).items():
+                    out[f"{name}.{key}"] = _unfold_cameras(value, b, n)  # (B, N, ...)
+                continue
+            for key, value in self._run_on_slots(head, feats, slots, b, n).items():
+                out[f"{name}.{key}"] = value
         if self.bev is not None:
             cam_feats = {k: _unfold_cameras(v, b, n) for k, v in feats.items()}  # (B, N, C, h, w)
             for key, value in self.bev(cam_feats, intrinsics, extrinsics, (height, width)).items():
                 out[f"{BEV}.{key}"] = value
         return out
+
+    @staticmethod
+    def _run_on_slots(head: nn.Module, feats: dict[str, Tensor], slots: list[int], b: int,
+                      n: int) -> dict[str, Tensor]:
+        """``head`` on the camera ``slots`` only, its ``empty_outputs`` elsewhere: (B, N, ...) per output."""
+        ref = next(iter(feats.values()))
+        empty = head.empty_outputs(b, 1, like=ref)  # (B, 1, ...) per output
+        if not slots:
+            return {k: v.expand(-1, n, *v.shape[2:]) for k, v in empty.items()}
+        # The slot list is a constant of the graph: one Gather per level, then a Concat per output.
+        picked = {k: _unfold_cameras(v, b, n)[:, slots].flatten(0, 1) for k, v in feats.items()}
+        raw = {k: _unfold_cameras(v, b, len(slots)) for k, v in head(picked).items()}  # (B, len(slots), ...)
+        where = {s: i for i, s in enumerate(slots)}
+        return {k: torch.cat([v[:, where[c]:where[c] + 1] if c in where else empty[k].to(v.dtype)
+                              for c in range(n)], dim=1)
+                for k, v in raw.items()}
 
     def loss(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every head's masked loss terms, ``"<head>.<term>"`` (unweighted; weighting is the trainer's job)."""
@@ -131,6 +182,27 @@ class HydraNet(nn.Module):
         if self.bev is not None:
             branches.append((BEV, self.bev))
         return branches
+
+
+def camera_slots(selected: Sequence[str] | None, camera_names: Sequence[str], field: str) -> list[int] | None:
+    """The slots of the ``selected`` camera names in ``camera_names`` (None: all), or an error naming ``field``."""
+    if selected is None:
+        return None
+    unknown = sorted(set(selected) - set(camera_names))
+    if unknown:
+        raise ValueError(f"field '{field}': {unknown} are not cameras of the data; valid choices: "
+                         f"{list(camera_names)}")
+    return [i for i, c in enumerate(camera_names) if c in set(selected)]
+
+
+def slots_mask(camera_mask: Tensor, slots: Sequence[int] | None) -> Tensor:
+    """(B, N) bool: ``camera_mask`` where the slot is one of ``slots`` (None: every slot). Collate pads camera slots
+    up to the widest frame of a batch, so N may differ from the rig's camera count: slots past it stay False."""
+    if slots is None:
+        return camera_mask
+    keep = torch.zeros(camera_mask.shape[1], dtype=torch.bool, device=camera_mask.device)
+    keep[[s for s in slots if s < camera_mask.shape[1]]] = True
+    return camera_mask & keep[None]
 
 
 def _unfold_cameras(x: Tensor, b: int, n: int) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from visionpilot.models.net import camera_slots
 from visionpilot.training.module import check_signature, model_signature
 from visionpilot.utils.io import file_sha256  # noqa: F401  (re-exported: callers import it from here)
 
@@ -95,4 +96,10 @@ def load_checkpoint(path: str | Path, config_overrides: dict[str, Any] | None = 
     check_signature({k: list(v.shape) for k, v in state.items()}, model_signature(net))
     net.load_state_dict(state)
     net.eval()
-    return LoadedCheckpoint(net=net, config=config, meta=meta, path=path, sha256=file_sha256(path))
+    loaded = LoadedCheckpoint(net=net, config=config, meta=meta, path=path, sha256=file_sha256(path))
+    lane_cameras = config.model.get("lane_cameras")
+    if loaded.camera_names and "lanes_2d" in getattr(net, "heads", {}):
+        # As in training (PerceptionModule.restrict_lane_head): the 2D lane head runs on the lane cameras only.
+        net.set_head_cameras("lanes_2d", camera_slots(list(lane_cameras) if lane_cameras else None,
+                                                      loaded.camera_names, f"{path}: model.lane_cameras"))
+    return loaded

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.export.onnx_export import example_inputs
 from visionpilot.governance import build_lineage, withhold_frames
+from visionpilot.models.net import camera_slots, slots_mask
 
 #: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
 NAN_POLICIES = ("raise", "skip")
@@ -105,6 +106,7 @@ class PerceptionModule(L.LightningModule):
         if dm is not None:
             self.camera_names = list(dm.camera_names)
             self.image_size = tuple(dm.image_size) if getattr(dm, "image_size", None) else None
+            self.restrict_lane_head()
             withhold_frames(self.trainer, self)  # no prediction images of data that may not leave its region
             if self.camera_names and self.image_size and self.example_input_array is None and not self.hparams.compile:
                 # One frame of the rig for Lightning's model summary: it prints the forward FLOPs per frame
@@ -141,17 +143,19 @@ class PerceptionModule(L.LightningModule):
             names.append("bev")
         return names
 
+    def restrict_lane_head(self) -> None:
+        """Run the 2D lane head on ``lane_cameras`` only (``HydraNet.set_head_cameras``): the other cameras' lane
+        outputs are masked out of the loss and the metrics anyway."""
+        net = getattr(self.net, "_orig_mod", self.net)
+        if self.camera_names is None or "lanes_2d" not in getattr(net, "heads", {}):
+            return
+        net.set_head_cameras("lanes_2d", camera_slots(self.lane_cameras, self.camera_names, "model.lane_cameras"))
+
     def _with_lane_cameras(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.lane_cameras is None or self.camera_names is None:
             return batch
-        unknown = sorted(set(self.lane_cameras) - set(self.camera_names))
-        if unknown:
-            raise ValueError(f"model.lane_cameras {unknown} are not cameras of the data; valid choices: "
-                             f"{self.camera_names}")
-        mask = torch.tensor([c in self.lane_cameras for c in self.camera_names], device=batch["camera_mask"].device)
-        n = batch["camera_mask"].shape[1]  # collate pads camera slots only up to the widest frame of the batch
-        mask = torch.cat([mask, mask.new_zeros(max(n - len(mask), 0))])[:n]
-        return {**batch, "lanes_2d_camera_mask": batch["camera_mask"] & mask[None]}
+        slots = camera_slots(self.lane_cameras, self.camera_names, "model.lane_cameras")
+        return {**batch, "lanes_2d_camera_mask": slots_mask(batch["camera_mask"], slots)}
 
     # --- steps -------------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:

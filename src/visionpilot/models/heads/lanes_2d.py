@@ -166,6 +166,25 @@ class RowAnchorLaneHead(nn.Module):
         types = torch.einsum("bsrg,btrg->bst", line_weights(columns), self.type_logits(x))  # (BN, S, T)
         return {"exist": exist, "columns": columns, "types": types}
 
+    #: Logit margin of "no lane" in :meth:`empty_outputs`: sigmoid(-30) ~ 1e-13, and "absent" wins every row.
+    EMPTY_LOGIT = 30.0
+
+    def empty_outputs(self, batch: int, cameras: int, like: Tensor) -> dict[str, Tensor]:
+        """Raw outputs that decode to "no lane" for images the head is not run on (``HydraNet.set_head_cameras``).
+
+        Returns (batch, cameras, ...) tensors of the shapes :meth:`forward` gives after unfolding, dtype and device
+        of ``like``: existence logits at -EMPTY_LOGIT, every row's "absent" class ahead by EMPTY_LOGIT, type 0.
+        """
+        s, r, g, t = self.num_slots, self.num_rows, self.num_bins, self.num_types
+        # Built from the batch dimension of ``like`` (a traced size in an ONNX export with a dynamic batch axis).
+        base = like.new_zeros(()).expand(batch, cameras)
+        absent = torch.cat([like.new_zeros(g), like.new_full((1,), self.EMPTY_LOGIT)])
+        return {
+            "exist": (base[..., None] - self.EMPTY_LOGIT).expand(batch, cameras, s),
+            "columns": (base[..., None, None, None] + absent).expand(batch, cameras, s, r, g + 1),
+            "types": base[..., None, None].expand(batch, cameras, s, t),
+        }
+
     def row_anchors(self, height: int) -> Tensor:
         """Row-anchor ``v`` in pixels, top to bottom: (R,)."""
         return self.row_fractions * height
