@@ -125,6 +125,27 @@ def test_throughput_does_not_count_validation_as_waiting_for_data(tmp_path) -> N
     assert summary["train/frames_per_s"] > 8 / 0.6, summary
 
 
+class _SlowSave(L.Callback):
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        time.sleep(0.1)
+
+
+def test_throughput_does_not_count_periodic_checkpoints_as_waiting_for_data(tmp_path) -> None:  # noqa: ANN001
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    throughput = Throughput(warmup_steps=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, limit_val_batches=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[throughput, _SlowSave(), ModelCheckpoint(tmp_path, every_n_train_steps=2,
+                                                                            save_top_k=-1)])
+    trainer.fit(_SlowValidation())
+    summary = throughput.summary()
+    assert len(list(tmp_path.glob("*.ckpt"))) == 4 and throughput.frames == 8
+    # Four saves of 0.1 s each between steps counted as data wait (0.99 of the time) and as time per frame.
+    assert summary["train/data_wait_fraction"] < 0.5, summary
+    assert summary["train/frames_per_s"] > 8 / 0.4, summary
+
+
 def test_optimized_metric_that_training_did_not_produce_is_an_error(monkeypatch, tmp_path) -> None:  # noqa: ANN001
     """A sweeper's objective with a typo was returned as None after the whole training, with no word why."""
     from omegaconf import OmegaConf

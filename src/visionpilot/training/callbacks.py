@@ -70,6 +70,12 @@ class Throughput(L.Callback):
         # its time is neither training nor waiting for data.
         self._batch_end = None
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # A periodic checkpoint is written after this callback's batch end (Lightning runs checkpoint callbacks
+        # last): like a validation, its time is neither training nor waiting for data.
+        self._batch_end = None
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         now = time.perf_counter()
