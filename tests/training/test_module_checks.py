@@ -76,6 +76,10 @@ def test_warmup_and_cosine_are_stepped_per_optimizer_step_down_to_min_lr_ratio()
         assert lrs[-1] == pytest.approx(1e-4)  # min_lr_ratio * lr at max_steps
     with pytest.raises(ValueError, match=r"field 'model.warmup_steps': expected a count >= 0 .*found -5"):
         _module(warmup_steps=-5)
+    for ambiguous in (1.0, 2.5):  # neither a fraction of the run nor a count (they meant 1 and 2 steps)
+        with pytest.raises(ValueError, match=rf"field 'model.warmup_steps': expected a count .*found {ambiguous}"):
+            _module(warmup_steps=ambiguous)
+    assert _module(warmup_steps=100.0).hparams.warmup_steps == 100.0  # a whole number as a float is a count
     with pytest.raises(ValueError, match=r"field 'model.min_lr_ratio': expected a number in \[0, 1\], found 2"):
         _module(min_lr_ratio=2)
 

@@ -68,7 +68,10 @@ class PerceptionModule(L.LightningModule):
         weights = flatten_dotted(loss_weights)
         for key, value in weights.items():
             check_number(f"model.loss_weights.{key}", value, lambda v: v >= 0, "a number >= 0")
-        check_number("model.warmup_steps", warmup_steps, lambda v: v >= 0,
+        # A float is a fraction below 1 and a count above (100.0 from a computed config); 1.0 or 2.5 is neither, and
+        # was cut to 1 or 2 steps where "the whole run" or a count was meant.
+        check_number("model.warmup_steps", warmup_steps,
+                     lambda v: v >= 0 and (isinstance(v, int) or v < 1 or (v > 1 and float(v).is_integer())),
                      "a count >= 0 or a fraction in (0, 1) of the total steps")
         check_number("model.min_lr_ratio", min_lr_ratio, lambda v: 0 <= v <= 1, "a number in [0, 1]")
         self.save_hyperparameters(ignore=["net"], logger=False)
