@@ -38,6 +38,18 @@ def test_table_has_parity_and_metric_deltas(tmp_path: Path, capsys: pytest.Captu
     assert "| fp32 |" in capsys.readouterr().out
 
 
+def test_a_non_finite_raw_difference_is_not_shown_as_not_applicable(tmp_path: Path) -> None:
+    """export.json keeps a NaN difference as null (strict JSON); the table showed it as "n/a", like an export
+    without raw outputs, where it means an output went NaN or Inf."""
+    broken = _export(tmp_path / "broken", "fp16", None, 0.5)
+    report = json.loads((broken / "export.json").read_text())
+    report["parity"]["max_abs_diff"] = {"raw/lanes_2d.exist": None, "raw/objects_2d.size": 1e-3, "lanes_2d.exist": None}
+    (broken / "export.json").write_text(json.dumps(report))
+    clean = _export(tmp_path / "clean", "fp32", 1e-5, 1.0)
+    lines = compare_exports([clean, broken]).splitlines()
+    assert lines[3].startswith("| fp16 | 5.2 | non-finite | True |"), lines[3]
+
+
 def test_missing_report_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export report not found"):
         compare_exports([tmp_path])

@@ -44,7 +44,11 @@ def compare_exports(export_dirs: Sequence[str | Path], eval_json: str | Path | N
         parity = report["parity"]
         name, low = min(parity["agreement"].items(), key=lambda kv: kv[1])
         raw = parity.get("max_abs_diff_raw")
-        row = [report["precision"], f"{report['size_mb']:.1f}", "n/a" if raw is None else f"{raw:.2g}",
+        # export.json stores a NaN difference (an output went non-finite) as null, which must not read as "n/a".
+        broken = raw is None and any(v is None for k, v in (parity.get("max_abs_diff") or {}).items()
+                                     if k.startswith("raw/"))
+        raw_cell = "non-finite" if broken else "n/a" if raw is None else f"{raw:.2g}"
+        row = [report["precision"], f"{report['size_mb']:.1f}", raw_cell,
                str(parity["decoded_agree"]), f"{low:.3f} ({name})"]
         if evaluation is not None:
             values = _eval_metrics(evaluation, folder / report["model"])
