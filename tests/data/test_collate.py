@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -97,4 +99,40 @@ def test_frame_validate_refuses_non_finite_geometry_and_boxes(frame_factory) -> 
         frame.validate("sample x")
     frame = frame_factory(0)
     frame.boxes_3d.velocities[:] = np.nan  # unknown velocity: allowed
+    frame.validate("sample x")
+
+
+@pytest.mark.parametrize(("field", "bad"), [("track_ids", np.arange(3)), ("velocities", np.zeros((5, 2))),
+                                            ("velocities", np.zeros((4, 3)))])
+def test_frame_validate_refuses_per_box_arrays_of_the_wrong_length(frame_factory, field, bad) -> None:
+    # A track_ids one row short passes unnoticed and mis-pairs ids with boxes in a writer or tracker much later.
+    frame = frame_factory(0)
+    assert len(frame.boxes_3d) == 4
+    setattr(frame.boxes_3d, field, bad)
+    shape = (4,) if field == "track_ids" else (4, 2)
+    with pytest.raises(ValueError, match=rf"sample x '.*': field 'boxes_3d.{field}' must have shape "
+                                         rf"{re.escape(str(shape))}, one row per boxes_3d row .*, "
+                                         rf"found {re.escape(str(bad.shape))}"):
+        frame.validate("sample x")
+
+
+@pytest.mark.parametrize("field", ["box_ids_2d", "visibility_2d"])
+def test_frame_validate_refuses_per_2d_box_arrays_of_the_wrong_length(frame_factory, field) -> None:
+    frame = frame_factory(0)
+    cam = frame.cameras[1]
+    m = len(cam.boxes_2d)
+    assert m >= 1
+    setattr(cam, field, getattr(cam, field)[:-1])
+    with pytest.raises(ValueError, match=rf"camera 'CAM_FRONT': field '{field}' must have shape \({m},\), "
+                                         rf"one row per boxes_2d row .*, found \({m - 1},\)"):
+        frame.validate("sample x")
+
+
+def test_frame_validate_accepts_per_item_arrays_left_out(frame_factory) -> None:
+    # Empty means "not provided" (transforms keep it empty), as for a source without tracks or 3D matches.
+    frame = frame_factory(0)
+    frame.boxes_3d.track_ids = np.zeros(0, np.int64)
+    frame.boxes_3d.velocities = np.zeros((0, 2))
+    for cam in frame.cameras:
+        cam.box_ids_2d, cam.visibility_2d = np.zeros(0, np.int64), np.zeros(0, np.float32)
     frame.validate("sample x")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from visionpilot.cli.data import run
 from visionpilot.data.sources._common import FormatError
 from visionpilot.data.sources.synthetic import SyntheticSource
-from visionpilot.data.sources.tusimple import TuSimpleSource
+from visionpilot.data.sources.tusimple import TEST_FILE, TuSimpleSource
 from visionpilot.data.transforms import Resize, affine_camera
 from visionpilot.data.vocab import lane_type_index
 from visionpilot.data.writers import write_tusimple
@@ -140,3 +140,40 @@ def test_export_action_writes_tusimple(tmp_path: Path) -> None:
             "data.num_workers=0", f"export.image_size=[{SIZE[0]},{SIZE[1]}]"])
     assert run(cfg)["frames"] == 3
     assert len(TuSimpleSource(tmp_path / "tusimple", image_size=SIZE)) == 3
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+@pytest.mark.parametrize("test_first", [False, True])
+def test_an_image_labelled_for_train_and_test_is_refused(tusimple_export: tuple[Path, list], tmp_path: Path,
+                                                         on_error: str, test_first: bool) -> None:
+    # Going to test silently would score the model on an image it trained on. Two files disagree, so skip mode (which
+    # drops bad lines) must not pick one of them either.
+    root = write_tusimple(tusimple_export[1], tmp_path / "t", splits=SPLITS, image_size=SIZE)
+    train = (root / TRAIN_FILE).read_text().splitlines()
+    test = (root / TEST_FILE).read_text().splitlines()
+    (root / TEST_FILE).write_text("".join(f"{line}\n" for line in [*test, train[1]]))
+    raw = json.loads(train[1])["raw_file"]
+    files = [TEST_FILE, TRAIN_FILE] if test_first else [TRAIN_FILE, TEST_FILE]
+    later, first, first_line = (TRAIN_FILE, TEST_FILE, 3) if test_first else (TEST_FILE, TRAIN_FILE, 2)
+    with pytest.raises(FormatError, match=rf"{later}: line \d+: field 'raw_file' '{re.escape(raw)}' must be labelled "
+                                          rf"in the train label files or in {TEST_FILE}, not both, found it in "
+                                          rf"{later} and in .*{first} line {first_line}"):
+        TuSimpleSource(root, label_files=files, image_size=SIZE, on_error=on_error).index()
+    # Without official splits test_label.json is one more pool of hashed clips: the repeat is just dropped.
+    assert len(TuSimpleSource(root, label_files=files, image_size=SIZE, official_splits=False).index()) == 6
+
+
+def test_a_clip_with_frames_in_train_and_test_goes_to_test_with_a_warning(
+        tusimple_export: tuple[Path, list], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_tusimple(tusimple_export[1], tmp_path / "t", splits=SPLITS, image_size=SIZE)
+    train = (root / TRAIN_FILE).read_text().splitlines()
+    test = (root / TEST_FILE).read_text().splitlines()
+    _write_lines(root, [*train, test[0]])  # clip syn-us-0002: frame 1 in train, frame 2 in test
+    (root / TEST_FILE).write_text(f"{test[1]}\n")
+    with caplog.at_level("WARNING", logger="visionpilot.data.sources.tusimple"):
+        src = TuSimpleSource(root, image_size=SIZE)
+        refs = src.index()
+    assert len(refs) == 6 and src.official_split("syn-us-0002") == "test"
+    assert src.official_split("syn-us-0000") is None
+    assert re.search(rf"1 clip\(s\) have frames in both train label files and {TEST_FILE}.*clip 'syn-us-0002': "
+                     rf".*{TEST_FILE}, also in .*{TRAIN_FILE}", caplog.text)

@@ -43,8 +43,8 @@ class Boxes3D:
         sizes: (K, 3) length (along heading), width, height.
         yaws: (K,) heading about +z, radians.
         classes: (K,) object class indices.
-        track_ids: (K,) instance ids, stable over a scene (-1 if unknown).
-        velocities: (K, 2) ego-frame velocity (vx, vy) in m/s, NaN if unknown.
+        track_ids: (K,) instance ids, stable over a scene (-1 if unknown); empty when the source has none.
+        velocities: (K, 2) ego-frame velocity (vx, vy) in m/s, NaN if unknown; empty (0, 2) when the source has none.
     """
 
     centers: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
@@ -78,9 +78,9 @@ class CameraView:
         image: (H, W, 3) uint8 RGB, or None for label-only frames.
         boxes_2d: (M, 4) ``x1, y1, x2, y2`` pixels, the tight box of the object's visible part.
         classes_2d: (M,) object class indices.
-        box_ids_2d: (M,) index of the matching row of :attr:`Frame.boxes_3d`, -1 if none.
+        box_ids_2d: (M,) index of the matching row of :attr:`Frame.boxes_3d`, -1 if none; empty when not provided.
         visibility_2d: (M,) fraction of the object's projected silhouette not hidden by nearer objects (1 = unknown
-            or fully visible).
+            or fully visible); empty when not provided.
         lanes_2d: lane polylines in pixels.
         privacy_boxes: (Q, 4) ``x1, y1, x2, y2`` pixels of faces and licence plates (for anonymisation), or None
             when the source does not provide them (then a detector must find them; empty means "none here").
@@ -170,6 +170,8 @@ class Frame:
             if cam.boxes_2d.shape != (len(cam.classes_2d), 4):
                 raise ValueError(f"{cw}: field 'boxes_2d' must be ({len(cam.classes_2d)}, 4), found {cam.boxes_2d.shape}")
             _check_classes(f"{cw}: field 'classes_2d'", cam.classes_2d, OBJECT_CLASSES)
+            for name in ("box_ids_2d", "visibility_2d"):
+                _check_per_item(f"{cw}: field '{name}'", getattr(cam, name), (len(cam.classes_2d),), "boxes_2d")
             if (cam.privacy_boxes is None) != (cam.privacy_classes is None):
                 raise ValueError(f"{cw}: fields 'privacy_boxes' and 'privacy_classes' must both be set or both be "
                                  f"None, found {type(cam.privacy_boxes).__name__} and "
@@ -186,6 +188,8 @@ class Frame:
         for name, arr, shape in (("centers", b.centers, (k, 3)), ("sizes", b.sizes, (k, 3)), ("yaws", b.yaws, (k,))):
             if arr.shape != shape:
                 raise ValueError(f"{where}: field 'boxes_3d.{name}' must have shape {shape}, found {arr.shape}")
+        _check_per_item(f"{where}: field 'boxes_3d.track_ids'", b.track_ids, (k,), "boxes_3d")
+        _check_per_item(f"{where}: field 'boxes_3d.velocities'", b.velocities, (k, 2), "boxes_3d")
         for name in ("centers", "sizes", "yaws"):  # velocities may be NaN: unknown
             _check_finite(f"{where}: field 'boxes_3d.{name}'", getattr(b, name))
         if k and (b.sizes <= 0).any():
@@ -200,6 +204,14 @@ def _check_classes(what: str, classes: np.ndarray, vocab: tuple[str, ...]) -> No
     if len(classes) and (classes.min() < 0 or classes.max() >= len(vocab)):
         raise ValueError(f"{what} must hold indices in [0, {len(vocab)}) ({list(vocab)}), "
                          f"found range [{classes.min()}, {classes.max()}]")
+
+
+def _check_per_item(what: str, values: np.ndarray, shape: tuple[int, ...], owner: str) -> None:
+    # Empty means "not provided" (as in transforms); any other length would mis-pair rows far from the source.
+    values = np.asarray(values)
+    if values.shape != shape and values.shape != (0, *shape[1:]):
+        raise ValueError(f"{what} must have shape {shape}, one row per {owner} row (or {(0, *shape[1:])} when not "
+                         f"provided), found {values.shape}")
 
 
 def _check_finite(what: str, values: np.ndarray) -> None:

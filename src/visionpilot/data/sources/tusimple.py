@@ -14,7 +14,9 @@ Each label file holds one JSON object per text line::
 Test labels may carry ``run_time``; it is ignored.
 
 Frames: ``frame_id`` is ``raw_file`` without ``clips/`` and the suffix, ``scene_id`` the clip folder. Official
-splits: frames of ``test_label.json`` are ``test``; the train files have none (their clips are split by hash).
+splits: frames of ``test_label.json`` are ``test``; the train files have none (their clips are split by hash). An image
+(``raw_file``) labelled both in a train file and in ``test_label.json`` is an error naming both files, even with
+``on_error="skip"``; a clip with some frames in each goes, every frame of it, to ``test``, with a warning.
 
 Labels: ``lanes_2d`` only, each lane the polyline through its points top to bottom, typed ``lane_type`` (TuSimple has
 no line types; ``meta['lane_types'] = 'unknown'``). ``meta['tusimple']`` keeps ``h_samples`` and the raw ``lanes``
@@ -30,6 +32,7 @@ does not say ``complete`` is an export killed half-way (say, train labels writte
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -49,6 +52,8 @@ from visionpilot.data.sources._common import (
 )
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.vocab import lane_type_index
+
+log = logging.getLogger(__name__)
 
 #: TuSimple's image size (height, width).
 TUSIMPLE_IMAGE_SIZE: tuple[int, int] = (720, 1280)
@@ -217,10 +222,14 @@ class TuSimpleSource(FrameSource):
         return self._labels
 
     def _read(self) -> list[_Label]:
-        labels, seen = [], set()
+        labels: list[_Label] = []
+        seen: dict[str, tuple[Path, int]] = {}  # raw_file -> (label file, line) where first read
+        train_clips: dict[str, Path] = {}  # clip -> the first train label file holding one of its frames
+        test_path: Path | None = None
         for path in self._files():
             if not path.is_file():
                 raise FormatError(f"TuSimple label file {path} not found")
+            is_test = path.name == TEST_FILE
             for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
                 where = f"{path}: line {n}"
                 try:
@@ -230,9 +239,8 @@ class TuSimpleSource(FrameSource):
                         raise FormatError(f"{where}: column {e.start + 1}: must be UTF-8 text, found byte "
                                           f"{raw[e.start]:#04x}") from None
                     label = parse_label_line(text, where)
-                    if label is None or label.raw_file in seen:
-                        continue
-                    if not (self.root / label.raw_file).is_file():
+                    if label is not None and label.raw_file not in seen \
+                            and not (self.root / label.raw_file).is_file():
                         raise FormatError(f"{where}: field 'raw_file': image file {self.root / label.raw_file} "
                                           f"not found")
                 except FormatError as e:
@@ -240,10 +248,30 @@ class TuSimpleSource(FrameSource):
                         raise
                     self.skips.add(f"{path.name} line {n}", e)
                     continue
-                seen.add(label.raw_file)
+                if label is None:
+                    continue
+                if label.raw_file in seen:
+                    first, first_n = seen[label.raw_file]
+                    if self.official_splits and (first.name == TEST_FILE) != is_test:
+                        # One image in train and test: a leak, whatever on_error says (two files disagree, no line
+                        # of them is bad on its own).
+                        raise FormatError(f"{where}: field 'raw_file' '{label.raw_file}' must be labelled in the "
+                                          f"train label files or in {TEST_FILE}, not both, found it in {path.name} "
+                                          f"and in {first} line {first_n}; remove it from one of them")
+                    continue
+                seen[label.raw_file] = (path, n)
                 labels.append(_Label(path.name, n, label.raw_file, label.h_samples, label.lanes))
-                if path.name == TEST_FILE:
-                    self._test_scenes.add(_scene_id(label.raw_file))
+                clip = _scene_id(label.raw_file)
+                if is_test:
+                    self._test_scenes.add(clip)
+                    test_path = path
+                else:
+                    train_clips.setdefault(clip, path)
+        mixed = [clip for clip in train_clips if clip in self._test_scenes]
+        if mixed and self.official_splits:
+            log.warning("TuSimple source: %d clip(s) have frames in both train label files and %s; each goes, every "
+                        "frame of it, to the test split (e.g. clip '%s': %s, also in %s)",
+                        len(mixed), TEST_FILE, mixed[0], test_path, train_clips[mixed[0]])
         return labels
 
     def load(self, index: int, with_images: bool = True) -> Frame:
