@@ -82,7 +82,14 @@ def test_conv_head_samples_the_row_anchors_and_bin_centres() -> None:
     u = (torch.arange(w) + 0.5) * 8
     v = (torch.arange(h) + 0.5) * 8
     ramp = torch.stack([u[None, :].expand(h, -1), v[:, None].expand(-1, w)])[None]
-    got = torch.nn.functional.grid_sample(ramp, head.sample_grid, align_corners=False, padding_mode="border")[0]
+    got = head.sample(ramp)[0]
+    # It is grid_sample (bilinear, border, align_corners=False) on the anchors' and bins' normalised coordinates,
+    # written as two interpolation MatMuls: the same samples on any map, border rows and columns included.
+    grid = head.coords.permute(0, 2, 3, 1)  # (1, R, G, 2) as (x, y)
+    for feats in (ramp, torch.randn(3, 4, h, w), torch.randn(1, 2, 5, 7)):
+        reference = torch.nn.functional.grid_sample(feats, grid.expand(len(feats), -1, -1, -1), mode="bilinear",
+                                                    padding_mode="border", align_corners=False)
+        torch.testing.assert_close(head.sample(feats), reference, atol=2e-6, rtol=1e-5)
     inner = (got[0] > 4) & (got[0] < W - 4) & (got[1] > 4) & (got[1] < H - 4)
     bins = (torch.arange(20) + 0.5) * W / 20
     assert inner.sum() > 50

@@ -22,8 +22,8 @@ Two classifiers produce the same outputs (so targets, loss, decode and evaluatio
   then an MLP — the global view is what lets the head tell slots apart. Every (row, bin, slot) has its own
   weights, so each position must be seen with a lane before it is predicted there: UFLD trains for many epochs
   from ImageNet weights.
-- ``classifier="conv"`` (local): the neck level is sampled bilinearly at the row anchors and bin centres (a fixed
-  ``grid_sample`` grid, the same at any input size, exportable), and convolutions shared across positions score
+- ``classifier="conv"`` (local): the neck level is sampled bilinearly at the row anchors and bin centres (fixed
+  fractions of the image, so the same at any input size; two separable interpolation MatMuls, exportable), and convolutions shared across positions score
   every (row, bin) cell per slot — a lane marking looks the same wherever it is, so every labelled point teaches
   every position. Which slot a marking belongs to (the ego lane's left line, the next one out, ...) is not local:
   normalised (u, v) coordinate channels and convolutions dilated along the row (``context_dilations``) carry it,
@@ -122,8 +122,9 @@ class RowAnchorLaneHead(nn.Module):
         v = 2 * self.row_fractions - 1
         u = 2 * (torch.arange(g) + 0.5) / g - 1
         grid = torch.stack([u[None, :].expand(r, -1), v[:, None].expand(-1, g)], dim=-1)
-        self.register_buffer("sample_grid", grid[None], persistent=False)  # (1, R, G, 2) as (x, y)
         self.register_buffer("coords", grid.permute(2, 0, 1)[None].clone(), persistent=False)  # (1, 2, R, G)
+        self.register_buffer("col_fractions", (torch.arange(g) + 0.5) / g, persistent=False)  # (G,)
+        self._interp_cache: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}  # see _interp_matrices
         self.stem = conv_bn_relu(in_channels + 2, head_channels, (3, 3))
         self.context = nn.ModuleList(conv_bn_relu(head_channels, head_channels, (1, 3), (1, int(d)))
                                      for d in context_dilations)
@@ -153,8 +154,7 @@ class RowAnchorLaneHead(nn.Module):
 
     def _forward_conv(self, x: Tensor) -> dict[str, Tensor]:
         bn = x.shape[0]
-        x = F.grid_sample(x, self.sample_grid.expand(bn, -1, -1, -1).to(x.dtype), mode="bilinear",
-                          padding_mode="border", align_corners=False)  # (BN, C, R, G)
+        x = self.sample(x)  # (BN, C, R, G)
         x = self.stem(torch.cat([x, self.coords.expand(bn, -1, -1, -1).to(x.dtype)], dim=1))
         for block in self.context:
             x = x + block(x)  # residual: context is added, the local evidence kept
@@ -184,6 +184,29 @@ class RowAnchorLaneHead(nn.Module):
             "columns": (base[..., None, None, None] + absent).expand(batch, cameras, s, r, g + 1),
             "types": base[..., None, None].expand(batch, cameras, s, t),
         }
+
+    def sample(self, x: Tensor) -> Tensor:
+        """(BN, C, h, w) -> (BN, C, R, G): bilinear samples at the row anchors and bin centres.
+
+        What ``grid_sample`` (bilinear, ``padding_mode="border"``, ``align_corners=False``) gives on the product grid
+        of the anchors' and bin centres' normalised coordinates (``coords``), written as its two separable 1D
+        interpolations, (R, h) @ x @ (w, G): two small MatMuls with constant matrices instead of a GridSample, an op
+        that onnxruntime quantises (a GridSample stays a float island of the int8 graph) and a cheap backward.
+        """
+        rows, cols = self._interp_matrices(int(x.shape[-2]), int(x.shape[-1]), x.device)
+        return torch.matmul(torch.matmul(rows.to(x.dtype), x), cols.t().to(x.dtype))
+
+    def _interp_matrices(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(R, h) and (G, w) interpolation weights, computed once per map size and device and kept outside the
+        autograd and tracing graphs: an ONNX export (which runs the net once before tracing) stores them as
+        constants, where computing them in the graph gave onnxruntime's quantisation pre-processing shapes that
+        ONNX's strict shape inference then refused."""
+        key = (h, w, str(device))
+        if key not in self._interp_cache:
+            with torch.no_grad():
+                self._interp_cache[key] = (_interp_matrix(self.row_fractions.to(device), h),
+                                           _interp_matrix(self.col_fractions.to(device), w))
+        return self._interp_cache[key]
 
     def row_anchors(self, height: int) -> Tensor:
         """Row-anchor ``v`` in pixels, top to bottom: (R,)."""
@@ -289,6 +312,15 @@ class RowAnchorLaneHead(nn.Module):
             "points": torch.stack([u, v], dim=-1),
             "points_valid": valid,
         }
+
+
+def _interp_matrix(fractions: Tensor, size: int) -> Tensor:
+    """(K, size) weights of 1D linear interpolation at ``fractions`` of an axis of ``size`` pixels, as ``grid_sample``
+    with ``align_corners=False`` and ``padding_mode="border"`` reads them: fraction f sits at pixel ``f * size - 0.5``
+    (pixel centres at integers), clamped to ``[0, size - 1]``; the tent ``max(0, 1 - |pos - j|)`` puts ``1 - t`` and
+    ``t`` on the two pixels around it and exactly 1 on a pixel it hits."""
+    pos = (fractions.float() * size - 0.5).clamp(0.0, size - 1.0)
+    return (1.0 - (pos[:, None] - torch.arange(size, device=fractions.device)[None]).abs()).clamp(min=0.0)
 
 
 @torch.no_grad()
