@@ -12,7 +12,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import cv2
@@ -90,6 +90,13 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(f"{what}: {path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
+
+
+def escapes_root(relative: str) -> bool:
+    """Whether a path a label file gives relative to the dataset root would read outside it: an absolute path
+    (``root / path`` is then ``path`` itself; POSIX, a Windows drive, or a leading backslash) or a ``..`` part."""
+    parts = relative.replace("\\", "/").split("/")
+    return relative.startswith(("/", "\\")) or bool(PureWindowsPath(relative).drive) or ".." in parts
 
 
 def read_rgb(path: Path, size: tuple[int, int] | None, where: str) -> np.ndarray:

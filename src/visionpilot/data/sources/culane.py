@@ -39,6 +39,7 @@ from visionpilot.data.sources._common import (
     FormatError,
     SkipLog,
     check_on_error,
+    escapes_root,
     read_rgb,
     read_text,
     uncalibrated_camera,
@@ -178,7 +179,7 @@ class CULaneSource(FrameSource):
                 try:
                     if not image.endswith(".jpg"):
                         raise FormatError(f"{path}: line {n}: field 'image' must be a .jpg path, found '{image}'")
-                    if ".." in image.replace("\\", "/").split("/"):  # the leading "/" is CULane's, stripped above
+                    if escapes_root(image):  # the leading "/" is CULane's own, stripped above
                         raise FormatError(f"{path}: line {n}: field 'image' must be a path inside the dataset root, "
                                           f"without '..', found '{image}'")
                     if not (self.root / image).is_file():

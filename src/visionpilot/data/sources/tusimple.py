@@ -35,7 +35,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from visionpilot.data.sources._common import (
     FormatError,
     SkipLog,
     check_on_error,
+    escapes_root,
     read_json,
     read_rgb,
     uncalibrated_camera,
@@ -86,7 +87,7 @@ def parse_label_line(text: str, where: str) -> _Label | None:
     raw = obj.get("raw_file")
     if not isinstance(raw, str) or not raw:
         raise FormatError(f"{where}: field 'raw_file' must be an image path, found {raw!r}")
-    if _escapes_root(raw):
+    if escapes_root(raw):
         raise FormatError(f"{where}: field 'raw_file' must be an image path relative to the dataset root, without "
                           f"'..' (e.g. 'clips/0313-1/6040/20.jpg'), found {raw!r}")
     h = obj.get("h_samples")
@@ -106,12 +107,6 @@ def parse_label_line(text: str, where: str) -> _Label | None:
                               f"point), found {_short(lane[bad[0]])}")
     return _Label("", 0, raw, tuple(float(v) for v in h),
                   tuple(tuple(float(v) for v in lane) for lane in lanes))
-
-
-def _escapes_root(raw_file: str) -> bool:
-    """An absolute path (``root / raw_file`` is then ``raw_file`` itself) or a ``..`` part reads outside the root."""
-    parts = raw_file.replace("\\", "/").split("/")
-    return raw_file.startswith(("/", "\\")) or bool(PureWindowsPath(raw_file).drive) or ".." in parts
 
 
 def _is_num(v: Any) -> bool:

@@ -23,8 +23,8 @@ Two classifiers produce the same outputs (so targets, loss, decode and evaluatio
   weights, so each position must be seen with a lane before it is predicted there: UFLD trains for many epochs
   from ImageNet weights.
 - ``classifier="conv"`` (local): the neck level is sampled bilinearly at the row anchors and bin centres (fixed
-  fractions of the image, so the same at any input size; two separable interpolation MatMuls, exportable), and convolutions shared across positions score
-  every (row, bin) cell per slot — a lane marking looks the same wherever it is, so every labelled point teaches
+  fractions of the image, so the same at any input size; two separable interpolation MatMuls, exportable), and
+  convolutions shared across positions score every (row, bin) cell per slot — a lane marking looks the same wherever it is, so every labelled point teaches
   every position. Which slot a marking belongs to (the ego lane's left line, the next one out, ...) is not local:
   normalised (u, v) coordinate channels and convolutions dilated along the row (``context_dilations``) carry it,
   as in :class:`~visionpilot.models.heads.lanes_bev.LanesBEVHead`. Per (slot, row) the "absent" logit is pooled
