@@ -112,3 +112,47 @@ def test_plates_have_each_regions_format_and_faces_are_labelled() -> None:
     src = SyntheticSource("nuscenes6", regions=["jp"], scenes_per_region=3, frames_per_scene=1, image_size=(64, 176))
     classes = np.concatenate([c.privacy_classes for i in range(len(src)) for c in src.load(i, with_images=False).cameras])
     assert {PRIVACY_CLASSES[k] for k in classes} == {"face", "licence_plate"}
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    # x, y, w, h boxes: x2 < x1 grew into an empty window, so the face was silently left raw.
+    ((np.array([[30.0, 30.0, 10.0, 10.0]]), np.array([0])), r"x2 >= x1 and y2 >= y1 \(not x, y, w, h\), found "
+                                                           r"\[\[30.0, 30.0, 10.0, 10.0\]\]"),
+    # A score column: reshape(-1, 4) scrambled four (K, 5) rows into five boxes of the wrong pixels.
+    ((np.array([[10, 10, 30, 30, 0.9]] * 4), np.array([0] * 4)), r"boxes \(K, 4\) x1, y1, x2, y2 pixels, found "
+                                                                r"shape \(4, 5\)"),
+    ((np.array([[np.nan, 1.0, 5.0, 5.0]]), np.array([0])), r"must return finite x1, y1, x2, y2 boxes"),
+    (np.array([[10.0, 10.0, 30.0, 30.0]]), r"must return \(boxes \(K, 4\), classes \(K,\)\), found a ndarray"),
+])
+def test_a_malformed_detector_output_is_an_error_not_a_raw_frame(output: object, message: str) -> None:
+    frame = TinySource().load(0)
+    an = Anonymiser(detector=lambda image: output)
+    with pytest.raises(AnonymisationError, match=r"frame 'de-000-0000' of source 'tiny' \(region de\), camera "
+                                                 r"'CAM_FRONT_LEFT': governance.anonymise.detector \(function\) .*"
+                                                 + message):
+        an(frame)
+    # No detection at all is a valid answer (nothing to blur), in any empty shape.
+    for empty in (np.zeros((0, 4)), np.zeros(0), []):
+        out = Anonymiser(detector=lambda image, e=empty: (e, []))(frame)
+        np.testing.assert_array_equal(out.cameras[0].image, frame.cameras[0].image)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"enabled": "false"}, r"field 'enabled' must be true or false, found 'false'"),  # a string: it switched it on
+    ({"enabled": True, "margin": "0.2"}, r"field 'margin' must be a number >= 0, found '0.2'"),
+    ({"enabled": True, "strength": None}, r"field 'strength' must be a number > 0, found None"),
+    ({"enabled": False, "margin": -1}, r"field 'margin' must be a number >= 0, found -1"),  # checked while off
+    ({"enabled": False, "strength": 0}, r"field 'strength' must be a number > 0, found 0"),
+    ({"enabled": False, "always_detect": "yes"}, r"field 'always_detect' must be true or false, found 'yes'"),
+    ({"enabled": False, "detector": {"weights": "x.onnx"}}, r"field 'detector' must be null, a \{_target_: \.\.\.\} "
+                                                            r"mapping .* found \{'weights': 'x.onnx'\}"),
+])
+def test_anonymiser_settings_of_the_wrong_type_or_value_name_the_field(spec: dict, message: str) -> None:
+    """docs/governance.md: every anonymiser field is checked when the policy is read, while off too; a string
+    margin gave Python's "'<' not supported between 'str' and 'int'", and ``enabled: "false"`` turned it on."""
+    from visionpilot.governance.policy import Policy
+
+    with pytest.raises(ValueError, match=r"governance.anonymise: " + message):
+        Policy.from_config({"anonymise": spec})
+    Policy.from_config({"anonymise": {"enabled": False, "margin": 0, "strength": np.float32(0.5),
+                                      "detector": None, "always_detect": False}})  # valid values still parse

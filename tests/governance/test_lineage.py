@@ -13,7 +13,7 @@ from visionpilot.cli.data import run as data_run
 from visionpilot.export.onnx_export import read_metadata
 from visionpilot.export.pipeline import export
 from visionpilot.governance import ResidencyError, read_lineage
-from visionpilot.governance.provenance import LINEAGE_FORMAT, lineage_summary
+from visionpilot.governance.provenance import LINEAGE_FORMAT, format_lineage, lineage_summary
 from visionpilot.training.checkpoints import file_sha256, read_checkpoint
 from visionpilot.training.finetune import finetune, load_model, read_delta_metadata
 from visionpilot.training.train import train
@@ -177,3 +177,17 @@ def test_code_version_names_no_commit_of_a_repository_the_package_is_not_from(tm
         assert code_version().startswith(f"visionpilot {visionpilot.__version__}+g") or not (checkout / ".git").exists()
     finally:
         code_version.cache_clear()
+
+
+def test_the_summary_keeps_the_regions_of_records_rebuilt_from_older_files() -> None:
+    """A base checkpoint written before lineage existed has a record with regions but no sources: the summary of the
+    shipped model's training data left its regions out ("synthetic: cn" for a model also trained on de and us)."""
+    old_base = {"format": LINEAGE_FORMAT, "artefact": "checkpoint", "note": "rebuilt from checkpoint facts",
+                "file": "old.ckpt", "data": {"role": "training", "regions": ["de", "us"],
+                                             "frame_counts": {"train": {"de": 4, "us": 4}}}, "parents": []}
+    delta = {"format": LINEAGE_FORMAT, "artefact": "region_delta", "file": "delta.safetensors", "compute_region": "cn",
+             "data": {"role": "training", "sources": {"synthetic": {"cn": 6}}, "regions": ["cn"]},
+             "parents": [old_base]}
+    summary = lineage_summary(delta)
+    assert summary["sources"] == {"synthetic": ["cn"], "(source not recorded)": ["de", "us"]}
+    assert "training data (whole lineage): synthetic: cn; (source not recorded): de, us" in format_lineage(delta)

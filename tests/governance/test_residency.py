@@ -20,6 +20,7 @@ from visionpilot.data.sources.synthetic import SyntheticSource
 from visionpilot.data.splits import make_splits
 from visionpilot.data.vocab import PRIVACY_CLASSES
 from visionpilot.governance import ResidencyError, high_frequency_energy
+from visionpilot.governance.anonymise import AnonymisedSource, Anonymiser
 from visionpilot.governance.zones import haversine_m
 from visionpilot.training.train import build, train
 
@@ -202,6 +203,25 @@ def test_shards_of_a_mixed_source_are_ruled_by_their_members_names(tmp_path: Pat
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"visionpilot.json: field 'members' is missing: .* re-shard"):
         ShardSource(tmp_path / "shards")
+
+
+def test_shards_of_a_mixed_source_stay_ruled_by_their_members_names_when_re_sharded(tmp_path: Path) -> None:
+    """Re-sharding shards (``action=shard data=streaming``, e.g. anonymised, to ship abroad) wrote no 'members': the
+    new root was unreadable ("field 'members' is missing ... re-shard"), whatever the user re-sharded with."""
+    mixed = MixedSource({"fleet": FleetSource({"us": 3}), "public": TinySource({"us": 3})})
+    refs = mixed.index()
+    write_shards(mixed, refs, make_splits(refs, seed=0), ["us"], tmp_path / "a", chunk_bytes="40KB")
+    first = ShardSource(tmp_path / "a")
+    anonymised = AnonymisedSource(first, Anonymiser(detector=lambda image: (np.zeros((0, 4)), np.zeros(0))))
+    for i, source in enumerate([first, anonymised]):
+        write_shards(source, first.index(), first.manifest, ["us"], tmp_path / f"b{i}", chunk_bytes="40KB")
+        again = ShardSource(tmp_path / f"b{i}")
+        assert again.name == "mixed" and again.member_names == {"fleet": "fleet", "public": "tiny"}
+        gov = {"rules": [{"source": "fleet", "region": "us", "process_abroad": "never"}]}
+        dm = StreamingDataModule(tmp_path / f"b{i}", image_size=None, batch_size=2, governance=gov,
+                                 compute_region="gb")
+        with pytest.raises(ResidencyError, match=r"fleet / us \(6 frames\): governance.rules\[0\]"):
+            dm.setup("fit")
 
 
 def test_streaming_refuses_shards_that_hold_zone_frames(tmp_path: Path) -> None:

@@ -271,8 +271,11 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
     meta = {"format": FORMAT, "version": VERSION, "source": source.name, "camera_names": list(source.camera_names),
             "image_format": image_format, "regions": list(regions), "frames": parts, "manifest": manifest.to_dict()}
     members = getattr(source, "sources", None)
+    names = getattr(source, "member_names", None)  # shards of a mixed source, re-sharded: the names they recorded
     if isinstance(members, Mapping):  # a mixed source: governance rules its frames (ids '<key>:<id>') by these names
         meta["members"] = {str(key): str(getattr(member, "name", source.name)) for key, member in members.items()}
+    elif isinstance(names, Mapping):
+        meta["members"] = {str(key): str(name) for key, name in names.items()}
     write_json(join(out, META_FILE), meta, storage_options)
     return meta
 

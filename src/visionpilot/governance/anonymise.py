@@ -18,8 +18,10 @@ low-pass (sigma 1 px) inside the boxes.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from numbers import Real
 from typing import Any, Protocol
 
 import cv2
@@ -56,6 +58,19 @@ def check_config(spec: Mapping[str, Any] | None, where: str = "governance.anonym
     method = spec.get("method", "blur")
     if method not in METHODS:
         raise ValueError(f"{where}: field 'method' must be one of {list(METHODS)}, found {method!r}")
+    for key in ("enabled", "always_detect"):
+        if key in spec and not isinstance(spec[key], bool):  # "false" (a string) would switch it on
+            raise ValueError(f"{where}: field '{key}' must be true or false, found {spec[key]!r}")
+    for key, strict in (("margin", False), ("strength", True)):
+        value = spec.get(key, 1.0)
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and \
+            (value > 0 if strict else value >= 0)
+        if not ok:
+            raise ValueError(f"{where}: field '{key}' must be a number {'>' if strict else '>='} 0, found {value!r}")
+    det = spec.get("detector")
+    if det is not None and not callable(det) and not (isinstance(det, Mapping) and "_target_" in det):
+        raise ValueError(f"{where}: field 'detector' must be null, a {{_target_: ...}} mapping that builds a callable "
+                         f"image -> (boxes, classes), or such a callable, found {det!r}")
     return spec
 
 
@@ -151,14 +166,38 @@ class Anonymiser:
     def boxes_for(self, frame: Frame, cam: CameraView) -> np.ndarray:
         boxes = [] if cam.privacy_boxes is None else [np.asarray(cam.privacy_boxes).reshape(-1, 4)]
         if self.detector is not None and (cam.privacy_boxes is None or self.always_detect):
-            found, _ = self.detector(cam.image)
-            boxes.append(np.asarray(found, dtype=np.float64).reshape(-1, 4))
+            boxes.append(self.detect(frame, cam))
         elif cam.privacy_boxes is None:
             raise AnonymisationError(
                 f"frame '{frame.frame_id}' of source '{frame.source}' (region {frame.region}), camera '{cam.name}': "
                 f"no face/plate boxes (the source provides none) and no detector; set "
                 f"governance.anonymise.detector to a detector (_target_: ...) for this source")
         return np.concatenate(boxes) if boxes else np.zeros((0, 4))
+
+    def detect(self, frame: Frame, cam: CameraView) -> np.ndarray:
+        """The detector's boxes (K, 4) for one camera image, checked: a malformed output (``x, y, w, h`` boxes, a
+        score column) would blur the wrong pixels or none and pass faces and plates through raw."""
+        where = (f"frame '{frame.frame_id}' of source '{frame.source}' (region {frame.region}), camera '{cam.name}': "
+                 f"governance.anonymise.detector ({type(self.detector).__name__})")
+        out = self.detector(cam.image)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:  # a bare (2, 4) array would unpack into two rows
+            found_what = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else \
+                f"a {type(out).__name__}"
+            raise AnonymisationError(f"{where} must return (boxes (K, 4), classes (K,)), found {found_what}")
+        try:
+            found = np.asarray(out[0], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise AnonymisationError(f"{where} must return boxes (K, 4) of numbers, found {out[0]!r}") from None
+        if found.size == 0:
+            return np.zeros((0, 4))
+        if found.ndim != 2 or found.shape[1] != 4:
+            raise AnonymisationError(f"{where} must return boxes (K, 4) x1, y1, x2, y2 pixels, found shape "
+                                     f"{found.shape}")
+        bad = ~np.isfinite(found).all(axis=1) | (found[:, 2] < found[:, 0]) | (found[:, 3] < found[:, 1])
+        if bad.any():
+            raise AnonymisationError(f"{where} must return finite x1, y1, x2, y2 boxes with x2 >= x1 and y2 >= y1 "
+                                     f"(not x, y, w, h), found {found[bad][:3].tolist()}")
+        return found
 
     def __call__(self, frame: Frame, seed: int | None = None) -> Frame:
         cams = []

@@ -42,6 +42,7 @@ from visionpilot.utils.io import file_sha256
 
 LINEAGE_FORMAT = "visionpilot.lineage/1"
 ARTEFACTS = ("checkpoint", "region_delta", "onnx")
+UNRECORDED_SOURCE = "(source not recorded)"  # the summary's name for regions of records without sources
 
 
 @lru_cache(maxsize=1)
@@ -199,6 +200,8 @@ def lineage_summary(lineage: Mapping[str, Any]) -> dict[str, Any]:
         if data.get("role", "training") == "training":
             for src, regions in (data.get("sources") or {}).items():
                 sources.setdefault(src, set()).update(regions)
+            if not data.get("sources") and data.get("regions"):  # rebuilt from older files: regions, no sources
+                sources.setdefault(UNRECORDED_SOURCE, set()).update(str(r) for r in data["regions"] if r)
             if data.get("manifest_sha256"):
                 manifests.add(data["manifest_sha256"])
         if rec.get("compute_region"):
