@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import onnx
@@ -14,9 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
-from visionpilot.export.onnx_export import RAW_PREFIX, read_metadata
+from visionpilot.export.onnx_export import RAW_PREFIX, export_onnx, read_metadata, strip_raw_outputs
 from visionpilot.export.parity import ParityError
-from visionpilot.export.pipeline import build_datamodule, collect_batches, export, summary
+from visionpilot.export.pipeline import build_datamodule, collect_batches, export, model_metadata, summary
 from visionpilot.export.runtime import VisionPilotRuntime, load_runtime, onnx_decode
 from visionpilot.paths import config_dir
 from visionpilot.training.checkpoints import file_sha256, load_checkpoint
@@ -84,6 +85,18 @@ def test_fp32_export_writes_model_and_report(checkpoint: Path, fp32_export: tupl
     assert meta["bev_grid"]["cell_size"] == 1.0 and meta["precision"] == "fp32" and meta["opset"] == 17
 
 
+def test_metadata_input_format_describes_the_inputs_the_graph_has(build_net, hw) -> None:
+    # A model without a BEV branch: its graph takes images only, while input_format described calibration inputs
+    # too, which a vehicle integration wiring the file from its metadata would feed and onnxruntime refuse.
+    net = build_net("tiny")
+    graph = strip_raw_outputs(export_onnx(net, hw, num_cameras=1, raw_outputs=False))
+    ckpt = SimpleNamespace(camera_names=["CAM_FRONT"], image_size=hw, meta={}, sha256="0" * 64, config={})
+    meta = model_metadata(ckpt, net, graph, "fp32", 17, None, None)
+    assert meta["inputs"] == ["images"] and meta["bev_grid"] is None
+    assert meta["input_format"].startswith("images uint8 RGB (B, N, 3, H, W)")
+    assert "intrinsics" not in meta["input_format"] and "extrinsics" not in meta["input_format"]
+
+
 def test_metrics_on_onnx_equal_metrics_on_pytorch(checkpoint: Path, fp32_export: tuple[Path, dict]) -> None:
     tmp_path, _ = fp32_export
     ckpt = load_checkpoint(checkpoint)
@@ -143,6 +156,17 @@ def test_a_failed_graph_is_kept_beside_where_the_model_would_go(checkpoint: Path
         export(_cfg(tmp_path, checkpoint, "parity.frames=1", "+parity.tolerance.min_agreement=1.1",
                     "output=sub/model.onnx"))
     assert (tmp_path / "sub" / "model.failed.onnx").is_file() and not (tmp_path / "model.failed.onnx").exists()
+
+
+def test_report_names_the_model_it_describes_when_output_is_in_a_subfolder(checkpoint: Path, tmp_path: Path) -> None:
+    # output=sub/model.onnx: export.json said "model": "model.onnx", so whatever read it from the run dir (the console
+    # line, python -m visionpilot.export.report) found no model, or an earlier export's model.onnx left in the run
+    # dir, beside a sha256 and parity that describe another file.
+    (tmp_path / "model.onnx").write_bytes(b"an earlier export")
+    result = export(_cfg(tmp_path, checkpoint, "parity.frames=1", "output=sub/model.onnx"))
+    report = json.loads((tmp_path / "export.json").read_text())
+    assert report["model"] == result["model"] == "sub/model.onnx"
+    assert file_sha256(tmp_path / report["model"]) == report["sha256"]
 
 
 def test_export_settings_that_cannot_work_name_the_field(checkpoint: Path, tmp_path: Path) -> None:

@@ -91,6 +91,30 @@ def test_calibration_is_checked_before_onnxruntime(bev_runtime, make_batch) -> N
     assert bev_runtime(images, k, e).objects_3d.boxes.shape[0] == 2  # the real calibration passes
 
 
+def test_intrinsics_of_another_image_size_are_refused(bev_runtime, make_batch) -> None:
+    # The commonest calibration mistake: K of the camera's full resolution (nuScenes: 1600 x 900) with frames
+    # resized to the model's input. It is a valid pinhole K, so it ran, and every voxel projected outside the
+    # image: the bird's-eye-view output was finite and empty.
+    images = _images(b=2, n=2)
+    batch = make_batch(2)
+    k, e = batch["intrinsics"].numpy(), batch["extrinsics"].numpy()
+    full_res = np.tile(np.array([[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]], np.float32),
+                       (2, 2, 1, 1))
+    with pytest.raises(InputError, match=rf"intrinsics\[0, 0\]: expected the principal point inside the input "
+                                         rf"image, 0 <= cx <= {W} and 0 <= cy <= {H} .*found \(cx, cy\) = "
+                                         rf"\(816\.3, 491\.5\)") as err:
+        bev_runtime(images, full_res, e)
+    assert "model.onnx" in str(err.value)
+    # Slots the BEV lifting skips (focal <= 1 px: collate's identity padding, uncalibrated lane datasets) and a K
+    # for the input pixels pass.
+    padded = k.copy()
+    padded[:, 1] = np.eye(3)
+    uncalibrated = k.copy()
+    uncalibrated[:, 1] = [[1.0, 0.0, -5.0], [0.0, 1.0, -3.0], [0.0, 0.0, 1.0]]
+    for ok in (k, padded, uncalibrated):
+        assert bev_runtime(images, ok, e).objects_3d.boxes.shape[0] == 2
+
+
 def test_typed_results_and_onnx_decode_match_net_decode(bev_model, bev_runtime, make_batch) -> None:
     net, _ = bev_model
     batch = make_batch(2, batch=3)

@@ -51,6 +51,10 @@ from visionpilot.utils.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The metadata's ``input_format``, per graph input.
+INPUT_FORMATS = {"images": "images uint8 RGB (B, N, 3, H, W), cameras in camera_names order",
+                 "intrinsics": "intrinsics (B, N, 3, 3) for the input pixels",
+                 "extrinsics": "extrinsics (B, N, 4, 4) camera -> ego"}
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
@@ -155,8 +159,8 @@ def model_metadata(ckpt: LoadedCheckpoint, net: nn.Module, model: onnx.ModelProt
         "camera_names": ckpt.camera_names,
         "lane_cameras": lane_cameras,
         "input_size": list(ckpt.image_size),
-        "input_format": "images uint8 RGB (B, N, 3, H, W), cameras in camera_names order; intrinsics (B, N, 3, 3) "
-                        "for the input pixels; extrinsics (B, N, 4, 4) camera -> ego",
+        # The graph's inputs only: a model without a BEV branch takes no calibration (the exporter drops it).
+        "input_format": "; ".join(INPUT_FORMATS[i.name] for i in model.graph.input if i.name in INPUT_FORMATS),
         "normalization": {"mean": [round(v, 6) for v in mean], "std": [round(v, 6) for v in std],
                           "scale": "(x / 255 - mean) / std, inside the graph"},
         "inputs": [i.name for i in model.graph.input],
@@ -272,7 +276,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "precision": precision,
         "opset": int(cfg.opset),
-        "model": path.name,
+        # Relative to the run dir, where export.json lies (output=sub/model.onnx), so that what reads the report
+        # there finds this model and not an earlier export's model.onnx; absolute if output points elsewhere.
+        "model": path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path),
         "size_mb": path.stat().st_size / 2**20,
         "sha256": file_sha256(path),
         "inputs": io_info["inputs"],

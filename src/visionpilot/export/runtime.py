@@ -38,12 +38,15 @@ class InputError(ValueError):
     """An input does not match what the exported model takes."""
 
 
-def calibration_problems(name: str, arr: np.ndarray, atol: float = 1e-3) -> list[str]:
+def calibration_problems(name: str, arr: np.ndarray, atol: float = 1e-3,
+                         image_size: Sequence[int] | None = None) -> list[str]:
     """What makes (B, N, 3, 3) intrinsics or (B, N, 4, 4) camera->ego extrinsics no camera calibration, if
-    anything: a wrong one (transposed K, a zero matrix) runs and gives finite but wrong bird's-eye-view output.
+    anything: a wrong one (transposed K, a zero matrix, K of another image size) runs and gives finite but wrong
+    bird's-eye-view output.
 
-    Intrinsics: last row [0, 0, 1], K[1, 0] = 0, fx and fy > 0. Extrinsics: last row [0, 0, 0, 1], an orthonormal
-    rotation with determinant +1 (within ``atol``). The first offending camera is named per check.
+    Intrinsics: last row [0, 0, 1], K[1, 0] = 0, fx and fy > 0, and with ``image_size`` (H, W) the principal point
+    inside the image on cameras the BEV lifting uses (fx > 1 px). Extrinsics: last row [0, 0, 0, 1], an
+    orthonormal rotation with determinant +1 (within ``atol``). The first offending camera is named per check.
     """
     a = np.asarray(arr, dtype=np.float64)
     problems = []
@@ -60,6 +63,16 @@ def calibration_problems(name: str, arr: np.ndarray, atol: float = 1e-3) -> list
         first(np.abs(a[..., 1, 0]) > atol, "K[1, 0] = 0", lambda b, n: round(float(a[b, n, 1, 0]), 4))
         first((a[..., 0, 0] <= 0) | (a[..., 1, 1] <= 0), "focal lengths fx, fy > 0 (pixels)",
               lambda b, n: [round(float(a[b, n, 0, 0]), 3), round(float(a[b, n, 1, 1]), 3)])
+        if image_size is not None:
+            # K of the camera's full resolution with frames resized to the model's input: a valid pinhole K that
+            # projects every voxel outside the image. Only slots with fx > 1 px: the lifting skips the others
+            # (collate's identity padding, lane datasets without calibration), as models/view_transform.py does.
+            h, w = image_size
+            cx, cy = a[..., 0, 2], a[..., 1, 2]
+            first((a[..., 0, 0] > 1.0) & ((cx < 0) | (cx > w) | (cy < 0) | (cy > h)),
+                  f"the principal point inside the input image, 0 <= cx <= {w} and 0 <= cy <= {h} (K for the "
+                  f"input pixels: scale a full-resolution K's first two rows by the resize)",
+                  lambda b, n: f"(cx, cy) = ({float(a[b, n, 0, 2]):.1f}, {float(a[b, n, 1, 2]):.1f})")
     else:
         first(np.abs(a[..., 3, :] - [0.0, 0.0, 0.0, 1.0]).max(-1) > atol, "a last row [0, 0, 0, 1] (a camera->ego "
               "transform)", lambda b, n: np.round(a[b, n, 3], 4).tolist())
@@ -244,7 +257,7 @@ class VisionPilotRuntime:
             elif not np.isfinite(arr).all():
                 problems.append(f"{name}: expected finite values, found NaN or Inf")
             else:
-                problems += calibration_problems(name, arr)
+                problems += calibration_problems(name, arr, image_size=(h, w))
             if name in self.inputs:
                 feed[name] = np.ascontiguousarray(arr, dtype=np.float32)
         if problems:
