@@ -1,21 +1,36 @@
 """Fine-tuning checks: frozen norm layers stay frozen when Lightning swaps them, a fine-tune resumes only its own
-seed, and a malformed region delta is refused naming the file and the field."""
+seed, a malformed region delta or a checkpoint whose weights do not fit its stored config is refused naming the file
+and the field, and the rounding at the last validation works with the network on a GPU and the base on the CPU."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import hydra
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import visionpilot.cli.finetune  # noqa: F401  (registers the open config node finetune.yaml uses)
 from tests.training.test_finetune import _base, _inputs, _train_cfg
+from visionpilot.paths import config_dir
 from visionpilot.training import finetune as ft
-from visionpilot.training.checkpoints import load_checkpoint
-from visionpilot.training.finetune import FinetuneCallback, add_adapters, apply_strategy, merge_delta, save_delta
+from visionpilot.training.checkpoints import file_sha256, load_checkpoint
+from visionpilot.training.finetune import (
+    FinetuneCallback,
+    add_adapters,
+    apply_strategy,
+    merge_delta,
+    read_delta_metadata,
+    save_delta,
+)
 
 
 @pytest.mark.parametrize("strategy", ["heads", "adapter"])
@@ -95,3 +110,113 @@ def test_resuming_from_an_unreadable_checkpoint_names_the_file(tmp_path: Path) -
     with pytest.raises(FileNotFoundError, match=r"resume=.*missing\.ckpt: no such checkpoint file"):
         ft.check_same_finetune(tmp_path / "missing.ckpt", info)
     ft.check_same_finetune("last", info)  # Lightning's own 'last' / 'hpc' are left to Lightning, as check_resume does
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_stored_config_is_refused_naming_the_file(tmp_path: Path) -> None:
+    # A checkpoint written by another version of the model code (a head whose layers changed since): loading it, for
+    # a fine-tune's base or one of visionpilot-eval's models, must say which file, which tensor, and both shapes.
+    ckpt = torch.load(_base(tmp_path), weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("net.heads.") and k.endswith(".weight"))
+    ckpt["state_dict"][key] = torch.zeros(3, 3)
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    with pytest.raises(ValueError, match=r"older\.ckpt: field 'state_dict' does not fit the network its stored config "
+                                         rf"(?s:.*){re.escape(key[4:])}: checkpoint \[3, 3\], this model \[") as err:
+        load_checkpoint(tmp_path / "older.ckpt")
+    assert "ckpt_path" not in str(err.value)  # not a training run's advice
+    ckpt["visionpilot"]["config"]["model"]["net"]["_target_"] = "visionpilot.models.gone.Net"  # a class moved since
+    torch.save(ckpt, tmp_path / "moved.ckpt")
+    with pytest.raises(ValueError, match=r"moved\.ckpt: field 'visionpilot.config.model.net' does not build a network"):
+        load_checkpoint(tmp_path / "moved.ckpt")
+
+
+def test_a_finetune_that_cannot_resume_its_run_dir_names_resume_not_the_base_checkpoint(tmp_path: Path) -> None:
+    # In visionpilot-finetune ckpt_path is the base; the checkpoint of the run dir comes from `resume`. Rerunning with
+    # another model setting (strategy.rank=8 after rank 4) must name resume= and say how to start over, not advise
+    # to "start without ckpt_path" (the base, which a fine-tune cannot do without).
+    base = _base(tmp_path)
+    ckpts = tmp_path / "ft" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    info = {"base_sha256": file_sha256(base), "region": "gb", "strategy": "heads", "seed": 42}
+    torch.save({"global_step": 2, "state_dict": {},
+                "visionpilot": {"finetune": info, "model_signature": {"heads.gone.weight": [4, 4]}}}, ckpts / "last.ckpt")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base}", "region=gb",
+                                             "strategy=heads", "seed=42", "data.num_workers=0", "logger=csv",
+                                             "data.persistent_workers=false", "callbacks.progress_bar=null"])
+    with pytest.raises(ValueError, match=r"^resume=.*last\.ckpt: (?s:.*)heads\.gone\.weight(?s:.*)resume=never to "
+                                         r"start over here") as err:
+        ft.finetune(cfg)
+    assert "ckpt_path" not in str(err.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names the synced files through /proc")
+def test_deltas_and_checkpoints_reach_the_disk_before_they_replace_the_previous_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rename makes a write atomic, not durable: without fsync a power cut right after it can leave an empty
+    # delta.safetensors (or base + delta checkpoint) where a whole one was, beside a finetune.json that was synced.
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    base_path = _base(tmp_path)  # write_checkpoint
+    assert any(name.startswith(".base.ckpt.") for name in synced)
+    base = load_checkpoint(base_path)
+    state = {k: v.clone() for k, v in base.net.state_dict().items()}
+    with torch.no_grad():
+        next(p for n, p in base.net.named_parameters() if n.startswith("heads.")).add_(0.01)
+    synced.clear()
+    delta = save_delta(tmp_path / "d.safetensors", base.net, state, base_sha256=base.sha256, region="gb",
+                       strategy="heads")
+    assert any(name.startswith(".d.safetensors.") for name in synced) and tmp_path.name in synced  # file, folder
+    assert read_delta_metadata(delta)["region"] == "gb" and len(load_file(delta)) == 1
+
+
+class _OnOtherDevice(torch.Tensor):
+    """Stands for a tensor on another device than the network's, so CPU-only CI covers a GPU fine-tune (the base's
+    state stays on the CPU, the network trains on the GPU): ``torch.equal`` with it raises as CUDA's kernel does,
+    ``.to(device)`` brings it over."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.equal:
+            raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices")
+        if func is torch.Tensor.to:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {})).as_subclass(torch.Tensor)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _rounds_at_the_last_validation(net: nn.Module, base_state: dict[str, torch.Tensor]) -> None:
+    trainer = SimpleNamespace(max_steps=2, global_step=2)  # the validation at the last step
+    FinetuneCallback([], {}, base_state, torch.float16).on_validation_start(trainer, SimpleNamespace(net=net))
+    changed = [v for k, v in net.state_dict().items()
+               if k not in base_state or not torch.equal(v.cpu(), base_state[k].to("cpu"))]  # adapters are new
+    assert changed and all(torch.equal(v, v.half().float()) for v in changed)  # rounded to what the delta ships
+
+
+def test_the_last_validation_rounds_a_network_trained_on_another_device_than_the_base() -> None:
+    # finetune() keeps the base's state dict on the CPU; the trainer moves the network to the GPU; the rounding before
+    # the last validation compared the two with torch.equal, which refuses tensors on two devices: every GPU
+    # fine-tune crashed at its last step.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+    base_state = {k: v.clone().as_subclass(_OnOtherDevice) for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(torch.randn(8, 8) * 0.01)
+    _rounds_at_the_last_validation(net, base_state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_last_validation_rounds_a_network_on_the_gpu(tmp_path: Path) -> None:
+    base = load_checkpoint(_base(tmp_path))
+    base_state = {k: v.clone() for k, v in base.net.state_dict().items()}  # on the CPU, as finetune() keeps it
+    add_adapters(base.net, rank=4, block_rank=2)
+    apply_strategy(base.net, "adapter")
+    with torch.no_grad():
+        for p in base.net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    _rounds_at_the_last_validation(base.net.cuda(), base_state)

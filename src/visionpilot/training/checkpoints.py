@@ -91,9 +91,22 @@ def load_checkpoint(path: str | Path, config_overrides: dict[str, Any] | None = 
     config = OmegaConf.create(meta["config"])
     for key, value in (config_overrides or {}).items():
         OmegaConf.update(config, key, value, force_add=True)
-    net = hydra.utils.instantiate(config.model.net)
+    try:
+        net = hydra.utils.instantiate(config.model.net)
+    except Exception as err:  # a target this code no longer has, a field it no longer takes
+        raise ValueError(f"{path}: field 'visionpilot.config.model.net' does not build a network with this code: "
+                         f"{err}") from err
     state = net_state_dict(ckpt["state_dict"])
-    check_signature({k: list(v.shape) for k, v in state.items()}, model_signature(net))
+    try:
+        check_signature({k: list(v.shape) for k, v in state.items()}, model_signature(net))
+    except ValueError as err:  # its lines name the tensors; its advice is for a training run's ckpt_path
+        details = [line for line in str(err).splitlines() if line.startswith("  ")]
+        raise ValueError("\n".join([
+            f"{path}: field 'state_dict' does not fit the network its stored config (field "
+            f"'visionpilot.config.model.net') builds with this code"
+            f"{f' and config_overrides {sorted(config_overrides)}' if config_overrides else ''}:", *details,
+            "The checkpoint was written by another version of the model code, or its file was edited; load it with "
+            "the code version that wrote it."])) from None
     net.load_state_dict(state)
     net.eval()
     loaded = LoadedCheckpoint(net=net, config=config, meta=meta, path=path, sha256=file_sha256(path))

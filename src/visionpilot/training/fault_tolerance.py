@@ -48,7 +48,7 @@ def _is_url(path: str | os.PathLike[str]) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Persist a rename: the directory entry must reach the disk too (POSIX; a no-op where unsupported)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -85,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
 
         write_atomic(path, write)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def install_atomic_io(trainer: L.Trainer) -> bool:
@@ -264,26 +264,32 @@ def read_checkpoint_to_check(ckpt_path: str | os.PathLike[str] | None, field: st
                          f"{str(err)[:200]}); the file is truncated or not a checkpoint") from None
 
 
-def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
+def check_resume(ckpt_path: str | None, module: L.LightningModule, field: str = "ckpt_path") -> None:
     """Before ``Trainer.fit`` restores ``ckpt_path``: a checkpoint this run can continue, or an error that names it.
 
     Checks what Lightning's restore reports without the file's name (a truncated file: "PytorchStreamReader failed
     reading zip archive"; another optimizer layout: "loaded state dict has a different number of parameter groups")
     or not at all (``lr_mult`` values: the optimizer's restored learning rates win silently). Lightning's own
-    ``last`` / ``hpc`` and object-store URLs are left to Lightning.
+    ``last`` / ``hpc`` and object-store URLs are left to Lightning. ``field``: the config field that named the
+    checkpoint (``resume`` in visionpilot-finetune, where ``ckpt_path`` is the base checkpoint).
     """
     from visionpilot.training.module import check_signature, flatten_dotted, model_signature
 
-    loaded = read_checkpoint_to_check(ckpt_path)
+    loaded = read_checkpoint_to_check(ckpt_path, field=field)
     if loaded is None:
         return
     path, ckpt = loaded
+    # How to not resume: a training run starts from its weights in a new run; a fine-tune starts over.
+    fresh = ("start a new run from its weights with visionpilot-finetune" if field == "ckpt_path" else
+             f"give another hydra.run.dir, or {field}=never to start over here")
     entry = (ckpt.get("visionpilot") or {}) if isinstance(ckpt, dict) else {}
     if entry.get("model_signature") is not None:
         try:
             check_signature(entry["model_signature"], model_signature(module.net))
         except ValueError as err:
-            raise ValueError(f"ckpt_path={path}: {err}") from None
+            message = str(err) if field == "ckpt_path" else "\n".join(  # its last line's advice is ckpt_path's
+                [*str(err).splitlines()[:-1], f"Resume with the model settings it was trained with, or {fresh}."])
+            raise ValueError(f"{field}={path}: {message}") from None
     changed = config_changes(entry.get("config") or {}, getattr(module, "run_config", None) or {})
     if changed:  # not an error: continuing a run on other data or for more steps can be meant
         log.warning("resuming %s with settings other than it was trained with (checkpoint -> this run): %s", path,
@@ -296,10 +302,9 @@ def check_resume(ckpt_path: str | None, module: L.LightningModule) -> None:
                                     bool(module.hparams.get("weight_decay_norm", False)))}
     for name, (saved, current) in checks.items():
         if saved != current:
-            raise ValueError(f"ckpt_path={path}: field 'model.{name}' is {current!r} in this run but {saved!r} in the "
+            raise ValueError(f"{field}={path}: field 'model.{name}' is {current!r} in this run but {saved!r} in the "
                              f"checkpoint; a resumed run continues the checkpoint's optimizer (its parameter groups "
-                             f"and learning rates). Resume with model.{name}={saved!r}, or start a new run from its "
-                             f"weights with visionpilot-finetune")
+                             f"and learning rates). Resume with model.{name}={saved!r}, or {fresh}")
 
 
 def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any], limit: int = 8) -> list[str]:

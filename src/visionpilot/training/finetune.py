@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import operator
+import os
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +42,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
@@ -51,7 +52,9 @@ from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
 from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
 from visionpilot.training.fault_tolerance import (
+    AtomicCheckpointIO,
     check_resume,
+    fsync_dir,
     install_atomic_io,
     read_checkpoint_to_check,
     resolve_ckpt_path,
@@ -421,11 +424,13 @@ class FinetuneCallback(L.Callback):
 
 def changed_tensors(net: nn.Module, base_state: Mapping[str, Tensor], copy: bool = True) -> dict[str, Tensor]:
     """State-dict entries of ``net`` that are new or differ (bitwise) from ``base_state`` (copies on the CPU, or with
-    ``copy=False`` the network's own tensors)."""
+    ``copy=False`` the network's own tensors). ``base_state`` may live on another device than ``net`` (the base is
+    loaded on the CPU, the network trains on a GPU)."""
     out = {}
     for key, value in _unwrap(net).state_dict().items():
         ref = base_state.get(key)
-        if ref is None or ref.shape != value.shape or ref.dtype != value.dtype or not torch.equal(ref, value):
+        if ref is None or ref.shape != value.shape or ref.dtype != value.dtype \
+                or not torch.equal(ref.to(value.device), value):  # torch.equal refuses tensors on two devices
             out[key] = value.detach().cpu().contiguous().clone() if copy else value
     return out
 
@@ -515,7 +520,17 @@ def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor
         "extra": json.dumps(dict(extra or {})),
         "lineage": json.dumps(dict(lineage) if lineage else None),
     }
-    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    data = save(tensors, metadata=meta)  # the delta is small (a few MB): one buffer, written and synced below
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename alone is atomic, not durable: a power cut could leave an empty delta
+
+    write_atomic(path, write)
+    fsync_dir(Path(path).parent)
+    return Path(path)
 
 
 def read_delta_metadata(path: str | Path) -> dict[str, Any]:
@@ -633,7 +648,8 @@ def write_checkpoint(path: str | Path, net: nn.Module, config: Any, meta: Mappin
     config = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in _unwrap(net).state_dict().items()},
             "visionpilot": {**dict(meta or {}), "config": config, "model_signature": model_signature(net)}}
-    return write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
+    AtomicCheckpointIO().save_checkpoint(ckpt, path)  # synced to disk before the rename, as training's checkpoints
+    return Path(path)
 
 
 # --- the fine-tune run -------------------------------------------------------------------------------------------
@@ -779,7 +795,7 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     resume = resolve_ckpt_path(cfg.get("resume", "auto"), run_cfg.paths.output_dir)
     if resume is not None:
         check_same_finetune(resume, info)
-        check_resume(resume, module)
+        check_resume(resume, module, field="resume")  # ckpt_path is the base here
     try:
         trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
     except SIGTERMException:  # as visionpilot-train: a stopped fine-tune must not exit 0 (training/train.py)
