@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionpilot.governance.policy import Policy, ResidencyError, normalise_region_code
+from visionpilot.governance.policy import CONTAINER_SOURCES, Policy, ResidencyError, normalise_region_code
 from visionpilot.governance.zones import haversine_m, points_in_polygon, zone_from_config
 
 from .helpers import policy
@@ -150,3 +150,71 @@ def test_policies_of_the_wrong_type_name_the_field(spec: object, message: str) -
     """Wrong types gave Python's own errors ('dictionary update sequence element #0 has length 1')."""
     with pytest.raises(ValueError, match=message):
         Policy.from_config(spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("spelt", ["nuScenes", "NUSCENES", " nuscenes "])
+def test_a_rule_names_its_source_in_any_case(spelt: str) -> None:
+    """``source: nuScenes`` (the dataset's own spelling) never matched Frame.source 'nuscenes': the rule did nothing
+    and DE nuScenes data that must stay in Germany was read abroad under the default."""
+    p = Policy.from_config({"rules": [{"source": spelt, "region": "de", "resides_in": "de", "process_abroad": "never"}]})
+    decision = p.decide("nuscenes", "de", "us", anonymising=True)
+    assert not decision.allowed and decision.rule.where == "governance.rules[0]"
+    assert p.rule_for("NuScenes", "de").where == "governance.rules[0]"  # a source's own name in any case, too
+    assert p.decide("synthetic", "de", "us", anonymising=False).allowed  # other sources keep the default
+    with pytest.raises(ValueError, match=r"governance.rules\[1\]: source 'nuscenes' and region 'de' are already "
+                                         r"ruled by governance.rules\[0\]"):
+        Policy.from_config({"rules": [{"source": spelt, "region": "de"}, {"source": "nuscenes", "region": "de"}]})
+
+
+def test_policy_hashes_of_lower_case_policies_are_unchanged() -> None:
+    """Lineage records name policies by sha256: names are lower-cased, so a policy already written in lower case
+    keeps the hash it had (values computed before the change); one spelt otherwise hashes as what it now means."""
+    team = {"name": "team", "rules": [{"source": "nuscenes", "region": "de", "process_abroad": "never"},
+                                      {"source": "fleet", "process_abroad": "anonymised_only", "resides_in": "us"}]}
+    assert Policy.from_config(policy("sovereign")).sha256.startswith("9e28c48577f0c534")  # docs/governance.md
+    assert Policy.from_config(team).sha256.startswith("3bba6a348f169dd7")
+    team["rules"][0]["source"] = "nuScenes"
+    assert Policy.from_config(team).sha256.startswith("3bba6a348f169dd7")
+
+
+@pytest.mark.parametrize("container", ["mixed", "Shards"])
+def test_a_rule_naming_a_container_source_is_refused(container: str) -> None:
+    """A mixed source's frames (and streamed shards') carry their datasets' names: a rule for 'mixed' matched none."""
+    with pytest.raises(ValueError, match=rf"governance.rules\[0\]: field 'source' must be the name of the dataset "
+                                         rf"the frames come from .* or '\*', found '{container}': .* so this rule "
+                                         rf"would match no frame"):
+        Policy.from_config({"rules": [{"source": container, "region": "cn", "process_abroad": "never"}]})
+    from visionpilot.data.sources.mixed import MixedSource
+    from visionpilot.data.sources.streaming import ShardSource
+
+    assert set(CONTAINER_SOURCES) == {MixedSource.name, ShardSource.name}
+
+
+@pytest.mark.parametrize("spelt", ["nu-scenes", "nu_scenes", "Nu Scenes", "nuscene", "nuscenes-mini", "nuscense"])
+@pytest.mark.parametrize("compute_region", ["us", "de"])
+def test_a_rule_spelt_almost_like_a_source_the_job_reads_refuses_its_frames(spelt: str, compute_region: str) -> None:
+    """A rule meant for nuScenes but misspelt matched none of its frames, which then fell to the default (read
+    abroad, and their images exportable at home): the frames are refused, naming the field, expected and found."""
+    p = Policy.from_config({"name": "team", "rules": [{"source": spelt, "region": "de", "process_abroad": "never"}]})
+    decision = p.decide("nuscenes", "de", compute_region, anonymising=True)
+    assert not decision.allowed and not decision.exportable and decision.rule.where == "governance.rules[0]"
+    assert decision.reason == (
+        f"governance.rules[0]: field 'source' is {spelt.strip().lower()!r}, spelt almost like this source's name "
+        f"'nuscenes' but not matching it, so the rule would be skipped for these frames and they would fall to "
+        f"governance.default. Expected 'nuscenes' (Frame.source) or '*': correct the rule's source, or, if "
+        f"{spelt.strip().lower()!r} is another dataset, add a rule naming 'nuscenes'")
+    assert p.decide("synthetic", "de", compute_region, anonymising=False).allowed  # other sources: the default
+    assert p.decide("nuscenes", "gb", compute_region, anonymising=False).allowed  # regions the rule does not name
+
+
+def test_custom_source_names_stay_legitimate() -> None:
+    """Rules for the team's own sources (not read by every job) and for similar names ruled each by its own rule
+    are not mistaken for misspellings."""
+    p = Policy.from_config({"rules": [{"source": "fleet", "process_abroad": "never", "resides_in": "us"},
+                                      {"source": "fleet2", "process_abroad": "anonymised_only"},
+                                      {"source": "nuscene", "region": "de", "process_abroad": "never"},
+                                      {"source": "NuScenes", "region": "de", "process_abroad": "allowed"}]})
+    assert p.decide("synthetic", "gb", "us", False).rule.where == "governance.default"
+    assert not p.decide("Fleet", "gb", "gb", False).allowed and p.decide("fleet", "gb", "us", False).allowed
+    assert p.decide("fleet2", "gb", "us", False).needs_anonymisation
+    assert p.decide("nuscenes", "de", "us", False).rule.where == "governance.rules[3]"  # named itself: no near miss

@@ -263,3 +263,25 @@ def test_audit_prints_what_would_be_read_without_reading_images(tmp_path: Path,
     with pytest.raises(ResidencyError, match=r"synthetic / cn"):
         data_run(cfg)
     assert CountingSource.loads == 0
+
+
+class NuScenesLike(TinySource):
+    name = "nuscenes"
+
+
+@pytest.mark.parametrize(("spelt", "message"), [
+    ("nuScenes", r"nuscenes / de \(6 frames\): governance.rules\[0\] \(source nuscenes, region de: "
+                 r"process_abroad=never\): data resides in 'de'"),
+    ("nu-scenes", r"nuscenes / de \(6 frames\): governance.rules\[0\]: field 'source' is 'nu-scenes', spelt almost "
+                  r"like this source's name 'nuscenes'"),
+])
+def test_a_rule_for_a_source_spelt_otherwise_still_refuses_its_frames(spelt: str, message: str) -> None:
+    """``source: nuScenes`` matched no frame (Frame.source is 'nuscenes'): DE data was read in the US, silently."""
+    src = NuScenesLike({"de": 3, "gb": 3})
+    gov = {"rules": [{"source": spelt, "region": "de", "process_abroad": "never"}]}
+    dm = VisionPilotDataModule(src, image_size=None, batch_size=2, governance=gov, compute_region="us")
+    with pytest.raises(ResidencyError, match=message):
+        dm.setup("fit")
+    assert not src._cache  # refused on the index: no frame was loaded
+    dm = VisionPilotDataModule(src, regions=["gb"], image_size=None, batch_size=2, governance=gov, compute_region="us")
+    dm.setup("fit")  # the rule's region only

@@ -289,6 +289,27 @@ def test_replay_datamodule_mixes_other_regions_into_train_batches_only() -> None
         ReplayDataModule(source, regions=["gb"], replay_fraction=1.0)
 
 
+def test_replay_with_a_batch_of_one_frame_is_an_error_naming_the_fields() -> None:
+    """``batch_size=1`` left no room for a replay frame: nothing was replayed, yet the replay regions were ruled on
+    and the lineage recorded their frames as replayed."""
+    source = SyntheticSource(rig="front1", regions=["gb", "us"], scenes_per_region=3, frames_per_scene=2,
+                             image_size=(32, 88))
+    kwargs = {"regions": ["gb"], "replay_regions": ["us"], "image_size": (32, 88)}
+    dm = ReplayDataModule(source, replay_fraction=0.25, batch_size=1, **kwargs)
+    with pytest.raises(ValueError, match=r"ReplayDataModule: field 'batch_size' is 1, which leaves no room for replay: "
+                                         r".* replay_fraction=0.25 of replay regions \['us'\] would replay nothing\. "
+                                         r"Set batch_size >= 2 \(visionpilot-finetune: data.batch_size=2 or more\), "
+                                         r"or turn replay off with replay_fraction=0 \(replay.fraction=0\)"):
+        dm.setup("fit")
+    assert dm.governance_report is None and not dm.datasets  # raised before governance and before any dataset
+    off = ReplayDataModule(source, replay_fraction=0.0, batch_size=1, **kwargs)  # replay off: a batch of one is fine
+    off.setup("fit")
+    assert off.replay_frame_counts == {} and {g.region for g in off.governance_report.groups} == {"gb"}
+    two = ReplayDataModule(source, replay_fraction=0.25, batch_size=2, **kwargs)
+    two.setup("fit")
+    assert two.replay_per_batch == 1 and set(two.replay_frame_counts) == {"us"}
+
+
 @pytest.mark.slow
 def test_finetune_run_writes_checkpoint_delta_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base_path = _base(tmp_path)

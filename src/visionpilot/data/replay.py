@@ -4,7 +4,8 @@ Fine-tuning on one country forgets the others; replaying a little of the global 
 limits that. :class:`ReplayDataModule` is the datamodule with one addition: its train split holds the target
 regions' train frames plus a *replay pool* (the train frames of the replay regions, so never a val/test scene of
 any region), and its train loader builds every batch from ``batch_size - k`` target frames and ``k`` replay frames,
-``k = round(replay_fraction * batch_size)`` (at least 1 when the fraction is positive). An epoch visits every
+``k = round(replay_fraction * batch_size)`` (at least 1 when the fraction is positive; ``batch_size=1`` leaves no
+room for it and is an error, not a fine-tune that silently replays nothing). An epoch visits every
 target frame once; replay frames are drawn without replacement, cycling through the pool. Validation and test hold
 the target regions only.
 
@@ -137,7 +138,16 @@ class ReplayDataModule(VisionPilotDataModule):
             chosen = self.manifest.regions
         else:
             chosen = self.manifest.select_regions(spec)  # raises, naming the valid codes, if the source lacks one
-        return [r for r in chosen if r not in self.selected_regions]
+        chosen = [r for r in chosen if r not in self.selected_regions]
+        if chosen and self.replay_fraction > 0 and self.batch_size < 2:
+            # Every batch holds at least one target frame: no replay frame would be drawn, yet the replay regions
+            # would be ruled on and recorded in the lineage as replayed.
+            raise ValueError(f"ReplayDataModule: field 'batch_size' is {self.batch_size}, which leaves no room for "
+                             f"replay: every train batch holds at least one target-region frame, so replay_fraction="
+                             f"{self.replay_fraction} of replay regions {chosen} would replay nothing. Set batch_size "
+                             f">= 2 (visionpilot-finetune: data.batch_size=2 or more), or turn replay off with "
+                             f"replay_fraction=0 (replay.fraction=0) or replay_regions=[] (replay.regions=null)")
+        return chosen
 
     def regions_read(self) -> list[str]:
         # Replay frames are read too: governance must rule on them before setup loads any frame (but not when no

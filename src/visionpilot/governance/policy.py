@@ -3,7 +3,8 @@
 A policy (``configs/governance/<name>.yaml``, the Hydra group ``governance=...``) holds:
 
 - ``rules``: ``{source, region, resides_in, process_abroad, note}`` entries. ``source`` is a source name
-  (``Frame.source``: ``synthetic``, ``nuscenes``, ...) or ``"*"``; ``region`` a region code or ``"*"``;
+  (``Frame.source``: ``synthetic``, ``nuscenes``, ..., in any case: ``nuScenes`` rules ``nuscenes``) or ``"*"``;
+  ``region`` a region code or ``"*"``;
   ``resides_in`` the region code where the data is stored (default: the data's own region); ``process_abroad``
   one of :data:`PROCESSING`:
 
@@ -14,7 +15,10 @@ A policy (``configs/governance/<name>.yaml``, the Hydra group ``governance=...``
   ==================  ======================================================================================
 
   The most specific matching rule wins: source and region > region > source > ``default``. Two rules with the
-  same source and region are an error.
+  same source and region are an error. A rule that would silently match nothing is refused: one naming a
+  container (``mixed``, ``shards``: their frames carry their datasets' names) when the policy is read, and one
+  spelt almost like a source the job reads (``nu-scenes``, ``nuscene``) when the job is ruled on
+  (:meth:`Policy.decide`).
 - ``default``: the rule for data no rule names (``process_abroad: allowed`` unless said otherwise).
 - ``zones``: restricted zones (:mod:`visionpilot.governance.zones`); ``unknown_location``: what happens to frames
   without a position in a region a zone applies to (``keep``, ``exclude`` or ``error``).
@@ -28,8 +32,10 @@ closed; docs/governance.md explains why).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +48,16 @@ ANY = "*"
 UNKNOWN_LOCATION: tuple[str, ...] = ("keep", "exclude", "error")
 _RULE_FIELDS = {"source", "region", "resides_in", "process_abroad", "note"}
 _POLICY_FIELDS = {"name", "rules", "default", "zones", "unknown_location", "anonymise"}
+#: Sources that hold other sources' frames (``MixedSource.name``, ``ShardSource.name``; written out here so that
+#: reading a policy does not import the data stack): their frames carry the name of the dataset they come from.
+CONTAINER_SOURCES: dict[str, str] = {
+    "mixed": "a mixed source's frames are ruled by each member's own name",
+    "shards": "streamed shards' frames keep the name of the source they were written from",
+}
+#: How alike (difflib ratio of the letters and digits) a rule's source and a source a job reads must be for the rule
+#: to count as misspelt: punctuation, one wrong, missing or extra letter in names of 7+ letters (``nu-scenes``,
+#: ``nuscene``), a suffix of up to a quarter of the name (``nuscenes-mini``).
+NEAR_MISS = 0.8
 
 
 class ResidencyError(PermissionError):
@@ -70,7 +86,8 @@ class Rule:
     note: str = ""
 
     def matches(self, source: str, region: str) -> bool:
-        return self.source in (ANY, source) and self.region in (ANY, region)
+        # Regardless of case: a rule written with a dataset's own spelling ('nuScenes') must rule its frames.
+        return self.source in (ANY, source.lower()) and self.region in (ANY, region)
 
     @property
     def specificity(self) -> int:
@@ -120,11 +137,22 @@ def rule_from_config(spec: Mapping[str, Any], where: str) -> Rule:
         value = spec.get(key, ANY)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{where}: field '{key}' must be {what} or '{ANY}', found {value!r}")
+    # Lower-cased like Frame.source names are matched (an already lower-case policy keeps its sha256).
+    source = str(spec.get("source", ANY)).strip().lower()
+    if source in CONTAINER_SOURCES:
+        raise ValueError(f"{where}: field 'source' must be the name of the dataset the frames come from (Frame.source: "
+                         f"synthetic, nuscenes, culane, tusimple or your own source's name) or '{ANY}', found "
+                         f"{spec['source']!r}: {CONTAINER_SOURCES[source]}, so this rule would match no frame")
     region = str(spec.get("region", ANY)).strip().lower()
     if region != ANY and normalise_region_code(region, f"{where}.region") is None:  # 'null', 'none'
         raise ValueError(f"{where}: field 'region' must be a region code or '{ANY}', found {spec['region']!r}")
     resides = normalise_region_code(spec.get("resides_in"), f"{where}.resides_in")
-    return Rule(where, str(spec.get("source", ANY)).strip(), region, resides, mode, str(spec.get("note", "")))
+    return Rule(where, source, region, resides, mode, str(spec.get("note", "")))
+
+
+def _letters(name: str) -> str:
+    """A name without case, spaces or punctuation: ``Nu-Scenes`` and ``nu_scenes`` are both ``nuscenes``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 @dataclass(frozen=True)
@@ -201,8 +229,31 @@ class Policy:
         matching = [r for r in self.rules if r.matches(source, region)]
         return max(matching, key=lambda r: r.specificity) if matching else self.default
 
+    def misspelt_rule(self, source: str, region: str) -> Rule | None:
+        """A rule for ``region`` naming a source spelt almost like ``source`` (``nu-scenes``, ``nuscene`` for
+        ``nuscenes``), if no rule names ``source`` itself: meant for these frames, it matches none of them."""
+        named = [r for r in self.rules if r.source != ANY and r.region in (ANY, region)]
+        name = source.lower()
+        if any(r.source == name for r in named):
+            return None
+        alike = [r for r in named if difflib.SequenceMatcher(None, _letters(r.source), _letters(name)).ratio()
+                 >= NEAR_MISS]  # 1.0 for 'nu-scenes', 'Nu Scenes'; 0.93 for 'nuscene'; 0.8 for 'nuscenes-mini'
+        return alike[0] if alike else None
+
     def decide(self, source: str, region: str, compute_region: str | None, anonymising: bool) -> Decision:
         """May a job in ``compute_region`` (None: undeclared) read ``source``'s frames of ``region``?"""
+        misspelt = self.misspelt_rule(source, region)
+        if misspelt is not None:
+            # Refused wherever the job runs: the rule meant for these frames would be skipped, at home too (where it
+            # decides whether frames may leave as images).
+            resides, name = misspelt.resides_in or region, source.lower()
+            fallback = self.rule_for(source, region)
+            return Decision(source, region, misspelt, resides, compute_region, compute_region == resides, False, False,
+                            False, f"{misspelt.where}: field 'source' is {misspelt.source!r}, spelt almost like this "
+                            f"source's name {name!r} but not matching it, so the rule would be skipped for these frames "
+                            f"and they would fall to {fallback.where}. Expected {name!r} (Frame.source) or '{ANY}': "
+                            f"correct the rule's source, or, if {misspelt.source!r} is another dataset, add a rule "
+                            f"naming {name!r}")
         rule = self.rule_for(source, region)
         resides = rule.resides_in or region
         home = compute_region is not None and compute_region == resides
