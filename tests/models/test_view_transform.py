@@ -201,3 +201,40 @@ def test_bf16_autocast_samples_at_float32_coordinates() -> None:
     # bf16 output rounding: relative 2^-8; a moved sample point errs by up to ~0.1 x the neighbouring-pixel step
     err = np.abs(got[0].float().numpy() - want)
     assert err.max() <= 2 ** -8 * np.abs(want).max() + 1e-6, err.max()
+
+
+def test_sampling_only_the_visible_voxels_equals_sampling_every_voxel() -> None:
+    # The CPU training path samples each camera at the voxels it sees; tracing, export and torch.compile keep the
+    # dense loop. Both must give the same lift and the same gradients: frames of a batch that see different
+    # numbers of voxels (shorter rows padded), a padded camera slot, a camera looking at the sky (sees nothing).
+    grid = BEVGrid(x_range=(-10, 10), y_range=(-8, 8), z_range=(-1.0, 3.0), cell_size=1.0, z_levels=3)
+    vt = ViewTransform(grid, in_channels=5, out_channels=4)
+    yaws = [(0.0, 70.0, 180.0, -90.0), (30.0, 100.0, 200.0, -90.0)]
+    e = torch.stack([torch.stack([torch.tensor(camera_extrinsics([0.5 * b, 0.2, 1.5], yaw), dtype=torch.float32)
+                                  for yaw in row]) for b, row in enumerate(yaws)])  # (2, 4, 4, 4)
+    e[:, 3] = torch.tensor(camera_extrinsics([0.0, 0.0, 1.5], 0.0, pitch_deg=-89.0), dtype=torch.float32)  # sky
+    k = torch.tensor(K, dtype=torch.float32).expand(2, 4, 3, 3).clone()
+    mask = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    feats = torch.randn(2, 4, 5, H // STRIDE, W // STRIDE, generator=torch.Generator().manual_seed(0))
+    weight = torch.linspace(-1, 1, 5 * grid.z_levels * grid.nx * grid.ny).reshape(1, 5, grid.z_levels, grid.nx,
+                                                                                grid.ny)
+    results = []
+    for visible_only in (False, True):
+        x = feats.clone().requires_grad_()
+        out = vt.lift(x, k, e, STRIDE, (H, W), mask, visible_only=visible_only)
+        (out * weight).sum().backward()
+        results.append((out.detach(), x.grad))
+    (dense, dense_grad), (sparse, sparse_grad) = results
+    _, valid = vt.sampling_grid(k, e, STRIDE, (H, W), (H // STRIDE, W // STRIDE), mask)
+    seen = valid.flatten(2).sum(-1)  # (B, N) voxels per frame and camera
+    assert seen[:, 3].sum() == 0 and seen[1, 2] == 0 and (seen[0, :3] > 0).all()
+    assert seen[0, 1] != seen[1, 1]  # rows of different length: the shorter one is padded
+    assert dense.abs().sum() > 0 and dense_grad.abs().sum() > 0
+    assert torch.equal(sparse, dense)
+    # grid_sample's backward accumulates the same contributions in the same order, but groups the points into
+    # vectors differently: the gradients agree to float rounding, not to the bit
+    torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-6)
+    # with autocast the samples stay float32 and the result comes back in the features' dtype
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lifted = [vt.lift(feats.bfloat16(), k, e, STRIDE, (H, W), mask, visible_only=v) for v in (False, True)]
+    assert lifted[0].dtype == torch.bfloat16 and torch.equal(lifted[0], lifted[1])
