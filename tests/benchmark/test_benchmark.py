@@ -86,6 +86,7 @@ def test_benchmark_writes_json_and_md_with_documented_fields(models: dict[str, P
     assert set(data["machine"]) >= MACHINE_FIELDS and data["machine"]["threads"]["onnxruntime_intra_op"] == 1
     assert data["settings"]["interleave"] is True and data["settings"]["ort_spinning"] is False
     assert data["settings"]["isolate"] is True and data["settings"]["worker_timeout_s"] == 600
+    assert data["settings"]["allocator"].startswith(("glibc:", "unchanged:"))
     rows = data["rows"]
     # Each model was loaded and timed in a worker process of its own, not in this one.
     pids = {r["model"]: r["worker_pid"] for r in rows if r["batch"] == 1}

@@ -34,8 +34,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from visionpilot.data.regions import GLOBAL, is_global, resolve_regions
     from visionpilot.evaluation.cross_region import build_eval_datamodule, evaluate_matrix, load_eval_model, model_specs
     from visionpilot.evaluation.report import build_report, format_markdown, resolve_baseline, write_report
+    from visionpilot.utils.machine import keep_freed_memory
 
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
+    keep_freed_memory()  # no page faults on every batch's fresh tensors
     L.seed_everything(int(cfg.get("seed") or 0), verbose=False)
     plots = cfg.get("plots") or 0
     if isinstance(plots, bool) or not isinstance(plots, int) or plots < 0:

@@ -71,6 +71,7 @@ from visionpilot.export.timing import (
     timed_session_options,
 )
 from visionpilot.utils.io import write_json_atomic, write_text_atomic
+from visionpilot.utils.machine import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def _status(err: BaseException) -> str:
 def _serve(conn: Any, kind: str, kwargs: dict[str, Any], index: int, threads: int) -> None:
     """A worker process: rebuild one target, then answer the parent's commands (:class:`ProcessRunner`)."""
     torch.set_flush_denormal(True)
+    keep_freed_memory()  # as in the parent (run): eager PyTorch's tensors reuse freed memory, like onnxruntime's arena
     torch.set_num_threads(threads)
     runner: LocalRunner | None = None
     while True:
@@ -655,6 +657,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                 "worker_timeout_s": worker_timeout_s,
                 "torch_compile": bool(cfg.get("torch_compile")),
                 "ort_spinning": bool(cfg.get("ort_spinning", False)), "seed": seed,
+                # PyTorch has no CPU caching allocator: glibc would fault every call's fresh tensors in again
+                # (10-15 % of the demo's eager latency); onnxruntime has its arena. Same footing: see keep_freed_memory
+                "allocator": keep_freed_memory(),
                 "eval_json": str(eval_json) if eval_json else None}
 
     torch.set_flush_denormal(True)  # see the module docstring: random-init weights otherwise mislead

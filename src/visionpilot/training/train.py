@@ -22,6 +22,7 @@ from visionpilot.training.fault_tolerance import (
     with_previous_metrics,
 )
 from visionpilot.utils.io import write_json_atomic
+from visionpilot.utils.machine import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision("high")
     torch.set_flush_denormal(True)  # denormal floats make CPU convolutions orders of magnitude slower
+    log.info("allocator: %s", keep_freed_memory())  # no page faults on every step's fresh tensors
     # The job's policy and compute region go to the datamodule, which enforces them before reading any frame.
     datamodule = hydra.utils.instantiate(cfg.data, **governance_kwargs(cfg))
     module = hydra.utils.instantiate(cfg.model)
