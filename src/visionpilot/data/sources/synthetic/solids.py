@@ -43,6 +43,21 @@ class SolidGroup:
     texts: list[str] | None = None  # (K,) licence plate text drawn into PLATE decals, or None
 
 
+class Colours:
+    """RGB colours kept as an array, handed to OpenCV as lists row by row: a frame's whole (T, 6, 3) face table
+    converted with ``tolist`` cost ~5 ms per frame (a sixth of the demo's loader), and a camera draws a few of its
+    faces. ``colours[i]`` is row ``i`` as (nested) Python floats."""
+
+    def __init__(self, table: np.ndarray | None = None) -> None:
+        self.table = np.zeros((0, 3)) if table is None else table
+
+    def __getitem__(self, i: int) -> list:
+        return self.table[i].tolist()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
 @dataclass
 class SolidBatch:
     """All solids of a frame. ``T`` parts in total, ``S`` solids; part ranges per solid are contiguous."""
@@ -55,11 +70,11 @@ class SolidBatch:
     has_shadow: np.ndarray  # (S,)
     normals: np.ndarray  # (T, 6, 3) outward face normals
     face_centers: np.ndarray  # (T, 6, 3)
-    face_colors: list[list[list[float]]]  # [T][6] lit and hazed RGB
+    face_colors: Colours  # (T, 6, 3) lit and hazed RGB
     decals: dict[tuple[int, int], list[int]]  # (part, face) -> rows of decal_corners / decal_colors
     decal_corners: np.ndarray  # (D, 4, 3) ego frame
-    decal_colors: list[list[float]]  # (D,) lit and hazed RGB
-    shadow_colors: list[list[float]]  # per solid
+    decal_colors: Colours  # (D, 3) lit and hazed RGB
+    shadow_colors: Colours  # (S, 3)
     decal_text: dict[int, str] = field(default_factory=dict)  # decal row -> plate text
 
 
@@ -101,7 +116,8 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
         corners=corners, start=start,
         mask_id=np.concatenate([g.mask_ids for g in groups]).astype(int) if groups else np.zeros(0, int),
         center=center, shadow=shadow, has_shadow=has_shadow, normals=normal, face_centers=faces.mean(axis=2),
-        face_colors=[], decals={}, decal_corners=np.zeros((0, 4, 3)), decal_colors=[], shadow_colors=[],
+        face_colors=Colours(), decals={}, decal_corners=np.zeros((0, 4, 3)), decal_colors=Colours(),
+        shadow_colors=Colours(),
     )
     if not with_colors or not groups:
         return batch
@@ -115,7 +131,7 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
     face_rgb = _shade_roles(scene, palettes[part_solid][:, None].repeat(6, 1), np.repeat(roles[:, None], 6, 1),
                             shade)
     a_part = a_solid[part_solid][:, None, None]
-    batch.face_colors = (face_rgb * (1 - a_part) + haze_col * a_part).tolist()
+    batch.face_colors = Colours(face_rgb * (1 - a_part) + haze_col * a_part)
     # Decals: every solid of a group repeats its template's decal table.
     tables, solid_of, first = [], [], 0
     for g in groups:
@@ -140,7 +156,7 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
         d_roles = table[:, 6].astype(int)
         rgb = _shade_roles(scene, palettes[d_solid][:, None], d_roles[:, None], shade[t_idx, f_idx][:, None])[:, 0]
         a_d = a_solid[d_solid][:, None]
-        batch.decal_colors = (rgb * (1 - a_d) + haze_col * a_d).tolist()
+        batch.decal_colors = Colours(rgb * (1 - a_d) + haze_col * a_d)
         for d, key in enumerate(zip(t_idx.tolist(), f_idx.tolist())):
             batch.decals.setdefault(key, []).append(d)
         if any(g.texts for g in groups):
@@ -149,7 +165,7 @@ def build_batch(scene: Scene, groups: list[SolidGroup], with_colors: bool = True
                                                             d_solid[d_roles == PLATE].tolist()) if texts[s]}
     ground = light.ambient + light.diffuse * max(light.sun_dir[2], 0)
     shadow_rgb = lit(scene.asphalt * 0.45, scene, ground)
-    batch.shadow_colors = (shadow_rgb[None] * (1 - a_solid[:, None]) + haze_col * a_solid[:, None]).tolist()
+    batch.shadow_colors = Colours(shadow_rgb[None] * (1 - a_solid[:, None]) + haze_col * a_solid[:, None])
     return batch
 
 
