@@ -86,10 +86,10 @@ def test_mixed_precision_trains_and_validates_in_float32(tmp_path: Path) -> None
     assert list((tmp_path / "plots").glob("val_*.png"))
 
 
-@pytest.mark.parametrize(("native", "precision", "steps"), [(True, "bf16-mixed", 625), (False, "32-true", 500)])
+@pytest.mark.parametrize(("native", "precision", "steps"), [(True, "bf16-mixed", 670), (False, "32-true", 500)])
 def test_the_demo_spends_its_minutes_by_what_the_cpu_computes_natively(tmp_path: Path, monkeypatch, native: bool,
                                                                         precision: str, steps: int) -> None:
-    """experiment=demo: bf16 autocast and 625 steps where bf16 is in hardware, float32 and 500 steps elsewhere
+    """experiment=demo: bf16 autocast and 670 steps where bf16 is in hardware, float32 and 500 steps elsewhere
     (emulated bf16 is slower than float32); validation at the last step either way."""
     monkeypatch.setattr("visionpilot.utils.resolvers.native_bf16", lambda: native)
     cfg = _cfg(tmp_path, ["experiment=demo"], base=[])
@@ -100,7 +100,7 @@ def test_the_demo_spends_its_minutes_by_what_the_cpu_computes_natively(tmp_path:
     assert (cfg.trainer.precision, cfg.trainer.max_steps, cfg.trainer.val_check_interval) == ("32-true", 40, 40)
     # on a GPU the GPU decides, not the host's CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for gpu_bf16, expected in ((True, ("bf16-mixed", 625)), (False, ("32-true", 500))):
+    for gpu_bf16, expected in ((True, ("bf16-mixed", 670)), (False, ("32-true", 500))):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, b=gpu_bf16: b)
         cfg = _cfg(tmp_path, ["experiment=demo", "trainer=gpu"], base=[])
         assert (cfg.trainer.precision, cfg.trainer.max_steps) == expected
