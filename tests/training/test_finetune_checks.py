@@ -1,9 +1,11 @@
 """Fine-tuning checks: frozen norm layers stay frozen when Lightning swaps them, a fine-tune resumes only its own
-seed, a malformed region delta or a checkpoint whose weights do not fit its stored config is refused naming the file
-and the field, and the rounding at the last validation works with the network on a GPU and the base on the CPU."""
+seed, a malformed or incomplete region delta or a checkpoint whose weights do not fit its stored config is refused
+naming the file and the field, the rounding at the last validation works with the network on a GPU and the base on
+the CPU, and the final metrics are those of the rounded model the delta ships."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -220,3 +222,93 @@ def test_the_last_validation_rounds_a_network_on_the_gpu(tmp_path: Path) -> None
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.01)
     _rounds_at_the_last_validation(base.net.cuda(), base_state)
+
+
+def test_a_finetune_validates_the_rounded_final_model_unless_its_last_validation_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # trainer.val_check_interval=2 with max_steps=3: Lightning's last validation is at step 2 and none follows at
+    # step 3, so metrics.json and finetune.json described step 2's unrounded weights beside a delta of step 3. As
+    # visionpilot-train does, the final model is validated once more (rounded to the delta's float16 first); a run
+    # whose last validation was at max_steps (rounded by the callback) is not validated twice; one that max_epochs
+    # ends (the callback rounds at max_steps only) is validated again after the rounding.
+    base = _base(tmp_path)
+    validated: list[tuple[int, bool]] = []  # (step, every changed weight already rounded to float16)
+    original = FinetuneCallback.on_validation_start
+
+    def spy(self: FinetuneCallback, trainer: Any, module: Any) -> None:
+        original(self, trainer, module)
+        changed = ft.changed_tensors(module.net, self.base_state).values()
+        validated.append((trainer.global_step, all(torch.equal(v, v.half().float()) for v in changed
+                                                   if v.is_floating_point())))
+
+    monkeypatch.setattr(FinetuneCallback, "on_validation_start", spy)
+
+    def run(name: str, *overrides: str) -> tuple[dict[str, float], dict[str, Any]]:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("finetune", overrides=[
+                f"paths.output_dir={tmp_path / name}", f"ckpt_path={base}", "region=gb", "strategy=heads",
+                "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "data.num_workers=0",
+                "data.persistent_workers=false", "callbacks.progress_bar=null", "callbacks.prediction_images=null",
+                "logger=csv", *overrides])
+        metrics, _ = ft.finetune(cfg)
+        return metrics, json.loads((tmp_path / name / "finetune.json").read_text())
+
+    metrics, summary = run("uneven", "trainer.max_steps=3")
+    assert validated == [(2, False), (3, True)]
+    assert metrics["val/step"] == summary["metrics"]["val/step"] == summary["steps"] == 3
+    assert json.loads((tmp_path / "uneven" / "metrics.json").read_text())["val/step"] == 3
+    validated.clear()
+    metrics, summary = run("even", "trainer.max_steps=2")
+    assert validated == [(2, True)] and metrics["val/step"] == summary["steps"] == 2
+    validated.clear()
+    metrics, summary = run("epochs", "trainer.max_steps=-1", "trainer.max_epochs=1", "trainer.val_check_interval=1.0",
+                           "trainer.check_val_every_n_epoch=1")
+    steps = summary["steps"]
+    assert validated == [(steps, False), (steps, True)] and metrics["val/step"] == steps
+
+
+def _adapter_delta(tmp_path: Path) -> tuple[Path, str, dict[str, torch.Tensor]]:
+    """An adapter delta (stage and block adapters, low-rank head updates) of a tiny base: path, base hash, tensors."""
+    base_path = _base(tmp_path, "model.net.heads.lanes_2d.classifier=mlp")  # an MLP lane head: large linear layers
+    base = load_checkpoint(base_path)
+    state = {k: v.clone() for k, v in base.net.state_dict().items()}
+    add_adapters(base.net, rank=4, block_rank=2, head_rank=2, head_min_params=4096)
+    with torch.no_grad():
+        base.net.backbone.body.adapter_s8.up.weight.add_(0.01)
+    delta = save_delta(tmp_path / "d.safetensors", base.net, state, base_sha256=base.sha256, region="gb",
+                       strategy="adapter", base_path=base_path)
+    return base_path, base.sha256, load_file(delta)
+
+
+def test_an_adapter_delta_missing_adapter_tensors_is_refused_naming_the_file_and_the_tensors(tmp_path: Path) -> None:
+    # Every tensor the adapters add is new to the base, so save_delta stores all of them (even an unchanged
+    # zero-initialised `up`). A delta without some (edited, cut short, written by other code) merged silently and the
+    # network ran with randomly initialised adapter weights.
+    base_path, sha256, tensors = _adapter_delta(tmp_path)
+    with safe_open(str(tmp_path / "d.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+    adapter_keys = sorted(k for k in tensors if ".adapter_" in k or ".lora_" in k)
+    assert any(".adapter_block_" in k for k in adapter_keys) and any(".lora_" in k for k in adapter_keys)
+    gone = [k for k in adapter_keys if k.endswith("down.weight")]
+    save_file({k: v for k, v in tensors.items() if k not in gone}, str(tmp_path / "cut.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=rf"cut\.safetensors: the delta lacks {len(gone)} of the "
+                                         rf"{len(adapter_keys)} tensors the base does not have, e\.g\. "
+                                         rf"\[{re.escape(repr(gone[0]))}(?s:.*)expected all of them") as err:
+        merge_delta(load_checkpoint(base_path).net, tmp_path / "cut.safetensors", sha256)
+    assert "'rank': 4" in str(err.value)  # what was expected: the adapters its header records
+    merge_delta(load_checkpoint(base_path).net, tmp_path / "d.safetensors", sha256)  # the whole delta merges
+
+
+def test_a_delta_tensor_of_another_shape_or_name_is_refused_naming_both_shapes(tmp_path: Path) -> None:
+    base_path, sha256, tensors = _adapter_delta(tmp_path)
+    with safe_open(str(tmp_path / "d.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+    key = "backbone.body.adapter_s8.up.weight"
+    save_file({**tensors, key: tensors[key][:-1].contiguous(), "heads.gone.weight": torch.zeros(2)},
+              str(tmp_path / "odd.safetensors"), metadata=meta)
+    shape = list(tensors[key].shape)
+    with pytest.raises(ValueError, match=rf"odd\.safetensors: the delta does not fit this network: 1 tensors the "
+                                         rf"network does not have \(e\.g\. \['heads\.gone\.weight'\]\), 1 of another "
+                                         rf"shape (?s:.*){re.escape(key)}: delta \[{shape[0] - 1}, "
+                                         rf"(?s:.*)network \[{shape[0]}, "):
+        merge_delta(load_checkpoint(base_path).net, tmp_path / "odd.safetensors", sha256)

@@ -374,3 +374,9 @@ class VisionPilotDataModule(L.LightningDataModule):
             return self.manifest.frame_counts(split, regions)
         kept = Counter(r.region for r in self.manifest.select(self.refs, split, regions))
         return {r: kept.get(r, 0) for r in self.manifest.select_regions(regions)}
+
+
+def has_val_frames(datamodule: object) -> bool:
+    """Whether a set-up datamodule has a val split with frames (a final validation has something to read)."""
+    val = (getattr(datamodule, "datasets", None) or {}).get("val")
+    return val is not None and (not hasattr(val, "__len__") or len(val) > 0)

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from visionpilot.data.datamodule import has_val_frames
 from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.data.replay import replay_datamodule
 from visionpilot.governance import governance_kwargs
@@ -466,7 +467,8 @@ def _narrowed(value: Tensor, dtype: torch.dtype) -> Tensor:
 
 def round_changed(net: nn.Module, base_state: Mapping[str, Tensor], dtype: torch.dtype) -> int:
     """Round, in place, every floating-point tensor of ``net`` that differs from ``base_state`` to the nearest value
-    ``dtype`` holds, so a delta stored in ``dtype`` reproduces ``net`` exactly; returns how many were rounded.
+    ``dtype`` holds, so a delta stored in ``dtype`` reproduces ``net`` exactly; returns how many tensors the rounding
+    moved (0: all of them held such values already).
 
     A tensor with a value outside ``dtype``'s range (float16: 65,504) is left as it is (the delta keeps it wide).
     """
@@ -476,7 +478,8 @@ def round_changed(net: nn.Module, base_state: Mapping[str, Tensor], dtype: torch
             if not _narrows(value, dtype):
                 continue
             narrow = value.to(dtype)
-            if torch.equal(torch.isfinite(narrow), torch.isfinite(value)):  # no finite value overflowed
+            if torch.equal(torch.isfinite(narrow), torch.isfinite(value)) \
+                    and not torch.equal(narrow.to(value.dtype), value):  # no finite value overflowed; some moves
                 value.copy_(narrow)
                 count += 1
     return count
@@ -568,7 +571,8 @@ def merge_delta(net: nn.Module, delta_path: str | Path, base_sha256: str) -> nn.
 
     ``net`` must hold the weights of the base checkpoint whose file hash is ``base_sha256`` (e.g.
     ``load_checkpoint(base).net`` and ``.sha256``); a delta made from another base is refused. Adapters recorded
-    in the delta are inserted first when ``net`` has none.
+    in the delta are inserted first when ``net`` has none; the delta must then hold every tensor they add (a delta
+    stores all tensors the base lacks), and every tensor it holds must be one of the network's, of the same shape.
     """
     path = Path(delta_path)
     meta = read_delta_metadata(path)
@@ -579,17 +583,28 @@ def merge_delta(net: nn.Module, delta_path: str | Path, base_sha256: str) -> nn.
             f"merge it onto the checkpoint it was made from")
     wanted = meta["adapter"]
     have = adapter_config(net)
+    base_keys = set(_unwrap(net).state_dict())
     if wanted and have is None:
         add_adapters(net, **wanted)
     elif wanted and have != wanted:
         raise ValueError(f"{path}: field 'adapter' is {wanted}, but the network has adapters {have}")
     tensors = load_file(str(path))
     state = _unwrap(net).state_dict()
+    # The tensors the base lacks (the adapters inserted above) start random or zero; only the delta can set them, and
+    # save_delta stores every one of them, so a delta without some is incomplete (edited, cut, or of other code).
+    missing = sorted(set(state) - base_keys - set(tensors))
+    if missing:
+        raise ValueError(f"{path}: the delta lacks {len(missing)} of the {len(set(state) - base_keys)} tensors the "
+                         f"base does not have, e.g. {missing[:3]}; expected all of them (its field 'adapter' is "
+                         f"{wanted}); merged, those adapters would run with their initial weights. Use the "
+                         f"complete delta.safetensors the fine-tune wrote")
     unknown = sorted(set(tensors) - set(state))
-    shapes = sorted(k for k in set(tensors) & set(state) if tuple(tensors[k].shape) != tuple(state[k].shape))
+    shapes = [f"{k}: delta {list(tensors[k].shape)}, network {list(state[k].shape)}"
+              for k in sorted(set(tensors) & set(state)) if tuple(tensors[k].shape) != tuple(state[k].shape)]
     if unknown or shapes:
-        raise ValueError(f"{path}: the delta does not fit this network: {len(unknown)} tensors it lacks (e.g. "
-                         f"{unknown[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]})")
+        raise ValueError(f"{path}: the delta does not fit this network: {len(unknown)} tensors the network does not "
+                         f"have (e.g. {unknown[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]}); expected "
+                         f"only the network's own tensors, of its shapes")
     with torch.no_grad():
         for key, value in tensors.items():
             state[key].copy_(value)  # state_dict() tensors share storage with the parameters and buffers
@@ -805,8 +820,17 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     trainer.global_step)
         raise SystemExit(128 + signal.SIGTERM) from None
     # The fine-tuned model is what the delta ships: changed weights rounded to its dtype (already done before the
-    # last validation when training ran to max_steps), so base + delta reproduces the checkpoint exactly.
-    round_changed(net, base_state, dtype)
+    # validation at max_steps, if there was one), so base + delta reproduces the checkpoint exactly.
+    moved = round_changed(net, base_state, dtype)
+    # As visionpilot-train (training/train.py), the final model is validated when the last validation saw an earlier
+    # step (a val_check_interval that does not divide max_steps), and here also when it saw these weights before the
+    # rounding (a run that max_epochs ends: the callback rounds at max_steps only), so metrics.json and finetune.json
+    # describe the delta written below. A validation at the last step of rounded weights is not repeated.
+    stale = module.validation_is_stale() or (moved > 0 and module.val_step is not None)
+    if stale and has_val_frames(datamodule) and trainer.limit_val_batches:
+        log.info("validating the fine-tuned model (step %d): the last validation saw step %s%s", trainer.global_step,
+                 module.val_step, " before the rounding" if module.val_step == trainer.global_step else "")
+        trainer.validate(module, datamodule, verbose=False)
 
     out_dir = Path(run_cfg.paths.output_dir)
     ckpt_path = out_dir / "checkpoints" / "finetuned.ckpt"

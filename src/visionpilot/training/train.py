@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from visionpilot.data.datamodule import has_val_frames
 from visionpilot.governance import governance_kwargs
 from visionpilot.training.callbacks import Throughput
 from visionpilot.training.fault_tolerance import (
@@ -75,9 +76,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     trainer.global_step)
         raise SystemExit(128 + signal.SIGTERM) from None
     model, datamodule = objects["model"], objects["datamodule"]
-    val = (getattr(datamodule, "datasets", None) or {}).get("val")
-    has_val = val is not None and (not hasattr(val, "__len__") or len(val) > 0)
-    if model.validation_is_stale() and has_val and trainer.limit_val_batches:
+    if model.validation_is_stale() and has_val_frames(datamodule) and trainer.limit_val_batches:
         log.info("validating the final model (step %d): the last validation saw step %s", trainer.global_step,
                  model.val_step)
         trainer.validate(model, datamodule, verbose=False)
