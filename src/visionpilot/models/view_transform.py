@@ -19,9 +19,9 @@ features is needed.
 Cost (per frame, forward): ``N_cam * C_lift * Z * X * Y`` samples, accumulated camera by camera, so memory holds
 one camera's share and the sum. On a CPU outside export each camera samples only the voxels it sees
 (:meth:`ViewTransform._sample_visible`; a surround camera sees 13-27 % of them), the same lift with ~5x fewer
-samples; the exported graph keeps the dense, static-shape loop. The default grid (200 x 200 cells of 0.5 m, 8 Z levels) with 6 cameras and 64
-channels is 123 M samples (20 M floats, 82 MB, per camera) — fine on a GPU, too much for a CPU demo.
-``configs/model/bev/tiny.yaml`` uses 1.0 m cells and 4 levels (16x fewer voxels) and 16 sampled channels (a 1x1
+samples; the exported graph keeps the dense, static-shape loop. The default grid (200 x 200 cells of 0.5 m, 8 Z
+levels) with 6 cameras and 64 channels is 123 M samples (20 M floats, 82 MB, per camera) — fine on a GPU, too
+much for a CPU demo. ``configs/model/bev/tiny.yaml`` uses 1.0 m cells and 4 levels (16x fewer voxels) and 16 sampled channels (a 1x1
 conv reduces the neck's width *before* sampling, which is where the cost is): 3.8 M samples, about 7 ms for this
 whole module at 6 x 256 x 704 on 2 CPU threads (the tiny BEV branch: ~28 ms).
 The price of the coarse grid is resolution: objects closer than ~1 m merge and far lane lines blur.
@@ -219,8 +219,8 @@ class ViewTransform(nn.Module):
             camera_mask: (B, N) real camera slots; padded slots contribute nothing. None: every slot whose
                 intrinsics are not the identity padding of ``data/collate.py`` (focal > 1 px).
             visible_only: sample each camera at the voxels it sees only (:meth:`_sample_visible`) instead of at
-                every voxel; the same result (to the bit; its gradient to float rounding). None: on a CPU outside tracing, export and
-                ``torch.compile`` (it needs data-dependent shapes and a host sync).
+                every voxel; the same result (to the bit; its gradient to float rounding). None: on a CPU outside
+                tracing, export and ``torch.compile`` (it needs data-dependent shapes and a host sync).
 
         Returns:
             (B, C, Z, X, Y) voxel features in the features' dtype; exactly 0 where no camera sees the voxel.
