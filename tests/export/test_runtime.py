@@ -121,6 +121,9 @@ def test_typed_results_and_onnx_decode_match_net_decode(bev_model, bev_runtime, 
     with torch.no_grad():
         want = net.decode(net(batch["images"], batch["intrinsics"], batch["extrinsics"]), (H, W))
     pred = bev_runtime(batch["images"], batch["intrinsics"], batch["extrinsics"])  # torch tensors accepted
+    # bf16 calibration (from a model run under autocast) too: numpy has no bf16, it used to be a TypeError
+    bf16 = bev_runtime(batch["images"], batch["intrinsics"].bfloat16(), batch["extrinsics"].bfloat16())
+    assert bf16.objects_3d.boxes.shape == pred.objects_3d.boxes.shape
     assert pred.lanes_2d.points.shape == (3, 2, 4, 12, 2) and pred.objects_2d.boxes.shape[:2] == (3, 2)
     assert pred.objects_3d.boxes.shape[-1] == 7 and pred.lanes_bev.seg_prob.shape[:2] == (3, 6)
     assert pred.objects_3d.classes.dtype == np.int64 and pred.lanes_bev.valid.dtype == np.bool_

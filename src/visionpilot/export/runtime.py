@@ -155,7 +155,9 @@ class Predictions:
 
 def _numpy(value: ArrayLike) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        # numpy has no bfloat16: a bf16 calibration tensor (a model run under autocast) is widened, not a TypeError
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     return np.asarray(value)
 
 
