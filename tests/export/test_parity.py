@@ -141,6 +141,12 @@ def test_fp32_raw_gate_is_absolute_up_to_unit_scale_and_relative_beyond() -> Non
     report = compare([ref], [got], tolerance_for("int8"))
     line = summary({**result, "precision": "int8", "parity": {**report, "frames": 1, "regions": ["us"]}})
     assert "(not gated at int8)" in line.splitlines()[1]
+    # A NaN output (parity.fail=false lets such an export through) is named beyond its gate, not hidden behind
+    # the output closest to its own (NaN ratios never win a max)
+    got[f"{RAW_PREFIX}logits"] = np.full((1, 4), np.nan, np.float32)
+    report = compare([ref], [got], fp32)
+    line = summary({**result, "parity": {**report, "frames": 1, "regions": ["us"]}}).splitlines()[1]
+    assert f"beyond its gate: {RAW_PREFIX}logits nan" in line, line
 
 
 def test_unknown_box_layout_is_a_clear_error() -> None:

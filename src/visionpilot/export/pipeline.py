@@ -305,7 +305,12 @@ def summary(result: Mapping[str, Any]) -> str:
     raw = p.get("max_abs_diff_raw")
     gates = p.get("raw_gate") or {}
     if gates:  # the output closest to its own gate (gates scale with each output's magnitude, see parity.py)
-        key = max(gates, key=lambda k: p["max_abs_diff"][k] / gates[k] if gates[k] > 0 else math.inf)
+        # a non-finite difference (NaN compares false with everything) ranks first, as beyond its gate
+        def ratio(k: str) -> float:
+            diff = p["max_abs_diff"][k]
+            return math.inf if not math.isfinite(diff) or gates[k] <= 0 else diff / gates[k]
+
+        key = max(gates, key=ratio)
         raw_text = (f"{raw:.2e}; closest to its gate: {key} {p['max_abs_diff'][key]:.2e} <= "
                     f"{gates[key]:.2e}" if p["max_abs_diff"][key] <= gates[key] else
                     f"{raw:.2e}; beyond its gate: {key} {p['max_abs_diff'][key]:.2e} > {gates[key]:.2e}")
