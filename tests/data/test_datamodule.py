@@ -118,6 +118,14 @@ def test_bad_transform_spec(tiny_source) -> None:
         VisionPilotDataModule(tiny_source, train_transform=3)
 
 
+@pytest.mark.parametrize("bad", [[256, 704, 3], [256], 256, "256x704", [256, 0]])
+def test_bad_image_size_names_the_field(tiny_source, bad) -> None:
+    # A typo in data.image_size used to surface as "too many values to unpack" / "'int' object is not iterable".
+    with pytest.raises(ValueError, match=r"field 'image_size' must be \(height, width\)") as err:
+        VisionPilotDataModule(tiny_source, image_size=bad)
+    assert repr(bad) in str(err.value)
+
+
 class _Probe(L.LightningModule):
     """Consumes batches; records what it saw."""
 

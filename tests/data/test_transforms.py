@@ -113,6 +113,16 @@ def test_zoom_out_pads_and_keeps_labels_inside(frame_factory) -> None:
         np.testing.assert_allclose(area_b, 0.36 * area_a[np.isin(a.box_ids_2d, b.box_ids_2d)], rtol=1e-4)
 
 
+def test_crop_v_outside_the_image_is_refused() -> None:
+    # crop_v=2 used to push the picture half out of the frame and pad the rest black, silently.
+    with pytest.raises(ValueError, match=r"Resize: field 'crop_v' must be in \[0, 1\].*found 2.0"):
+        Resize((40, 72), keep_aspect=True, crop_v=2.0)
+    with pytest.raises(ValueError, match=r"RandomScaleCrop: field 'crop_v' must be in \[0, 1\].*found -0.5"):
+        RandomScaleCrop((40, 72), crop_v=-0.5)
+    with pytest.raises(ValueError, match=r"RandomScaleCrop: field 'size' must be \(height, width\).*found \[40\]"):
+        RandomScaleCrop([40])
+
+
 def test_random_scale_crop_is_deterministic(frame_factory) -> None:
     frame = frame_factory(1)
     t = RandomScaleCrop((40, 72), scale_range=(0.8, 1.3))

@@ -33,7 +33,7 @@ from visionpilot.data.collate import collate_frames
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.splits import SplitManifest, make_splits, normalise_fractions
-from visionpilot.data.transforms import FrameTransform, build_transform, child_seeds
+from visionpilot.data.transforms import FrameTransform, as_size, build_transform, child_seeds
 from visionpilot.governance.anonymise import AnonymiseFirst
 from visionpilot.governance.audit import Governance, GovernanceReport
 
@@ -239,7 +239,8 @@ class VisionPilotDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.image_size = None if image_size is None else tuple(int(v) for v in _plain(image_size))
+        self.image_size = None if image_size is None else as_size(_plain(image_size),
+                                                                   "VisionPilotDataModule: field 'image_size'")
         self.train_transform = self._make_transform(_plain(train_transform), train=True)
         self.val_transform = self._make_transform(_plain(val_transform), train=False)
         self.governance = Governance.from_config(_plain(governance), compute_region)

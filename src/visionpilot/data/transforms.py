@@ -44,11 +44,23 @@ def child_seeds(seed: int | None, n: int, *salt: int) -> list[int]:
     return [int(s) for s in seq.generate_state(n)]
 
 
-def _as_size(size: Sequence[int]) -> Size:
-    h, w = (int(v) for v in size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be (height, width) with positive values, found {tuple(size)}")
+def as_size(size: Sequence[int], what: str = "image size") -> Size:
+    """``(height, width)`` as ints; anything else (3 values, one int, a string) is refused naming ``what``."""
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        h = w = 0
+    if isinstance(size, str) or h <= 0 or w <= 0:
+        raise ValueError(f"{what} must be (height, width), two positive integers, found {size!r}")
     return h, w
+
+
+def _as_crop_v(crop_v: float, owner: str) -> float:
+    # Outside [0, 1] the picture slides off the output and black padding replaces it, silently.
+    if not 0.0 <= float(crop_v) <= 1.0:
+        raise ValueError(f"{owner}: field 'crop_v' must be in [0, 1] (0 keeps the top, 1 the bottom), "
+                         f"found {float(crop_v)}")
+    return float(crop_v)
 
 
 # -- affine warping of one camera -----------------------------------------------------------------------------
@@ -172,9 +184,9 @@ class Resize:
 
     def __init__(self, size: Sequence[int], keep_aspect: bool = False, crop_v: float = 0.5,
                  min_box_size: float = 2.0) -> None:
-        self.size = _as_size(size)
+        self.size = as_size(size, "Resize: field 'size'")
         self.keep_aspect = keep_aspect
-        self.crop_v = float(crop_v)
+        self.crop_v = _as_crop_v(crop_v, "Resize")
         self.min_box_size = min_box_size
 
     def affine(self, src: Size) -> np.ndarray:
@@ -210,13 +222,13 @@ class RandomScaleCrop:
 
     def __init__(self, size: Sequence[int], scale_range: Sequence[float] = (0.9, 1.1), keep_aspect: bool = False,
                  crop_v: float | None = None, same_for_all_cameras: bool = False, min_box_size: float = 2.0) -> None:
-        self.size = _as_size(size)
+        self.size = as_size(size, "RandomScaleCrop: field 'size'")
         lo, hi = (float(v) for v in scale_range)
         if not 0 < lo <= hi:
             raise ValueError(f"RandomScaleCrop: scale_range must be 0 < low <= high, found {tuple(scale_range)}")
         self.scale_range = (lo, hi)
         self.keep_aspect = keep_aspect
-        self.crop_v = None if crop_v is None else float(crop_v)
+        self.crop_v = None if crop_v is None else _as_crop_v(crop_v, "RandomScaleCrop")
         self.same_for_all_cameras = same_for_all_cameras
         self.min_box_size = min_box_size
 
