@@ -176,3 +176,20 @@ def test_the_evaluator_counts_boxes_within_nuscenes_class_ranges() -> None:
         results[name] = float(evaluator.compute()["bev_map"])
     assert results["nuscenes"] == pytest.approx(1.0)
     assert results["grid"] < 0.5
+
+
+def test_a_region_without_gt_boxes_has_no_map_rather_than_zero() -> None:
+    # gb's frame is 3D-labelled but holds no object (a false positive only): mAP and errors are undefined there,
+    # not 0 mAP / 1 m ATE, which would read as a model that missed everything (NaN is left out of metrics.json).
+    from visionpilot.evaluation import PerRegionMetric
+
+    boxes, scores = toy_predictions()
+    metric = PerRegionMetric(BevDetectionMetric, regions=["de", "gb"])
+    metric.update(["de", "gb"], [boxes, np.array([box(15, 2)])], [scores, np.ones(1)],
+                  [np.zeros(3, int), np.array([CAR])], [GT, np.zeros((0, 7))], [np.zeros(3, int), np.zeros(0, int)])
+    out = {region: floats(values) for region, values in metric.compute().items()}
+    assert out["de"]["bev_map"] == pytest.approx((23 + 23 + 56 + 90) / 360)
+    assert set(out["gb"]) == {"bev_map", "bev_ate", "bev_ase", "bev_aoe", *(f"bev_map@{t:g}m" for t in
+                                                                           (0.5, 1, 2, 4))}
+    assert all(np.isnan(v) for v in out["gb"].values())
+    assert out["all"]["bev_map"] < out["de"]["bev_map"]  # gb's false positive still counts in the pooled figure

@@ -210,3 +210,17 @@ def test_lines_without_length_are_no_instances() -> None:
     metric.update([[gt, dot]], [[0.9, 0.8]], [[0, 0]], [[gt, edge]], [[0, 0]])
     out = floats(metric.compute())
     assert out["bev_lane_f1"] == 1.0 and out["bev_lane_ap"] == 1.0
+
+
+def test_a_region_without_gt_lines_has_no_ap_rather_than_zero() -> None:
+    # gb's frame is BEV-labelled but holds no lane line: AP is undefined there (NaN, as 2D mAP), not 0.
+    from visionpilot.evaluation import PerRegionMetric
+
+    gt = along_x(0.0, 0.0, 30.0)
+    metric = PerRegionMetric(BevLaneChamferF1, regions=["de", "gb"])
+    metric.update(["de", "gb"], [[gt], [gt]], [[0.9], [0.8]], [[0], [0]], [[gt], []], [[0], np.zeros(0, int)])
+    out = {region: floats(values) for region, values in metric.compute().items()}
+    assert out["de"]["bev_lane_ap"] == 1.0 and out["de"]["bev_lane_f1"] == 1.0
+    assert np.isnan(out["gb"]["bev_lane_ap"]) and np.isnan(out["gb"]["bev_lane_ap@1m"])
+    assert out["gb"]["bev_lane_precision@1m"] == 0.0  # its prediction is a false positive, still counted
+    assert out["all"]["bev_lane_ap"] == pytest.approx(1.0)  # the FP ranks below the TP: precision 1 at recall 1

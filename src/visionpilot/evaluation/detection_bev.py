@@ -20,11 +20,11 @@ whose centre is not closer to the ego origin than their class's range (xy distan
 nuScenes' ``filter_eval_boxes`` does.
 
 Deviations: classes without any GT box in the evaluated set are left out of the means (nuScenes scores them AP 0,
-errors 1 — it always has every class; with per-region evaluation an absent class is normal). No velocity /
-attribute errors (AVE, AAE), hence no NDS; no lidar-point filter on GT (camera-only labels). Ties in score are
-ranked false positives first, then by ATE (nuScenes ranks them by arrival index), so results do not depend on the
-order frames arrive in (e.g. the process order of a DDP gather). Within a frame, tied predictions are matched in
-input order.
+errors 1 — it always has every class; with per-region evaluation an absent class is normal); with no GT box at all
+every figure is NaN (undefined). No velocity / attribute errors (AVE, AAE), hence no NDS; no lidar-point filter on
+GT (camera-only labels). Ties in score are ranked false positives first, then by ATE (nuScenes ranks them by arrival
+index), so results do not depend on the order frames arrive in (e.g. the process order of a DDP gather). Within a
+frame, tied predictions are matched in input order.
 """
 
 from __future__ import annotations
@@ -254,8 +254,11 @@ class BevDetectionMetric(Metric):
             errs.append(class_errs)
             out[f"bev_ap_{name}"] = torch.tensor(float(np.mean(class_aps)))
         if not aps:
-            summary = {"bev_map": 0.0, "bev_ate": 1.0, "bev_ase": 1.0, "bev_aoe": 1.0}
-            return {k: torch.tensor(v) for k, v in summary.items()}
+            # No GT box of any class (e.g. a region whose labelled frames hold no object in range): every class is
+            # left out, so mAP and the errors are undefined. NaN says so (left out of metrics.json, as for 2D mAP);
+            # 0 / 1 would read as a model that missed everything there.
+            keys = ["bev_map", *(f"bev_{k}" for k in _ERRORS), *(f"bev_map@{t:g}m" for t in self.dist_thresholds)]
+            return {k: torch.tensor(float("nan")) for k in keys}
         ap_table, err_table = np.asarray(aps), np.asarray(errs)
         result = {"bev_map": torch.tensor(float(ap_table.mean()))}
         for k, key in enumerate(_ERRORS):

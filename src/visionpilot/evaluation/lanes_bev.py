@@ -253,8 +253,8 @@ class BevLaneChamferF1(Metric):
             truth are cut to its extent first. None compares the lines as given.
 
     ``compute()`` keys: ``bev_lane_f1`` (mean over thresholds), ``bev_lane_ap`` (mean over thresholds and types
-    with GT), and per threshold ``bev_lane_precision@<t>m``, ``bev_lane_recall@<t>m``, ``bev_lane_f1@<t>m``,
-    ``bev_lane_ap@<t>m``.
+    with GT; NaN without any GT line), and per threshold ``bev_lane_precision@<t>m``, ``bev_lane_recall@<t>m``,
+    ``bev_lane_f1@<t>m``, ``bev_lane_ap@<t>m``.
     """
 
     full_state_update = False
@@ -342,7 +342,8 @@ class BevLaneChamferF1(Metric):
                 sel = np.flatnonzero(types == k)
                 sel = sel[np.lexsort((flags[sel, t], -scores[sel]))]  # by score; among ties, FPs first
                 type_aps.append(voc_area_ap(flags[sel, t].astype(np.float64), int(num_gt[k])))
-            ap = float(np.mean(type_aps)) if type_aps else 0.0
+            # No GT line of any type: AP is undefined (NaN, left out of metrics.json like 2D mAP), not 0.
+            ap = float(np.mean(type_aps)) if type_aps else float("nan")
             tag = f"@{threshold:g}m"
             out.update({f"bev_lane_precision{tag}": precision, f"bev_lane_recall{tag}": recall,
                         f"bev_lane_f1{tag}": f1, f"bev_lane_ap{tag}": torch.tensor(ap)})
