@@ -195,6 +195,17 @@ def camera_slots(selected: Sequence[str] | None, camera_names: Sequence[str], fi
     return [i for i, c in enumerate(camera_names) if c in set(selected)]
 
 
+def run_lanes_on(net: nn.Module, lane_cameras: Sequence[str] | None, camera_names: Sequence[str],
+                 field: str) -> None:
+    """Run ``net``'s 2D lane head on the ``lane_cameras`` slots only (None: every camera), if it has one: the other
+    cameras' lane outputs are masked out of the loss and the metrics. For the training module and the checkpoint
+    loader alike, so a loaded model runs as it was trained."""
+    net = getattr(net, "_orig_mod", net)  # a torch.compile wrapper
+    if "lanes_2d" in getattr(net, "heads", {}):
+        net.set_head_cameras("lanes_2d", camera_slots(list(lane_cameras) if lane_cameras else None, camera_names,
+                                                      field))
+
+
 def slots_mask(camera_mask: Tensor, slots: Sequence[int] | None) -> Tensor:
     """(B, N) bool: ``camera_mask`` where the slot is one of ``slots`` (None: every slot). Collate pads camera slots
     up to the widest frame of a batch, so N may differ from the rig's camera count: slots past it stay False."""

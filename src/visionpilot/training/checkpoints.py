@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from visionpilot.models.net import camera_slots
+from visionpilot.models.net import run_lanes_on
 from visionpilot.training.module import check_signature, model_signature
 from visionpilot.utils.io import file_sha256  # noqa: F401  (re-exported: callers import it from here)
 
@@ -110,9 +110,6 @@ def load_checkpoint(path: str | Path, config_overrides: dict[str, Any] | None = 
     net.load_state_dict(state)
     net.eval()
     loaded = LoadedCheckpoint(net=net, config=config, meta=meta, path=path, sha256=file_sha256(path))
-    lane_cameras = config.model.get("lane_cameras")
-    if loaded.camera_names and "lanes_2d" in getattr(net, "heads", {}):
-        # As in training (PerceptionModule.restrict_lane_head): the 2D lane head runs on the lane cameras only.
-        net.set_head_cameras("lanes_2d", camera_slots(list(lane_cameras) if lane_cameras else None,
-                                                      loaded.camera_names, f"{path}: model.lane_cameras"))
+    if loaded.camera_names:  # as in training: the 2D lane head runs on the lane cameras only
+        run_lanes_on(net, config.model.get("lane_cameras"), loaded.camera_names, f"{path}: model.lane_cameras")
     return loaded

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.export.onnx_export import example_inputs
 from visionpilot.governance import build_lineage, withhold_frames
-from visionpilot.models.net import camera_slots, slots_mask
+from visionpilot.models.net import camera_slots, run_lanes_on, slots_mask
 
 #: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
 NAN_POLICIES = ("raise", "skip")
@@ -147,12 +147,9 @@ class PerceptionModule(L.LightningModule):
         return names
 
     def restrict_lane_head(self) -> None:
-        """Run the 2D lane head on ``lane_cameras`` only (``HydraNet.set_head_cameras``): the other cameras' lane
-        outputs are masked out of the loss and the metrics anyway."""
-        net = getattr(self.net, "_orig_mod", self.net)
-        if self.camera_names is None or "lanes_2d" not in getattr(net, "heads", {}):
-            return
-        net.set_head_cameras("lanes_2d", camera_slots(self.lane_cameras, self.camera_names, "model.lane_cameras"))
+        """Run the 2D lane head on ``lane_cameras`` only (``models/net.py: run_lanes_on``)."""
+        if self.camera_names is not None:
+            run_lanes_on(self.net, self.lane_cameras, self.camera_names, "model.lane_cameras")
 
     def _with_lane_cameras(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.lane_cameras is None or self.camera_names is None:
