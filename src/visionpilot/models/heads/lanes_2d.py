@@ -28,9 +28,9 @@ Two classifiers produce the same outputs (so targets, loss, decode and evaluatio
   wherever it is, so every labelled point teaches every position. Which slot a marking belongs to (the ego lane's
   left line, the next one out, ...) is not local: normalised (u, v) coordinate channels and convolutions dilated
   along the row (``context_dilations``) carry it, as in :class:`~visionpilot.models.heads.lanes_bev.LanesBEVHead`.
-  Per (slot, row) the "absent" logit is pooled along the row; existence reads the map's mean and max; a slot's type is the per-cell type logits averaged along
-  its predicted line. From random weights it reaches ~2.7x the MLP's lane F1 in the demo's 250 steps
-  (docs/benchmarks.md).
+  Per (slot, row) the "absent" logit is pooled along the row; existence reads the map's mean and max; a slot's
+  type is the per-cell type logits averaged along its predicted line. From random weights it reaches ~2.7x the
+  MLP's lane F1 in the demo's 250 steps (docs/benchmarks.md).
 """
 
 from __future__ import annotations
