@@ -131,3 +131,60 @@ def test_evaluator_skips_images_without_2d_labels() -> None:
     out = evaluator.compute()
     assert out["det_map50"] == pytest.approx(1.0) and out["de/det_map50"] == pytest.approx(1.0)
     assert not any(k.startswith("gb/") for k in out)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_predictions_with_non_finite_boxes_are_no_detections(bad: float) -> None:
+    # A box with NaN / Inf cannot match anything: dropped like a non-finite score, not ranked as a confident FP
+    # (NaN scored 0.95 above the exact hit made AP 0.5) nor kept in one of the image's max_detections places.
+    boxes = [t([[bad, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]])]
+    metric = Detection2DMAP()
+    metric.update(boxes, [t([0.95, 0.9, float("nan")])], [torch.tensor([0, 0, 0])], [t([[0, 0, 10, 10]])],
+                  [torch.tensor([0])])
+    assert metric.compute()["det_map50"] == pytest.approx(1.0)
+    assert len(metric.pred_scores[0]) == 1 and float(metric.pred_scores[0][0]) == pytest.approx(0.9)
+
+
+def test_non_finite_ground_truth_box_is_an_error() -> None:
+    # Ground truth with NaN is bad input; a NaN row of padding (label -1) is not.
+    gt_boxes = [t([[0, 0, 10, 10], [float("nan"), 0, 0, 0]]), t([[0, 0, 10, 10], [0, 0, float("inf"), 5]])]
+    gt_labels = [torch.tensor([0, -1]), torch.tensor([0, 2])]
+    metric = Detection2DMAP()
+    with pytest.raises(ValueError, match=r"image 1: 'gt_boxes' must be finite, found \[0.0, 0.0, inf, 5.0\] in row 1"):
+        metric.update([t([[0, 0, 10, 10]])] * 2, [t([0.9])] * 2, [torch.tensor([0])] * 2, gt_boxes, gt_labels)
+
+
+@pytest.mark.parametrize(("field", "rows", "found"), [("pred_scores", "pred_boxes", 1),
+                                                      ("pred_labels", "pred_boxes", 3), ("gt_labels", "gt_boxes", 1)])
+def test_mismatched_lengths_name_the_field_and_image(field: str, rows: str, found: int) -> None:
+    args = {"pred_boxes": [t([[0, 0, 10, 10]]), t([[0, 0, 10, 10], [5, 5, 20, 20]])],
+            "pred_scores": [t([0.9]), t([0.9, 0.8])], "pred_labels": [torch.tensor([0]), torch.tensor([0, 1])],
+            "gt_boxes": [t([[0, 0, 10, 10]]), t([[0, 0, 10, 10], [5, 5, 20, 20]])],
+            "gt_labels": [torch.tensor([0]), torch.tensor([0, 1])]}
+    args[field][1] = torch.arange(found)
+    metric = Detection2DMAP()
+    with pytest.raises(ValueError, match=rf"image 1: '{field}' must have one entry per row of '{rows}' \(2\), "
+                                         rf"found {found}"):
+        metric.update(**args)
+    assert not metric.pred_counts and not metric.gt_counts  # image 0 was not accumulated either
+
+
+def test_boxes_of_the_wrong_width_are_an_error() -> None:
+    # (2, 5) boxes (x1, y1, x2, y2, score) used to be read silently as some other (K, 4) array.
+    with pytest.raises(ValueError, match=r"image 0: 'pred_boxes' must be \(K, 4\) boxes, found shape \(2, 5\)"):
+        Detection2DMAP().update([torch.zeros(2, 5)], [t([0.9, 0.8])], [torch.tensor([0, 0])], [t([[0, 0, 1, 1]])],
+                                [torch.tensor([0])])
+
+
+def test_evaluator_box_images_drop_non_finite_predictions() -> None:
+    # box_images feeds both Detection2DMAP and benchmarks/error_analysis.py's own COCO run: the same detections.
+    from visionpilot.evaluation.evaluator import PerceptionEvaluator
+
+    batch = {"has_boxes_2d": torch.tensor([True]), "camera_mask": torch.tensor([[True]]),
+             "boxes_2d": t([[[[0, 0, 10, 10]]]]), "boxes_2d_classes": torch.zeros(1, 1, 1, dtype=torch.long),
+             "boxes_2d_mask": torch.tensor([[[True]]])}
+    decoded = {"objects_2d.boxes": t([[[[float("nan"), 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]]]]),
+               "objects_2d.scores": t([[[0.95, float("nan"), 0.9]]]),
+               "objects_2d.classes": torch.zeros(1, 1, 3, dtype=torch.long)}
+    (image,) = PerceptionEvaluator.box_images(batch, decoded)
+    assert image["scores"].tolist() == pytest.approx([0.9]) and image["boxes"].tolist() == [[0, 0, 10, 10]]

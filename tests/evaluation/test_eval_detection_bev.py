@@ -193,3 +193,44 @@ def test_a_region_without_gt_boxes_has_no_map_rather_than_zero() -> None:
                                                                            (0.5, 1, 2, 4))}
     assert all(np.isnan(v) for v in out["gb"].values())
     assert out["all"]["bev_map"] < out["de"]["bev_map"]  # gb's false positive still counts in the pooled figure
+
+
+def test_predictions_with_non_finite_scores_are_no_detections() -> None:
+    # nuScenes rejects NaN scores; here, as in 2D mAP, such a prediction is dropped. Kept, it made ATE / ASE / AOE
+    # NaN (the confidence curve became NaN) however good the other predictions were.
+    boxes, scores = toy_predictions()
+    nan_score = BevDetectionMetric()
+    nan_score.update([np.concatenate([boxes, [box(20, 0)]])], [np.append(scores, np.nan)], [np.zeros(4, int)], [GT],
+                     [np.zeros(3, int)])
+    plain = BevDetectionMetric()
+    plain.update([boxes], [scores], [np.zeros(3, int)], [GT], [np.zeros(3, int)])
+    assert floats(nan_score.compute()) == pytest.approx(floats(plain.compute()))
+
+
+def test_non_finite_ground_truth_box_is_an_error() -> None:
+    gt = np.array([box(10, 0), box(20, 0, yaw=np.nan), [np.nan] * 7])  # the last row is padding (label -1)
+    metric = BevDetectionMetric()
+    with pytest.raises(ValueError, match=r"frame 0: 'gt_boxes' must be finite, found \[20.0, 0.0, .*nan\] in row 1"):
+        metric.update([GT], [np.ones(3)], [np.zeros(3, int)], [gt], [np.array([CAR, CAR, -1])])
+
+
+@pytest.mark.parametrize(("field", "rows", "found"), [("pred_scores", "pred_boxes", 2),
+                                                      ("pred_labels", "pred_boxes", 4), ("gt_labels", "gt_boxes", 2)])
+def test_mismatched_lengths_name_the_field_and_frame(field: str, rows: str, found: int) -> None:
+    boxes, scores = toy_predictions()
+    args = {"pred_boxes": [boxes[:1], boxes], "pred_scores": [scores[:1], scores],
+            "pred_labels": [np.zeros(1, int), np.zeros(3, int)], "gt_boxes": [GT[:1], GT],
+            "gt_labels": [np.zeros(1, int), np.zeros(3, int)]}
+    args[field][1] = np.zeros(found, int)
+    metric = BevDetectionMetric()
+    with pytest.raises(ValueError, match=rf"frame 1: '{field}' must have one entry per row of '{rows}' \(3\), "
+                                         rf"found {found}"):
+        metric.update(**args)
+    assert not metric.scores and int(metric.num_gt.sum()) == 0
+
+
+def test_class_index_outside_the_vocabulary_is_an_error() -> None:
+    # A GT label beyond class_names used to be dropped silently (fewer GT, a higher mAP).
+    boxes, scores = toy_predictions()
+    with pytest.raises(ValueError, match=r"frame 0: 'gt_labels' must hold indices below 6 .* found 9"):
+        BevDetectionMetric().update([boxes], [scores], [np.zeros(3, int)], [GT], [np.array([0, 0, 9])])

@@ -224,3 +224,34 @@ def test_a_region_without_gt_lines_has_no_ap_rather_than_zero() -> None:
     assert np.isnan(out["gb"]["bev_lane_ap"]) and np.isnan(out["gb"]["bev_lane_ap@1m"])
     assert out["gb"]["bev_lane_precision@1m"] == 0.0  # its prediction is a false positive, still counted
     assert out["all"]["bev_lane_ap"] == pytest.approx(1.0)  # the FP ranks below the TP: precision 1 at recall 1
+
+
+def test_predictions_with_non_finite_scores_are_no_predictions() -> None:
+    # As in the detection metrics. Kept, a NaN-scored line ranked last and took the GT line the other one missed:
+    # AP 1 for a model that found one of two lines.
+    a, b = along_x(0.0, 0.0, 30.0), along_x(3.5, 0.0, 30.0)
+    metric = BevLaneChamferF1()
+    metric.update([[a, b]], [[np.nan, 0.8]], [[0, 0]], [[a, b]], [[0, 0]])
+    out = floats(metric.compute())
+    assert out["bev_lane_ap"] == pytest.approx(0.5) and out["bev_lane_recall@1m"] == pytest.approx(0.5)
+    assert metric.scores[0].tolist() == pytest.approx([0.8])
+
+
+@pytest.mark.parametrize(("field", "rows", "found"), [("pred_scores", "pred_lines", 1),
+                                                      ("pred_types", "pred_lines", 3), ("gt_types", "gt_lines", 1)])
+def test_mismatched_lengths_name_the_field_and_frame(field: str, rows: str, found: int) -> None:
+    lines = [along_x(0.0, 0.0, 30.0), along_x(3.5, 0.0, 30.0)]
+    args = {"pred_lines": [lines[:1], lines], "pred_scores": [[0.9], [0.9, 0.8]], "pred_types": [[0], [0, 1]],
+            "gt_lines": [lines[:1], lines], "gt_types": [[0], [0, 1]]}
+    args[field][1] = [0] * found
+    metric = BevLaneChamferF1()
+    with pytest.raises(ValueError, match=rf"frame 1: '{field}' must have one entry per row of '{rows}' \(2\), "
+                                         rf"found {found}"):
+        metric.update(**args)
+
+
+def test_type_index_outside_the_vocabulary_is_an_error() -> None:
+    # A GT type beyond type_names used to be dropped from the GT count silently (rasterize_polylines rejects it).
+    line = along_x(0.0, 0.0, 30.0)
+    with pytest.raises(ValueError, match=r"frame 0: 'gt_types' must hold indices below 6 .* found 7"):
+        BevLaneChamferF1().update([[line]], [[0.9]], [[0]], [[line, line]], [[0, 7]])

@@ -20,6 +20,36 @@ def to_numpy(x: ArrayLike, dtype: type = np.float64) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def box_rows(boxes: ArrayLike, width: int, where: str, name: str) -> np.ndarray:
+    """(K, width) float64 boxes of one image / frame: a (K, width) array, one (width,) box or an empty array."""
+    arr = to_numpy(boxes)
+    if arr.size and (arr.ndim == 0 or arr.shape[-1] != width):
+        raise ValueError(f"{where}: '{name}' must be (K, {width}) boxes, found shape {tuple(arr.shape)}")
+    return arr.reshape(-1, width)
+
+
+def check_per_row(where: str, rows_name: str, rows: int, **lengths: int) -> None:
+    """Raise if a per-row field (scores, labels, ...) has another length than ``rows`` (the boxes or lines)."""
+    for name, length in lengths.items():
+        if length != rows:
+            raise ValueError(f"{where}: '{name}' must have one entry per row of '{rows_name}' ({rows}), found "
+                             f"{length}")
+
+
+def check_finite_rows(where: str, name: str, rows: np.ndarray, real: np.ndarray) -> None:
+    """Raise if a real (not padding) row of ground truth (K, D) holds NaN or Inf: bad input, not a row to drop."""
+    bad = np.flatnonzero(real & ~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{where}: '{name}' must be finite, found {rows[bad[0]].tolist()} in row {int(bad[0])}")
+
+
+def check_indices(where: str, name: str, labels: np.ndarray, names: Sequence[str]) -> None:
+    """Raise if a class / type index is beyond the vocabulary (negative ones are padding)."""
+    if len(labels) and labels.max() >= len(names):
+        raise ValueError(f"{where}: '{name}' must hold indices below {len(names)} ({list(names)}) or negative for "
+                         f"padding, found {int(labels.max())}")
+
+
 def cat_state(state: list[Tensor] | Tensor) -> Tensor:
     """Concatenate a cat-reduced list state (already a tensor after a DDP sync); empty -> a 0-length tensor."""
     if isinstance(state, Tensor):

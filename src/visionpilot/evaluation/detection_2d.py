@@ -6,7 +6,8 @@ inputs in DDP-friendly states (flat, cat-reduced tensors, so ``merge_state`` and
 ``MeanAveragePrecision`` itself does not support for merging) and runs one local COCO evaluation at ``compute``.
 
 Deviations: none in the evaluation. No ``iscrowd`` regions (all GT are regular instances); COCO's default of at
-most 100 detections per image applies (``max_detections``).
+most 100 detections per image applies (``max_detections``). Predictions with a NaN / Inf score or box are no
+detections and are dropped before it; ground-truth boxes must be finite.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.evaluation._common import ArrayLike, cat_state, to_numpy
+from visionpilot.evaluation._common import (
+    ArrayLike,
+    box_rows,
+    cat_state,
+    check_finite_rows,
+    check_per_row,
+    to_numpy,
+)
 
 # faster-coco-eval logs a 12-line COCO summary at INFO on every evaluation — once per region per validation here,
 # which buries the training and evaluation logs; the numbers are in metrics.json / eval.json.
@@ -81,25 +89,35 @@ class Detection2DMAP(Metric):
         """Accumulate a batch of images (a padded ``(I, K, ...)`` tensor works as a sequence of images).
 
         Args:
-            pred_boxes: per image, (K, 4) ``x1, y1, x2, y2`` pixels.
-            pred_scores: per image, (K,) confidences.
+            pred_boxes: per image, (K, 4) ``x1, y1, x2, y2`` pixels; a box with NaN / Inf is no detection.
+            pred_scores: per image, (K,) confidences; a non-finite score is no detection.
             pred_labels: per image, (K,) class indices; negative = padding.
-            gt_boxes: per image, (G, 4) ``x1, y1, x2, y2`` pixels.
+            gt_boxes: per image, (G, 4) ``x1, y1, x2, y2`` pixels, finite.
             gt_labels: per image, (G,) class indices; negative = padding.
         """
         n = len(pred_boxes)
         if not len(pred_scores) == len(pred_labels) == len(gt_boxes) == len(gt_labels) == n:
             raise ValueError("Detection2DMAP.update: all arguments must list the same images, found lengths "
                              f"{[len(a) for a in (pred_boxes, pred_scores, pred_labels, gt_boxes, gt_labels)]}")
+        images = []  # checked first, appended after: a bad image leaves the states as they were
         for i in range(n):
-            boxes = to_numpy(pred_boxes[i]).reshape(-1, 4)
+            where = f"Detection2DMAP.update, image {i}"
+            boxes = box_rows(pred_boxes[i], 4, where, "pred_boxes")
             scores = to_numpy(pred_scores[i]).reshape(-1)
             labels = to_numpy(pred_labels[i]).reshape(-1)
+            check_per_row(where, "pred_boxes", len(boxes), pred_scores=len(scores), pred_labels=len(labels))
+            # A non-finite score cannot be ranked and a non-finite box cannot match: neither is a detection (COCO
+            # would count a NaN box as a false positive, in one of the image's max_detections places).
             keep = (labels >= 0) & (scores >= self.score_threshold) & np.isfinite(scores)
-            self._append("pred", boxes[keep], labels[keep], scores[keep])
-            boxes = to_numpy(gt_boxes[i]).reshape(-1, 4)
-            labels = to_numpy(gt_labels[i]).reshape(-1)
-            self._append("gt", boxes[labels >= 0], labels[labels >= 0])
+            keep &= np.isfinite(boxes).all(axis=1)
+            gt = box_rows(gt_boxes[i], 4, where, "gt_boxes")
+            gt_cls = to_numpy(gt_labels[i]).reshape(-1)
+            check_per_row(where, "gt_boxes", len(gt), gt_labels=len(gt_cls))
+            check_finite_rows(where, "gt_boxes", gt, gt_cls >= 0)
+            images.append((boxes[keep], labels[keep], scores[keep], gt[gt_cls >= 0], gt_cls[gt_cls >= 0]))
+        for boxes, labels, scores, gt, gt_cls in images:
+            self._append("pred", boxes, labels, scores)
+            self._append("gt", gt, gt_cls)
 
     def _append(self, kind: str, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None) -> None:
         def as_tensor(a: np.ndarray | list[int]) -> Tensor:

@@ -38,7 +38,15 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.evaluation._common import ArrayLike, cat_state, to_numpy
+from visionpilot.evaluation._common import (
+    ArrayLike,
+    box_rows,
+    cat_state,
+    check_finite_rows,
+    check_indices,
+    check_per_row,
+    to_numpy,
+)
 
 NUSCENES_DIST_THRESHOLDS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 #: nuScenes' evaluation ranges (metres) mapped onto our vocabulary (car, truck with trailer and construction
@@ -151,10 +159,11 @@ class BevDetectionMetric(Metric):
         """Accumulate a batch of frames (a padded ``(B, K, ...)`` tensor works as a sequence of frames).
 
         Args:
-            pred_boxes: per frame, (K, 7) ``x, y, z, length, width, height, yaw`` in the ego frame.
-            pred_scores: per frame, (K,) confidences.
+            pred_boxes: per frame, (K, 7) ``x, y, z, length, width, height, yaw`` in the ego frame; a box with
+                NaN / Inf is no detection.
+            pred_scores: per frame, (K,) confidences; a non-finite score is no detection.
             pred_labels: per frame, (K,) class indices; negative = padding.
-            gt_boxes: per frame, (G, 7) in the same form.
+            gt_boxes: per frame, (G, 7) in the same form, finite.
             gt_labels: per frame, (G,) class indices; negative = padding.
         """
         n = len(pred_boxes)
@@ -164,9 +173,21 @@ class BevDetectionMetric(Metric):
         scores_out, labels_out, tp_out, err_out = [], [], [], []
         num_gt = np.zeros(len(self.class_names), dtype=np.int64)
         for f in range(n):
-            pb, pl, ps = self._filter(to_numpy(pred_boxes[f]).reshape(-1, 7), to_numpy(pred_labels[f], np.int64)
-                                      .reshape(-1), to_numpy(pred_scores[f]).reshape(-1))
-            gb, gl = self._filter(to_numpy(gt_boxes[f]).reshape(-1, 7), to_numpy(gt_labels[f], np.int64).reshape(-1))
+            where = f"BevDetectionMetric.update, frame {f}"
+            pb = box_rows(pred_boxes[f], 7, where, "pred_boxes")
+            pl = to_numpy(pred_labels[f], np.int64).reshape(-1)
+            ps = to_numpy(pred_scores[f]).reshape(-1)
+            check_per_row(where, "pred_boxes", len(pb), pred_scores=len(ps), pred_labels=len(pl))
+            gb = box_rows(gt_boxes[f], 7, where, "gt_boxes")
+            gl = to_numpy(gt_labels[f], np.int64).reshape(-1)
+            check_per_row(where, "gt_boxes", len(gb), gt_labels=len(gl))
+            check_indices(where, "pred_labels", pl, self.class_names)
+            check_indices(where, "gt_labels", gl, self.class_names)
+            check_finite_rows(where, "gt_boxes", gb, gl >= 0)
+            # A non-finite score cannot be ranked (nuScenes rejects NaN scores): no detection, as in 2D mAP.
+            finite = np.isfinite(ps)
+            pb, pl, ps = self._filter(pb[finite], pl[finite], ps[finite])
+            gb, gl = self._filter(gb, gl)
             num_gt += np.bincount(gl, minlength=len(self.class_names))
             for c in np.unique(pl):
                 p = pb[pl == c]

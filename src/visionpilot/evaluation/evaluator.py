@@ -144,8 +144,9 @@ class PerceptionEvaluator(nn.Module):
     @staticmethod
     def box_images(batch: dict[str, Any], decoded: dict[str, Tensor]) -> list[dict[str, Any]]:
         """The 2D box task image by image: per labelled camera image its ``b``, ``n``, the predictions
-        (``boxes`` (K, 4) px, ``scores``, ``labels``; the fixed-size top-K's padding dropped) and the ground truth
-        (``gt_boxes``, ``gt_labels``). ``_update_objects`` and benchmarks/error_analysis.py read the same lists."""
+        (``boxes`` (K, 4) px, ``scores``, ``labels``; the fixed-size top-K's padding and, as :class:`Detection2DMAP`
+        does, non-finite boxes and scores dropped) and the ground truth (``gt_boxes``, ``gt_labels``).
+        ``_update_objects`` and benchmarks/error_analysis.py read the same lists."""
         image_mask = (batch["has_boxes_2d"][:, None] & batch["camera_mask"]).cpu().numpy()  # (B, N)
         boxes = decoded["objects_2d.boxes"].float().cpu()
         scores = decoded["objects_2d.scores"].float().cpu()
@@ -156,6 +157,7 @@ class PerceptionEvaluator(nn.Module):
         images = []
         for b, n in zip(*np.nonzero(image_mask)):
             keep = classes[b, n] >= 0  # padding of the fixed-size top-K
+            keep &= torch.isfinite(scores[b, n]) & torch.isfinite(boxes[b, n]).all(dim=-1)  # no detections
             images.append({"b": int(b), "n": int(n), "boxes": boxes[b, n][keep], "scores": scores[b, n][keep],
                            "labels": classes[b, n][keep], "gt_boxes": gt_boxes[b, n][gt_mask[b, n]],
                            "gt_labels": gt_classes[b, n][gt_mask[b, n]]})

@@ -49,6 +49,8 @@ from visionpilot.data.vocab import LANE_TYPES
 from visionpilot.evaluation._common import (
     ArrayLike,
     cat_state,
+    check_indices,
+    check_per_row,
     clean_polylines,
     precision_recall_f1,
     to_numpy,
@@ -298,7 +300,7 @@ class BevLaneChamferF1(Metric):
         Args:
             pred_lines: per frame, its predicted polylines (P_i, 2 or 3) in the ego frame (or a padded (L, P, D)
                 array; NaN points are padding).
-            pred_scores: per frame, (L,) confidences.
+            pred_scores: per frame, (L,) confidences; a line with a non-finite score is no prediction.
             pred_types: per frame, (L,) lane type indices; negative = padding.
             gt_lines: per frame, ground-truth polylines in the same form.
             gt_types: per frame, (G,) lane type indices.
@@ -310,9 +312,19 @@ class BevLaneChamferF1(Metric):
         scores_out, types_out, tp_out = [], [], []
         num_gt = np.zeros(len(self.type_names), dtype=np.int64)
         for f in range(n):
-            p_pts, p_types, p_index = self._resampled(pred_lines[f], pred_types[f])
-            p_scores = to_numpy(pred_scores[f]).reshape(-1)[p_index]
-            g_pts, g_types, _ = self._resampled(gt_lines[f], gt_types[f])
+            where = f"BevLaneChamferF1.update, frame {f}"
+            p_types = to_numpy(pred_types[f], np.int64).reshape(-1)
+            p_scores = to_numpy(pred_scores[f]).reshape(-1)
+            num_pred = 0 if pred_lines[f] is None else len(pred_lines[f])
+            check_per_row(where, "pred_lines", num_pred, pred_scores=len(p_scores), pred_types=len(p_types))
+            g_types = to_numpy(gt_types[f], np.int64).reshape(-1)
+            check_per_row(where, "gt_lines", 0 if gt_lines[f] is None else len(gt_lines[f]), gt_types=len(g_types))
+            check_indices(where, "pred_types", p_types, self.type_names)
+            check_indices(where, "gt_types", g_types, self.type_names)
+            # A non-finite score cannot be ranked: no prediction (as padding), as in the detection metrics.
+            p_pts, p_types, p_index = self._resampled(pred_lines[f], np.where(np.isfinite(p_scores), p_types, -1))
+            p_scores = p_scores[p_index]
+            g_pts, g_types, _ = self._resampled(gt_lines[f], g_types)
             num_gt += np.bincount(g_types, minlength=len(self.type_names))[: len(self.type_names)]
             for t in np.unique(p_types):
                 sel = p_types == t
