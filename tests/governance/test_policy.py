@@ -218,3 +218,48 @@ def test_custom_source_names_stay_legitimate() -> None:
     assert not p.decide("Fleet", "gb", "gb", False).allowed and p.decide("fleet", "gb", "us", False).allowed
     assert p.decide("fleet2", "gb", "us", False).needs_anonymisation
     assert p.decide("nuscenes", "de", "us", False).rule.where == "governance.rules[3]"  # named itself: no near miss
+
+
+@pytest.mark.parametrize("where", ["rules", "default", "zones"])
+def test_a_null_note_is_no_note(where: str) -> None:
+    """``note: null`` (or ``note:`` left empty in YAML) was stored, shown and hashed as the text 'None'."""
+    spec = {"rules": [{"region": "cn", "process_abroad": "never", "note": None}], "default": {"note": None},
+            "zones": [{"name": "site", "circle": {"lat": 1, "lon": 1, "radius_m": 5}, "note": None}]}
+    p = Policy.from_config(spec)
+    assert p.rules[0].note == p.default.note == p.zones[0].note == ""
+    left_out = {"rules": [{"region": "cn", "process_abroad": "never"}], "zones": [{"name": "site", "circle": {
+        "lat": 1, "lon": 1, "radius_m": 5}}]}
+    assert p.sha256 == Policy.from_config(left_out).sha256  # null and left out are the same policy
+    assert Policy.from_config({"default": {"note": "ok"}}).default.note == "ok"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"rules": [{"region": "cn", "note": ["no", "export"]}]},
+     r"governance.rules\[0\]: field 'note' must be text \(quote it in YAML\) or null, found \['no', 'export'\]"),
+    ({"default": {"note": 2024}}, r"governance.default: field 'note' must be text .* found 2024"),
+    ({"zones": [{"name": "site", "circle": {"lat": 1, "lon": 1, "radius_m": 5}, "note": {"law": "x"}}]},
+     r"governance.zones\[0\] \('site'\): field 'note' must be text .* found \{'law': 'x'\}"),
+])
+def test_a_note_that_is_not_text_is_refused(spec: dict, message: str) -> None:
+    """A list or number (a YAML slip) was stored as its Python repr: refused, naming the field and what was found."""
+    with pytest.raises(ValueError, match=message):
+        Policy.from_config(spec)
+
+
+@pytest.mark.parametrize("second", ["site", "Site "])
+def test_duplicate_zone_names_are_refused(second: str) -> None:
+    """Audits count excluded frames by zone name: two zones of one name each showed the other's frames too."""
+    zones = [{"name": "site", "circle": {"lat": 1, "lon": 1, "radius_m": 5}},
+             {"name": "other", "polygon": [[0, 0], [0, 1], [1, 1]]},
+             {"name": second, "circle": {"lat": 2, "lon": 2, "radius_m": 5}}]
+    with pytest.raises(ValueError, match=rf"governance.zones\[2\]: field 'name' is {second!r}, already the name of "
+                                         rf"governance.zones\[0\]; give every zone its own name"):
+        Policy.from_config({"zones": zones})
+    unnamed = [{"circle": {"lat": 1, "lon": 1, "radius_m": 5}}, {"circle": {"lat": 2, "lon": 2, "radius_m": 5}}]
+    assert [z.name for z in Policy.from_config({"zones": unnamed}).zones] == ["governance.zones[0]",
+                                                                             "governance.zones[1]"]
+
+
+def test_a_null_policy_name_is_custom() -> None:
+    """``name: null`` named the policy 'None' in errors, audits and every lineage record."""
+    assert Policy.from_config({"name": None}).name == Policy.from_config({}).name == "custom"

@@ -285,3 +285,34 @@ def test_a_rule_for_a_source_spelt_otherwise_still_refuses_its_frames(spelt: str
     assert not src._cache  # refused on the index: no frame was loaded
     dm = VisionPilotDataModule(src, regions=["gb"], image_size=None, batch_size=2, governance=gov, compute_region="us")
     dm.setup("fit")  # the rule's region only
+
+
+@pytest.mark.parametrize("check", ["enforce", "audit"])
+def test_a_misspelt_rule_is_refused_with_advice_to_correct_it(check: str) -> None:
+    """A misspelt rule is refused wherever the job runs: the advice to run where the data resides (or anonymise)
+    sent people to the wrong fix; it says to correct the spelling, and keeps the usual advice for other refusals."""
+    from visionpilot.governance import Governance
+
+    src = NuScenesLike({"de": 3, "gb": 3})
+    refs = src.index()
+    gov = Governance.from_config({"rules": [{"source": "nu-scenes", "region": "de", "process_abroad": "never"}]},
+                                 compute_region="de")
+
+    def message(gov: Governance) -> str:
+        with pytest.raises(ResidencyError) as err:
+            gov.enforce(src, refs, ["de", "gb"]) if check == "enforce" else \
+                gov.audit(src, refs, ["de", "gb"]).raise_if_refused()
+        return str(err.value)
+
+    text = message(gov)
+    assert "field 'source' is 'nu-scenes', spelt almost like this source's name 'nuscenes'" in text
+    assert "Correct the source name in governance.rules[0] to the name the job reads (or '*')" in text
+    assert "Run it where the data resides" not in text and "enable anonymisation" not in text
+    both = Governance.from_config({"rules": [{"source": "nu-scenes", "region": "de", "process_abroad": "never"},
+                                             {"region": "gb", "process_abroad": "never"}]}, compute_region="us")
+    text = message(both)
+    assert "Correct the source name in governance.rules[0]" in text and "Run it where the data resides" in text
+    plain = Governance.from_config({"rules": [{"source": "nuscenes", "region": "de", "process_abroad": "never"}]},
+                                   compute_region="us")
+    text = message(plain)
+    assert "Run it where the data resides" in text and "Correct the source name" not in text

@@ -32,7 +32,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 FORMAT = "visionpilot-shards"
 VERSION = 1
 META_FILE = "visionpilot.json"
+WRITING_FILE = "visionpilot.writing.json"  # the regions a shard run may leave prefixes of; gone once it finishes
 FRAMES_FILE = "frames.json"
 IMAGE_FORMATS = ("png", "jpeg", "raw")
 _URL_SCHEMES = ("s3://", "gs://", "azure://", "r2://", "hf://")
@@ -69,14 +72,18 @@ def _encode_image(image: np.ndarray, image_format: str, jpeg_quality: int) -> by
     return buf.tobytes()
 
 
-def _decode_image(data: memoryview | bytes, image_format: str, size: Sequence[int]) -> np.ndarray:
+def _decode_image(data: memoryview | bytes, image_format: str, size: Sequence[int], where: str) -> np.ndarray:
     h, w = int(size[0]), int(size[1])
     if image_format == "raw":
+        if len(data) != h * w * 3:  # a truncated chunk or record: numpy's reshape error would name neither
+            raise ValueError(f"{where}: a raw image of shape ({h}, {w}, 3) takes {h * w * 3} bytes, found "
+                             f"{len(data)}; the shard is truncated or corrupt, re-shard")
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3).copy()
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape != (h, w, 3):
-        raise ValueError(f"shard record: image does not decode to ({h}, {w}, 3), found "
-                         f"{None if bgr is None else bgr.shape}")
+        raise ValueError(f"{where}: the {image_format} image ({len(data)} bytes) does not decode to ({h}, {w}, 3), "
+                         f"found {'no image' if bgr is None else bgr.shape}; the shard is truncated or corrupt, "
+                         f"re-shard")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -124,21 +131,31 @@ def encode_frame(frame: Frame, image_format: str = "png", jpeg_quality: int = 95
     return {"header": json.dumps(header, default=_json_default), "arrays": buf.getvalue(), "images": b"".join(images)}
 
 
-def decode_frame(record: Mapping[str, Any], with_images: bool = True) -> Frame:
-    """The :class:`Frame` of a shard record (``with_images=False`` skips image decoding: images are None)."""
-    header = json.loads(str(record["header"]))
+def decode_frame(record: Mapping[str, Any], with_images: bool = True, where: str = "shard record") -> Frame:
+    """The :class:`Frame` of a shard record (``with_images=False`` skips image decoding: images are None);
+    ``where`` names the record in errors (its prefix or chunk file and item)."""
+    try:
+        header = json.loads(str(record["header"]))
+    except ValueError as e:
+        raise ValueError(f"{where}: field 'header' is not JSON ({e}); the shard is truncated or corrupt, "
+                         f"re-shard") from None
     if header.get("version") != VERSION:
         raise ValueError(f"shard record '{header.get('frame_id')}': field 'version' must be {VERSION}, found "
                          f"{header.get('version')}; re-shard with this visionpilot version")
-    with np.load(io.BytesIO(bytes(record["arrays"])), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(io.BytesIO(bytes(record["arrays"])), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{where}, frame '{header.get('frame_id')}': field 'arrays' is not a readable .npz ({e}); "
+                         f"the shard is truncated or corrupt, re-shard") from None
     blob = memoryview(bytes(record["images"])) if with_images else None
     offset, cameras = 0, []
     for i, cam in enumerate(header["cameras"]):
         n = int(cam["image_bytes"])
         image = None
         if blob is not None and n:
-            image = _decode_image(blob[offset:offset + n], header["image_format"], cam["image_size"])
+            image = _decode_image(blob[offset:offset + n], header["image_format"], cam["image_size"],
+                                  f"{where}, frame '{header['frame_id']}', camera '{cam['name']}'")
         offset += n
         cameras.append(CameraView(
             name=cam["name"], intrinsics=arrays[f"cam{i}.intrinsics"], extrinsics=arrays[f"cam{i}.extrinsics"],
@@ -202,19 +219,79 @@ def remove_file(path: str, storage_options: Mapping[str, Any] | None = None) -> 
         provider.delete_file_or_directory(path)
 
 
+def remove_tree(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete a local folder or every object under an object-store prefix, if any."""
+    if not is_url(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        return
+    # The trailing '/': object stores delete by key prefix, and 'root/vi' (a region code) also prefixes
+    # 'root/visionpilot.json'.
+    _provider(path, storage_options).delete_file_or_directory(path.rstrip("/") + "/")
+
+
 def read_json(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Read JSON from a local file or an object-store URL."""
+    """Read JSON from a local file or an object-store URL (FileNotFoundError for either when it is missing)."""
     if not is_url(path):
         with open(path) as f:
             return json.load(f)
+    provider = _provider(path, storage_options)
+    if not provider.exists(path):  # the clients raise their own errors (botocore's ClientError 404, ...)
+        raise FileNotFoundError(f"{path} not found")
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, os.path.basename(path))
-        _provider(path, storage_options).download_file(path, local)
+        provider.download_file(path, local)
         with open(local) as f:
             return json.load(f)
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
+
+
+def _is_shard_file(name: str) -> bool:
+    """A file of a ``<region>/<split>/`` prefix: litdata's chunks and (per-worker) indexes, frames.json, temp files."""
+    return (name.startswith("chunk-") and name.endswith(".bin")) or name.endswith("index.json") or \
+        name == FRAMES_FILE or name.startswith(".")
+
+
+def _is_prefix_folder(path: Path) -> bool:
+    """A ``<region>`` folder as write_shards leaves it: split folders holding only shard files."""
+    return all(split.is_dir() and all(f.is_file() and _is_shard_file(f.name) for f in split.iterdir())
+               for split in path.iterdir())
+
+
+def _earlier_regions(out: str, storage_options: Mapping[str, Any] | None) -> set[str]:
+    """The region prefixes earlier shard runs may have left under ``out`` (finished: its metadata; killed: its
+    :data:`WRITING_FILE`; a local folder is also listed), refusing a root that holds anything but shards."""
+    regions: set[str] = set()
+    for name in (META_FILE, WRITING_FILE):
+        path = join(out, name)
+        try:
+            doc = read_json(path, storage_options)
+        except FileNotFoundError:
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = f"format {doc.get('format')!r}" if isinstance(doc, dict) else "a file that is not shard metadata"
+            raise FileExistsError(f"{path}: expected the metadata of visionpilot shards (field 'format' "
+                                  f"'{FORMAT}'), found {found}; action=shard's out must be a new folder or URL or "
+                                  f"an earlier shard root: choose another out")
+        regions.update(str(r) for r in doc.get("regions") or [])
+    root = Path(out)
+    if not is_url(out) and root.is_dir():
+        foreign = []
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and _is_prefix_folder(entry):
+                regions.add(entry.name)
+            elif entry.name not in (META_FILE, WRITING_FILE) and not entry.name.startswith("."):
+                foreign.append(entry.name + "/" * entry.is_dir())
+        if foreign:
+            raise FileExistsError(f"{out}: holds {foreign[:5]}{' ...' if len(foreign) > 5 else ''}, which are not "
+                                  f"shards; expected an empty folder or an earlier shard root ({META_FILE} and "
+                                  f"<region>/<split>/ folders of chunk-*.bin, index.json, {FRAMES_FILE}), which "
+                                  f"re-sharding replaces: choose another out")
+    return regions
 
 
 def _record(source: FrameSource, image_format: str, jpeg_quality: int, index: int) -> dict[str, Any]:
@@ -249,9 +326,20 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
         out = str(Path(out).resolve())
     parts: dict[str, dict[str, int]] = {}
     encode = partial(_record, source, image_format, int(jpeg_quality))
+    # The root ends up holding exactly the regions written: an earlier run's regions that are not written again must
+    # go (a region folder left behind would travel with the root, wherever its data may not). They are recorded
+    # before anything is removed, so a run killed half-way leaves the next run the list to clear.
+    clear = sorted(_earlier_regions(out, storage_options) | set(regions))
+    odd = [r for r in clear if r in ("", ".", "..") or "/" in r or "\\" in r]
+    if odd:  # each is deleted as out/<region>: never anything but a folder of the root
+        raise ValueError(f"action=shard: region names must be plain folder names, found {odd} (in 'regions' or in "
+                         f"the metadata of {out})")
+    write_json(join(out, WRITING_FILE), {"format": FORMAT, "regions": clear}, storage_options)
     # The metadata is what makes a root readable, and it is written last: an earlier run's must go first, or a run
     # killed half-way through re-sharding would leave old metadata over a mix of old and new chunks.
     remove_file(join(out, META_FILE), storage_options)
+    for region in clear:
+        remove_tree(join(out, region), storage_options)
     for region in regions:
         parts[region] = {}
         for split in manifest.splits:
@@ -260,7 +348,6 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
             if not chosen:
                 continue
             prefix = join(out, region, split)
-            remove_file(join(prefix, FRAMES_FILE), storage_options)
             litdata.optimize(fn=encode, inputs=[r.index for r in chosen], output_dir=prefix, chunk_bytes=chunk_bytes,
                              num_workers=max(1, min(int(num_workers), len(chosen))), mode="overwrite",
                              keep_data_ordered=True, reorder_files=False, verbose=False, start_method=start_method,
@@ -277,6 +364,7 @@ def write_shards(source: FrameSource, refs: Sequence[FrameRef], manifest: SplitM
     elif isinstance(names, Mapping):
         meta["members"] = {str(key): str(name) for key, name in names.items()}
     write_json(join(out, META_FILE), meta, storage_options)
+    remove_file(join(out, WRITING_FILE), storage_options)
     return meta
 
 

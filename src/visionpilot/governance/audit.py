@@ -93,7 +93,8 @@ class GovernanceReport:
 
     def raise_if_refused(self) -> None:
         if self.errors:
-            raise refusal(self.policy, self.compute_region, self.errors)
+            raise refusal(self.policy, self.compute_region, self.errors,
+                          [g.decision for g in self.groups if not g.decision.allowed])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,9 +171,9 @@ class Governance:
 
     def enforce(self, source: Any, refs: Sequence[FrameRef], regions: Sequence[str]) -> GovernanceReport:
         """:meth:`audit`, raising :class:`ResidencyError` on any refusal (residency before any position lookup)."""
-        refused = self.audit_residency(source, refs, regions)
+        refused = self._refused(source, refs, regions)
         if refused:
-            raise refusal(self.policy, self.compute_region, refused)
+            raise refusal(self.policy, self.compute_region, [e for e, _ in refused], [d for _, d in refused])
         report = self.audit(source, refs, regions)
         report.raise_if_refused()
         if report.excluded_count:
@@ -182,6 +183,9 @@ class Governance:
 
     def audit_residency(self, source: Any, refs: Sequence[FrameRef], regions: Sequence[str]) -> list[str]:
         """Only the residency refusals (no zones)."""
+        return [error for error, _ in self._refused(source, refs, regions)]
+
+    def _refused(self, source: Any, refs: Sequence[FrameRef], regions: Sequence[str]) -> list[tuple[str, Decision]]:
         wanted = set(regions)
         counts = Counter((name, ref.region) for ref, name in zip(refs, source_names(source, refs))
                          if ref.region in wanted)
@@ -189,16 +193,28 @@ class Governance:
         for (name, region), n in sorted(counts.items()):
             d = self.policy.decide(name, region, self.compute_region, self.anonymiser is not None)
             if not d.allowed:
-                out.append(f"{name} / {region} ({n} frames): {d.reason}")
+                out.append((f"{name} / {region} ({n} frames): {d.reason}", d))
         return out
 
 
-def refusal(policy: Policy, compute_region: str | None, errors: Sequence[str]) -> ResidencyError:
-    """The error for refused data: every (source, region, rule) and what to do about it."""
+def refusal(policy: Policy, compute_region: str | None, errors: Sequence[str],
+            decisions: Sequence[Decision] = ()) -> ResidencyError:
+    """The error for refused data: every (source, region, rule) and what to do about it.
+
+    ``decisions`` are the refusals among ``errors``: a misspelt rule is refused wherever the job runs, so its advice
+    is to correct the spelling, not to run elsewhere or anonymise.
+    """
+    misspelt = sorted({d.rule.where for d in decisions if d.misspelt})
+    advice = []
+    if misspelt:
+        advice.append(f"Correct the source name in {', '.join(misspelt)} to the name the job reads (or '*'): a "
+                      f"misspelt rule is refused wherever the job runs, anonymised or not")
+    if len(errors) > sum(d.misspelt for d in decisions):
+        advice.append("Run it where the data resides (compute_region=<code>), enable anonymisation where the rule "
+                      "allows it, or select other regions")
     return ResidencyError(f"governance policy '{policy.name}' refuses this job (compute_region="
                           f"{compute_region or 'null, undeclared'}); no frame was read:\n  " + "\n  ".join(errors) +
-                          "\nRun it where the data resides (compute_region=<code>), enable anonymisation where the "
-                          "rule allows it, or select other regions; `visionpilot-data action=audit` shows all rules.")
+                          "\n" + ". ".join(advice) + "; `visionpilot-data action=audit` shows all rules.")
 
 
 def format_audit(report: GovernanceReport) -> str:

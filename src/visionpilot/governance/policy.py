@@ -124,6 +124,15 @@ def expect_list(value: Any, where: str, what: str) -> list[Any]:
     return list(value)
 
 
+def note_from_config(value: Any, where: str) -> str:
+    """A rule's or zone's ``note``: text, or left out / null for none (not the text 'None')."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):  # a list or number is a YAML slip (unquoted text, a '-' too many): say so
+        raise ValueError(f"{where}: field 'note' must be text (quote it in YAML) or null, found {value!r}")
+    return value
+
+
 def rule_from_config(spec: Mapping[str, Any], where: str) -> Rule:
     spec = expect_mapping(spec, where, "{source, region, resides_in, process_abroad, note}")
     unknown = sorted(set(spec) - _RULE_FIELDS)
@@ -147,7 +156,7 @@ def rule_from_config(spec: Mapping[str, Any], where: str) -> Rule:
     if region != ANY and normalise_region_code(region, f"{where}.region") is None:  # 'null', 'none'
         raise ValueError(f"{where}: field 'region' must be a region code or '{ANY}', found {spec['region']!r}")
     resides = normalise_region_code(spec.get("resides_in"), f"{where}.resides_in")
-    return Rule(where, source, region, resides, mode, str(spec.get("note", "")))
+    return Rule(where, source, region, resides, mode, note_from_config(spec.get("note"), where))
 
 
 def _letters(name: str) -> str:
@@ -169,6 +178,11 @@ class Decision:
     needs_anonymisation: bool  # only through the anonymiser
     exportable: bool  # frames (e.g. prediction images) may leave the residence region in the form the job reads
     reason: str
+
+    @property
+    def misspelt(self) -> bool:
+        """Refused because the rule meant for these frames misspells their source (it does not match them)."""
+        return not self.rule.matches(self.source, self.region)
 
 
 @dataclass
@@ -209,9 +223,16 @@ class Policy:
         zones = [zone_from_config(z, f"governance.zones[{i}]") for i, z in
                  enumerate(expect_list(spec.get("zones"), "governance.zones", "zones [{name, circle | polygon, "
                                                                               "regions, note}, ...]"))]
+        names: dict[str, int] = {}
+        for i, z in enumerate(zones):  # audits count excluded frames by zone name: two zones would share a count
+            key = z.name.strip().lower()
+            if key in names:
+                raise ValueError(f"governance.zones[{i}]: field 'name' is {z.name!r}, already the name of "
+                                 f"governance.zones[{names[key]}]; give every zone its own name")
+            names[key] = i
         from visionpilot.governance.anonymise import check_config  # lazily: it imports the data package
 
-        return cls(name=str(spec.get("name", "custom")), rules=rules,
+        return cls(name=str(spec.get("name") or "custom"), rules=rules,
                    default=rule_from_config(default, "governance.default"), zones=zones,
                    unknown_location=unknown_location, anonymise=check_config(spec.get("anonymise")))
 

@@ -87,13 +87,14 @@ class Zone:
 def zone_from_config(spec: Mapping[str, Any], where: str) -> Zone:
     """A :class:`Zone` from a policy entry ``{name, circle: {lat, lon, radius_m} | polygon: [[lat, lon], ...],
     regions: [..], note}``; ``where`` names the entry in errors (``governance.zones[0]``)."""
-    from visionpilot.governance.policy import expect_mapping
+    from visionpilot.governance.policy import expect_mapping, note_from_config
 
     spec = expect_mapping(spec, where, "{name, circle | polygon, regions, note}")
     unknown = sorted(set(spec) - {"name", "circle", "polygon", "regions", "note"})
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; a zone has name, circle or polygon, regions, note")
     name = str(spec.get("name") or where)
+    note = note_from_config(spec.get("note"), f"{where} ('{name}')")
     regions = _zone_regions(spec.get("regions"), f"{where}.regions")
     if ("circle" in spec) == ("polygon" in spec):
         raise ValueError(f"{where} ('{name}'): expected exactly one of 'circle' ({{lat, lon, radius_m}}) or "
@@ -108,7 +109,7 @@ def zone_from_config(spec: Mapping[str, Any], where: str) -> Zone:
         _check_latlon(f"{where}.circle", lat, lon)
         if not radius > 0:
             raise ValueError(f"{where}.circle ('{name}'): radius_m must be > 0, found {radius}")
-        return Zone(name, center=(lat, lon), radius_m=radius, regions=regions, note=str(spec.get("note", "")))
+        return Zone(name, center=(lat, lon), radius_m=radius, regions=regions, note=note)
     try:
         poly = np.asarray(spec["polygon"], dtype=np.float64)
     except (TypeError, ValueError):  # ragged, or not numbers
@@ -121,7 +122,7 @@ def zone_from_config(spec: Mapping[str, Any], where: str) -> Zone:
     if np.ptp(poly[:, 1]) > 180:
         raise ValueError(f"{where}.polygon ('{name}'): spans {np.ptp(poly[:, 1]):.0f} degrees of longitude; polygons "
                          f"across the antimeridian are not supported, split it in two")
-    return Zone(name, polygon=poly, regions=regions, note=str(spec.get("note", "")))
+    return Zone(name, polygon=poly, regions=regions, note=note)
 
 
 def _zone_regions(regions: Any, where: str) -> tuple[str, ...]:

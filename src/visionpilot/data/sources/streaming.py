@@ -145,7 +145,10 @@ class ShardSource(FrameSource):
         if not 0 <= index < len(self):
             raise IndexError(f"shard source {self.root}: index {index} out of range [0, {len(self)})")
         part = bisect.bisect_right(self._starts, index) - 1
-        return decode_frame(self.dataset(part)[index - self._starts[part]], with_images=with_images)
+        item = index - self._starts[part]
+        region, split, _ = self.parts[part]
+        return decode_frame(self.dataset(part)[item], with_images=with_images,
+                            where=f"{self.prefix(region, split)} item {item}")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -174,7 +177,9 @@ class StreamingFrameDataset(StreamingDataset):
         self.frame_seed = int(seed)
 
     def __getitem__(self, index: ChunkedIndex | int) -> Frame:  # type: ignore[override]
-        frame = decode_frame(super().__getitem__(index))
+        item = index.index if isinstance(index, ChunkedIndex) else index
+        where = f"{self.input_dir.url or self.input_dir.path} item {item}"
+        frame = decode_frame(super().__getitem__(index), where=where)
         if self.frame_transform is None:
             return frame
         return self.frame_transform(frame, frame_seed(self.frame_seed, self.current_epoch, frame.frame_id))
