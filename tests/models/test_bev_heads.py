@@ -236,3 +236,16 @@ def test_objects_ignore_classes_the_head_does_not_predict() -> None:
     assert int((t["heatmap"][0] == 1.0).sum()) == int(t["valid"][0].sum())
     losses = head.loss(head(torch.randn(2, 8, 32, 32)), batch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize(("head", "field", "value", "expected"), [
+    (Objects3DHead, "max_objects", 0, ">= 1"), (Objects3DHead, "max_objects", -1, ">= 1"),
+    (Objects3DHead, "num_classes", 0, ">= 1"), (Objects3DHead, "min_overlap", 1.0, r"in \(0, 1\)"),
+    (LanesBEVHead, "num_slots", 0, ">= 1"), (LanesBEVHead, "num_types", 0, ">= 1"),
+    (LanesBEVHead, "window", -1, ">= 0 columns"),
+])
+def test_heads_refuse_empty_sizes_by_name(head: type, field: str, value: float, expected: str) -> None:
+    # Before: max_objects=0 decoded to nothing, window=-1 put every decoded point at y = 0 and min_overlap=1 gave
+    # every box a radius 0 silently; the others failed deep in a conv or a topk without naming the field.
+    with pytest.raises(ValueError, match=f"{head.__name__}: {field} must be {expected}, found {value}"):
+        head(in_channels=8, grid=OBJ_GRID, head_channels=8, **{field: value})

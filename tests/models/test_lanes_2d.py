@@ -214,3 +214,12 @@ def test_refuses_a_missing_level(kind: str) -> None:
 def test_refuses_an_unknown_classifier() -> None:
     with pytest.raises(ValueError, match="classifier must be 'mlp' or 'conv', found 'transformer'"):
         _head("transformer")
+
+
+@pytest.mark.parametrize("kind", HEADS)
+@pytest.mark.parametrize(("field", "value"), [("num_slots", 0), ("num_rows", 0), ("num_bins", 0), ("num_bins", -1),
+                                              ("num_types", 0), ("decode_window", -1)])
+def test_refuses_empty_sizes_and_a_negative_decode_window_by_name(kind: str, field: str, value: int) -> None:
+    # Before: an error deep in a conv, a reshape or math.log, or (decode_window) NaN points from the decode.
+    with pytest.raises(ValueError, match=f"lanes_2d head: {field} must be >= [01].*, found {value}"):
+        _head(kind, **{field: value})

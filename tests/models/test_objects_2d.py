@@ -216,3 +216,14 @@ def test_a_box_regresses_at_its_own_centre_cell_inside_a_larger_box(area: float)
     for box, cls in ((near, 0), (far, 1)):
         hit = (dec["classes"][0, 0, :2] == cls).nonzero()[:, 0]
         np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1e-4)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("top_k", 0, ">= 1"), ("top_k", -1, ">= 1"), ("num_classes", 0, ">= 1"), ("prior", 0.0, r"in \(0, 1\)"),
+    ("prior", 1.5, r"in \(0, 1\)"), ("min_overlap", 1.0, r"in \(0, 1\)"), ("min_overlap", 0.0, r"in \(0, 1\)"),
+])
+def test_refuses_empty_sizes_and_out_of_range_probabilities_by_name(field: str, value: float, expected: str) -> None:
+    # Before: top_k=0 decoded to nothing, a min_overlap outside (0, 1) gave every box a radius 0 silently, the others
+    # failed deep (topk, math.log, a conv) without naming the field.
+    with pytest.raises(ValueError, match=f"objects_2d head: {field} must be {expected}, found {value}"):
+        _head(**{field: value})

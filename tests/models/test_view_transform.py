@@ -238,3 +238,33 @@ def test_sampling_only_the_visible_voxels_equals_sampling_every_voxel() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         lifted = [vt.lift(feats.bfloat16(), k, e, STRIDE, (H, W), mask, visible_only=v) for v in (False, True)]
     assert lifted[0].dtype == torch.bfloat16 and torch.equal(lifted[0], lifted[1])
+
+
+@pytest.mark.parametrize("near", [0.0, -5.0])
+def test_refuses_a_near_plane_at_or_behind_the_camera(near: float) -> None:
+    # Before: near=-5 lifted the voxels behind a forward camera (mirrored through its centre) into the BEV grid.
+    with pytest.raises(ValueError, match=f"ViewTransform: near must be > 0 metres, found {near}"):
+        ViewTransform(GROUND, in_channels=1, out_channels=4, near=near)
+
+
+def test_refuses_a_fractional_number_of_z_levels_and_takes_an_integral_float() -> None:
+    # Before: 2.5 levels put a layer centre on z_range's top and failed later in a conv with a float channel count.
+    with pytest.raises(ValueError, match="z_levels an integer >= 1, found 1.0, 2.5"):
+        BEVGrid(x_range=(-4, 4), y_range=(-4, 4), cell_size=1.0, z_levels=2.5)
+    grid = BEVGrid(x_range=(-4, 4), y_range=(-4, 4), cell_size=1.0, z_levels=4.0)  # 4.0 from a command line
+    assert grid.z_levels == 4 and isinstance(grid.z_levels, int)
+    assert ViewTransform(grid, in_channels=2, out_channels=4).reduce[0].in_channels == 8
+
+
+@pytest.mark.parametrize("visible_only", [False, True])
+def test_refuses_calibration_for_another_number_of_cameras(visible_only: bool) -> None:
+    # Before: the dense loop (GPU, tracing, export) zipped 2 cameras' features with 1 calibration and silently
+    # dropped the second camera; the CPU path failed in a reshape.
+    vt = ViewTransform(GROUND, in_channels=1, out_channels=4)
+    k = torch.tensor(K, dtype=torch.float32).expand(1, 1, 3, 3)
+    e = torch.tensor(camera_extrinsics([0.0, 0.0, 1.5], 0.0), dtype=torch.float32).expand(1, 1, 4, 4)
+    feats = torch.ones(1, 2, 1, H // STRIDE, W // STRIDE)
+    with pytest.raises(ValueError, match=r"intrinsics must be \(B, N, 3, 3\) = \(1, 2, 3, 3\) .* found \(1, 1, 3, 3\)"):
+        vt.lift(feats, k, e, STRIDE, (H, W), visible_only=visible_only)
+    with pytest.raises(ValueError, match=r"extrinsics must be \(B, N, 4, 4\) = \(1, 2, 4, 4\) .* found \(1, 1, 4, 4\)"):
+        vt.lift(feats, k.expand(1, 2, 3, 3), e, STRIDE, (H, W), visible_only=visible_only)

@@ -67,9 +67,10 @@ class BEVGrid:
             object.__setattr__(self, name, (float(lo), float(hi)))
             if not hi > lo:
                 raise ValueError(f"BEVGrid: field '{name}' must be (min, max) with max > min, found ({lo}, {hi})")
-        if self.cell_size <= 0 or self.z_levels < 1:
-            raise ValueError(f"BEVGrid: cell_size must be > 0 and z_levels >= 1, found {self.cell_size}, "
+        if self.cell_size <= 0 or self.z_levels < 1 or self.z_levels != int(self.z_levels):
+            raise ValueError(f"BEVGrid: cell_size must be > 0 and z_levels an integer >= 1, found {self.cell_size}, "
                              f"{self.z_levels}")
+        object.__setattr__(self, "z_levels", int(self.z_levels))  # 4.0 from a command line still sizes a conv
         for name in ("x_range", "y_range"):
             lo, hi = getattr(self, name)
             cells = (hi - lo) / self.cell_size
@@ -156,6 +157,8 @@ class ViewTransform(nn.Module):
     def __init__(self, grid: BEVGrid, in_channels: int, out_channels: int, lift_channels: int | None = None,
                  near: float = DEFAULT_NEAR) -> None:
         super().__init__()
+        if not near > 0:  # at or behind the camera centre a voxel would be projected mirrored into the image
+            raise ValueError(f"ViewTransform: near must be > 0 metres, found {near}")
         self.grid = grid
         self.near = float(near)
         lift = lift_channels or in_channels
@@ -226,6 +229,11 @@ class ViewTransform(nn.Module):
             (B, C, Z, X, Y) voxel features in the features' dtype; exactly 0 where no camera sees the voxel.
         """
         b, n, c, fh, fw = feats.shape
+        for name, value, size in (("intrinsics", intrinsics, 3), ("extrinsics", extrinsics, 4)):
+            # Fewer calibration slots than cameras would not fail in the per-camera loop: it would drop cameras.
+            if tuple(value.shape) != (b, n, size, size):
+                raise ValueError(f"ViewTransform: {name} must be (B, N, {size}, {size}) = {(b, n, size, size)} for "
+                                 f"features of {b} frames x {n} cameras, found {tuple(value.shape)}")
         grid, valid = self.sampling_grid(intrinsics, extrinsics, stride, image_size, (fh, fw), camera_mask)
         nz, nx, ny = valid.shape[2:]
         # Sampled in float32 whatever the features' dtype: under bf16 autocast a bf16 grid (8 bits) moved samples by

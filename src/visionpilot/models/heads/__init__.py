@@ -24,6 +24,15 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def require_sizes(owner: str, **sizes: int) -> None:
+    """Refuse head sizes (slots, rows, bins, classes, top-k) below 1, naming the field: otherwise a 0 or a negative
+    fails deep in a conv, a reshape or a top-k with an error that names none of them, or (a top-k of 0) decodes to
+    nothing without a word."""
+    for field, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{owner}: {field} must be >= 1, found {value}")
+
+
 def conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> nn.Sequential:
     """Conv (no bias, "same" padding for any kernel and dilation) + BatchNorm + ReLU."""
     padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import LANE_TYPES
-from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean
+from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean, require_sizes
 
 
 class RowAnchorLaneHead(nn.Module):
@@ -86,6 +86,9 @@ class RowAnchorLaneHead(nn.Module):
             raise ValueError(f"lanes_2d head: row_range must satisfy 0 <= start < end <= 1, found {list(row_range)}")
         if classifier not in ("mlp", "conv"):
             raise ValueError(f"lanes_2d head: classifier must be 'mlp' or 'conv', found {classifier!r}")
+        require_sizes("lanes_2d head", num_slots=num_slots, num_rows=num_rows, num_bins=num_bins, num_types=num_types)
+        if decode_window < 0:  # an empty window: 0 / 0 in the decode's expectation, every point NaN
+            raise ValueError(f"lanes_2d head: decode_window must be >= 0 bins, found {decode_window}")
         self.level = f"s{stride}"
         self.classifier = classifier
         self.num_slots, self.num_rows, self.num_bins, self.num_types = num_slots, num_rows, num_bins, num_types

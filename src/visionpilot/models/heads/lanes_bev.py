@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from visionpilot.data.vocab import LANE_TYPES
-from visionpilot.models.heads import conv_bn_relu, line_weights
+from visionpilot.models.heads import conv_bn_relu, line_weights, require_sizes
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("seg", "pos", "exist", "type", "z")
@@ -68,6 +68,9 @@ class LanesBEVHead(nn.Module):
                  line_width: float = 1.5, score_threshold: float = 0.5, window: int = 2,
                  loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
+        require_sizes("LanesBEVHead", num_types=num_types, num_slots=num_slots)
+        if window < 0:  # an empty window: every decoded point at y = 0, still valid
+            raise ValueError(f"LanesBEVHead: window must be >= 0 columns, found {window}")
         self.grid = grid
         self.num_types = num_types
         self.num_slots = num_slots

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
+from visionpilot.models.heads import require_sizes
 
 
 class CenterNetHead(nn.Module):
@@ -56,6 +57,11 @@ class CenterNetHead(nn.Module):
         self.stride, self.level = int(stride), f"s{stride}"
         if not 0.0 <= regress_area <= 1.0:
             raise ValueError(f"objects_2d head: regress_area must be in [0, 1], found {regress_area}")
+        require_sizes("objects_2d head", num_classes=num_classes, top_k=top_k)
+        if not 0.0 < prior < 1.0:  # the heatmap bias is its logit
+            raise ValueError(f"objects_2d head: prior must be in (0, 1), found {prior}")
+        if not 0.0 < min_overlap < 1.0:  # 0, 1 and beyond give a gaussian radius of 0 to every box, silently
+            raise ValueError(f"objects_2d head: min_overlap must be in (0, 1), found {min_overlap}")
         self.num_classes, self.top_k, self.min_overlap = num_classes, top_k, min_overlap
         self.regress_area = float(regress_area)
 

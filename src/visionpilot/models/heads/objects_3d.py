@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
+from visionpilot.models.heads import require_sizes
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("heatmap", "offset", "z", "size", "rot")
@@ -88,6 +89,9 @@ class Objects3DHead(nn.Module):
                  head_channels: int = 64, max_objects: int = 100, min_radius: int = 2, min_overlap: float = 0.1,
                  loss_weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
+        require_sizes("Objects3DHead", num_classes=num_classes, max_objects=max_objects)
+        if not 0.0 < min_overlap < 1.0:  # 0, 1 and beyond give a gaussian radius of 0 to every box, silently
+            raise ValueError(f"Objects3DHead: min_overlap must be in (0, 1), found {min_overlap}")
         self.grid = grid
         self.num_classes = num_classes
         self.max_objects = min(max_objects, num_classes * grid.nx * grid.ny)
