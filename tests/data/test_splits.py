@@ -125,6 +125,11 @@ def test_bad_fractions() -> None:
         make_splits(_refs({"de": 5}), {"train": 0.8, "val": 0.1})
     with pytest.raises(ValueError, match=">= 0"):
         make_splits(_refs({"de": 5}), {"train": 1.2, "val": -0.2})
+    # A null or a word used to surface as float()'s TypeError / ValueError, naming neither the split nor the value.
+    with pytest.raises(ValueError, match=r"must be a number >= 0, found \{'test': None\}"):
+        make_splits(_refs({"de": 5}), {"train": 0.9, "val": 0.1, "test": None})
+    with pytest.raises(ValueError, match=r"must be a number >= 0, found \{'val': 'ten'\}"):
+        make_splits(_refs({"de": 5}), {"train": 0.9, "val": "ten"})
     with pytest.raises(ValueError, match="no frames"):
         make_splits([])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from dataclasses import replace
 
 import albumentations as A
 import numpy as np
@@ -92,6 +93,23 @@ def test_random_scale_crop_keeps_geometry(frame_factory, seed: int) -> None:
     assert out.boxes_3d is frame.boxes_3d
 
 
+def test_an_uncalibrated_camera_stays_uncalibrated_when_upscaled(frame_factory) -> None:
+    """CULane/TuSimple mark a camera without calibration by a 1-px focal (the BEV lifting skips fx <= 1); scaling
+    it like any focal made a zoomed-in frame's camera (fx 1.05) look calibrated to the BEV branch."""
+    from visionpilot.data.sources._common import uncalibrated_camera
+
+    frame = frame_factory(0)
+    k, ext = uncalibrated_camera(frame.cameras[0].image_size)
+    frame = replace(frame, cameras=[replace(c, intrinsics=k.copy(), extrinsics=ext) for c in frame.cameras],
+                    boxes_3d=frame.boxes_3d.select(np.zeros(len(frame.boxes_3d), bool)))
+    out = RandomScaleCrop((40, 72), scale_range=(1.3, 1.5))(frame, 0)
+    for cam in out.cameras:
+        assert cam.intrinsics[0, 0] == cam.intrinsics[1, 1] == 1.0
+        assert 0 < cam.intrinsics[0, 2] < 72 and 0 < cam.intrinsics[1, 2] < 40  # the centre still moves with the crop
+    calibrated = RandomScaleCrop((40, 72), scale_range=(1.3, 1.5))(frame_factory(0), 0)
+    assert all(c.intrinsics[0, 0] > 1.0 for c in calibrated.cameras)
+
+
 def test_random_scale_crop_fixed_vertical_placement(frame_factory) -> None:
     frame = frame_factory(2)
     out = RandomScaleCrop((40, 56), scale_range=(1.1, 1.3), keep_aspect=True, crop_v=1.0)(frame, 5)
@@ -121,6 +139,22 @@ def test_crop_v_outside_the_image_is_refused() -> None:
         RandomScaleCrop((40, 72), crop_v=-0.5)
     with pytest.raises(ValueError, match=r"RandomScaleCrop: field 'size' must be \(height, width\).*found \[40\]"):
         RandomScaleCrop([40])
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Photometric(p=1.5), r"Photometric: field 'p' must be in \[0, 1\], found 1.5"),
+    (lambda: Photometric(p_degrade=-0.2), r"Photometric: field 'p_degrade' must be in \[0, 1\], found -0.2"),
+    (lambda: Photometric(strength=5.0), r"Photometric: field 'strength' must be in \[0, 1\], found 5.0"),
+    (lambda: HorizontalFlip(p=50), r"HorizontalFlip: field 'p' must be in \[0, 1\], found 50"),
+    (lambda: RandomScaleCrop((40, 72), scale_range=1.1), r"RandomScaleCrop: field 'scale_range' must be \(low, high\)"
+                                                         r".*found 1.1"),
+    (lambda: RandomScaleCrop((40, 72), scale_range=(0.9, 1.0, 1.1)), r"field 'scale_range'.*found \(0.9, 1.0, 1.1\)"),
+])
+def test_bad_augmentation_values_are_refused_when_built(frame_factory, make, message) -> None:
+    # Photometric's used to pass construction and fail at the first frame, inside a loader worker, with a pydantic
+    # error of albumentations naming neither the transform nor the field; a flip p of 50 flipped every frame.
+    with pytest.raises(ValueError, match=message):
+        make()(frame_factory(0), 0)
 
 
 def test_random_scale_crop_is_deterministic(frame_factory) -> None:
@@ -244,8 +278,6 @@ def test_blur_does_not_move_the_picture() -> None:
 def test_crops_cut_a_border_box_to_what_its_object_still_shows() -> None:
     # 2D boxes that the original border clipped: after a crop, the moved box alone would keep the old border's
     # extent (up to 15 px too big here); with the 3D box it is the projection through the new calibration.
-    from dataclasses import replace
-
     from visionpilot.data.sources.synthetic import SyntheticSource
 
     src = SyntheticSource(scenes_per_region=1, frames_per_scene=2, image_size=(256, 704), regions=["us", "gb"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from visionpilot.data.frame import Frame
@@ -105,3 +108,28 @@ def test_a_culane_reexport_leaves_no_stale_test_scenarios(tmp_path: Path) -> Non
     src = CULaneSource(tmp_path, image_size=(59, 164))
     assert not scenarios.exists()
     assert [src.load(i, with_images=False).meta.get("category") for i in range(len(src))] == [None] * 4
+
+
+def test_a_nuscenes_reexport_without_lanes_reads_none_of_the_old_lanes(tmp_path: Path) -> None:
+    frames = _frames("nuscenes6", "us", seed=0)
+    write_nuscenes(frames, tmp_path)
+    assert all(NuScenesSource(tmp_path).load(i, with_images=False).lanes_3d for i in range(4))
+    # The same scenes again without lanes: their poses are the earlier frames', so a map left behind lies on them.
+    write_nuscenes([f.copy(lanes_3d=[], labels=f.labels - {"lanes_3d", "lanes_2d"}) for f in frames], tmp_path)
+    src = NuScenesSource(tmp_path)
+    assert [src.load(i, with_images=False).lanes_3d for i in range(4)] == [[]] * 4
+
+
+def test_a_nuscenes_2d_box_of_no_3d_box_leaves_the_3d_visibilities_alone(tmp_path: Path) -> None:
+    frame = _frames("nuscenes6", "us", seed=0)[0]
+    last = len(frame.boxes_3d) - 1
+    cams = []
+    for c in frame.cameras:  # the last 3D box 10 % visible wherever it is seen, plus a 2D-only box (id -1)
+        vis = np.where(c.box_ids_2d == last, 0.1, c.visibility_2d)
+        cams.append(replace(c, boxes_2d=np.vstack([c.boxes_2d, [[1.0, 1.0, 9.0, 9.0]]]).astype(np.float32),
+                            classes_2d=np.append(c.classes_2d, 0), box_ids_2d=np.append(c.box_ids_2d, -1),
+                            visibility_2d=np.append(vis, 1.0).astype(np.float32)))
+    assert any(last in c.box_ids_2d for c in frame.cameras)
+    write_nuscenes([frame.copy(cameras=cams)], tmp_path)
+    rows = json.loads((tmp_path / "v1.0-mini" / "sample_annotation.json").read_text())
+    assert len(rows) == last + 1 and rows[-1]["visibility_token"] == "1"  # 0-40 %, not the 2D-only box's 100 %

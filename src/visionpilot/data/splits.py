@@ -46,14 +46,22 @@ def _ordered_splits(names: Iterable[str]) -> list[str]:
     return [s for s in SPLIT_ORDER if s in names] + sorted(n for n in names if n not in SPLIT_ORDER)
 
 
+def _number(value: object) -> float:
+    """``float(value)``, or NaN for what is no number (``null``, ``"abc"``): refused with the other bad fractions."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def normalise_fractions(fractions: Mapping[str, float] | None) -> dict[str, float]:
     """Validate split fractions (non-negative, summing to 1) and return them in canonical order."""
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     if not fractions:
         raise ValueError(f"split fractions: expected at least one split, e.g. {DEFAULT_FRACTIONS}, found {{}}")
-    bad = {k: v for k, v in fractions.items() if not float(v) >= 0.0}
+    bad = {k: v for k, v in fractions.items() if not _number(v) >= 0.0}
     if bad:
-        raise ValueError(f"split fractions: each fraction must be >= 0, found {bad}")
+        raise ValueError(f"split fractions: each fraction must be a number >= 0, found {bad}")
     total = sum(float(v) for v in fractions.values())
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"split fractions: must sum to 1, found {dict(fractions)} (sum {total:.6g})")

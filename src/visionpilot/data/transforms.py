@@ -63,6 +63,13 @@ def _as_crop_v(crop_v: float, owner: str) -> float:
     return float(crop_v)
 
 
+def _as_unit(value: float, owner: str, field: str) -> float:
+    # albumentations refuses these only at the first frame, deep in a loader worker, naming neither owner nor field.
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{owner}: field '{field}' must be in [0, 1], found {value}")
+    return float(value)
+
+
 # -- affine warping of one camera -----------------------------------------------------------------------------
 
 
@@ -159,7 +166,10 @@ def affine_camera(cam: CameraView, affine: np.ndarray, out_size: Size, min_box_s
     if cam.privacy_boxes is not None:  # faces and plates follow their pixels; only boxes cut off entirely go
         pboxes, pkeep = transform_boxes_2d(cam.privacy_boxes, affine, out_size, 1e-3)
         privacy = {"privacy_boxes": pboxes.astype(np.float32), "privacy_classes": cam.privacy_classes[pkeep]}
-    return replace(cam, image=image, image_size=(h, w), intrinsics=affine @ cam.intrinsics, boxes_2d=boxes,
+    intrinsics = affine @ cam.intrinsics
+    if cam.intrinsics[0, 0] <= 1.0:  # uncalibrated (``uncalibrated_camera``'s 1-px focal marks it): an upscale must
+        intrinsics[0, 0], intrinsics[1, 1] = cam.intrinsics[0, 0], cam.intrinsics[1, 1]  # not make it look calibrated
+    return replace(cam, image=image, image_size=(h, w), intrinsics=intrinsics, boxes_2d=boxes,
                    classes_2d=_aligned(cam.classes_2d, keep, "classes_2d", cam),
                    box_ids_2d=_aligned(cam.box_ids_2d, keep, "box_ids_2d", cam),
                    visibility_2d=_aligned(cam.visibility_2d, keep, "visibility_2d", cam), lanes_2d=lanes, **privacy)
@@ -223,9 +233,13 @@ class RandomScaleCrop:
     def __init__(self, size: Sequence[int], scale_range: Sequence[float] = (0.9, 1.1), keep_aspect: bool = False,
                  crop_v: float | None = None, same_for_all_cameras: bool = False, min_box_size: float = 2.0) -> None:
         self.size = as_size(size, "RandomScaleCrop: field 'size'")
-        lo, hi = (float(v) for v in scale_range)
-        if not 0 < lo <= hi:
-            raise ValueError(f"RandomScaleCrop: scale_range must be 0 < low <= high, found {tuple(scale_range)}")
+        try:
+            lo, hi = (float(v) for v in scale_range)
+        except (TypeError, ValueError):
+            lo = hi = 0.0
+        if isinstance(scale_range, str) or not 0 < lo <= hi:
+            raise ValueError(f"RandomScaleCrop: field 'scale_range' must be (low, high) with 0 < low <= high, "
+                             f"found {scale_range!r}")
         self.scale_range = (lo, hi)
         self.keep_aspect = keep_aspect
         self.crop_v = None if crop_v is None else _as_crop_v(crop_v, "RandomScaleCrop")
@@ -264,9 +278,8 @@ class Photometric:
     """
 
     def __init__(self, strength: float = 0.5, p: float = 0.5, p_degrade: float = 0.2) -> None:
-        if strength < 0:
-            raise ValueError(f"Photometric: strength must be >= 0, found {strength}")
-        self.strength, self.p, self.p_degrade = float(strength), float(p), float(p_degrade)
+        self.strength = _as_unit(strength, "Photometric", "strength")
+        self.p, self.p_degrade = _as_unit(p, "Photometric", "p"), _as_unit(p_degrade, "Photometric", "p_degrade")
         self._compose: A.Compose | None = None
 
     def _build(self) -> A.Compose:
@@ -378,7 +391,7 @@ class HorizontalFlip:
     def __init__(self, mode: str = "swap_side", p: float = 0.5) -> None:
         if mode not in self.MODES:
             raise ValueError(f"HorizontalFlip: mode must be one of {list(self.MODES)}, found '{mode}'")
-        self.mode, self.p = mode, float(p)
+        self.mode, self.p = mode, _as_unit(p, "HorizontalFlip", "p")
 
     def __call__(self, frame: Frame, seed: int | None = None) -> Frame:
         if self.mode == "off" or self.p <= 0 or np.random.default_rng(child_seeds(seed, 1)[0]).random() >= self.p:

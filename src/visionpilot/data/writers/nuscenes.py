@@ -116,6 +116,10 @@ def write_nuscenes(frames: Iterable[Frame], root: str | Path, version: str = "v1
     # half-way leaves no root that reads as complete (new images under old labels).
     for name in TABLES:
         (root / version / f"{name}.json").unlink(missing_ok=True)
+    # An earlier export's map of a location this one writes no lanes for would stay, and give its lanes to this
+    # export's frames: poses depend only on the scene and frame index, so they lie on the old frames' lanes.
+    for location in set(locations.values()):
+        (root / "maps" / "expansion" / f"{location}.json").unlink(missing_ok=True)
     t: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
     t["category"] = [{"token": _tok("category", c), "name": c, "description": c} for c in CATEGORY_OF.values()]
     t["attribute"] = [{"token": _tok("attribute", a), "name": a, "description": a} for a in _ATTRIBUTES]
@@ -239,7 +243,8 @@ def _annotations(t: dict[str, list[dict[str, Any]]], frame: Frame, scene: dict[s
     visible = np.full(len(b), -1.0)
     for cam in frame.cameras:
         if len(cam.box_ids_2d) and len(cam.visibility_2d) == len(cam.box_ids_2d):
-            np.maximum.at(visible, cam.box_ids_2d, cam.visibility_2d)
+            own = cam.box_ids_2d >= 0  # -1: a 2D box of no 3D box (as an index, it would be the last box's)
+            np.maximum.at(visible, cam.box_ids_2d[own], cam.visibility_2d[own])
     visible[visible < 0] = 1.0
     for i in range(len(b)):
         cls = OBJECT_CLASSES[int(b.classes[i])]
