@@ -96,6 +96,12 @@ def test_model_specs_names_and_onnx_without_runtime(tmp_path: Path, monkeypatch:
         "g": "runs/g/checkpoints/last.ckpt", "adapter-gb": "runs/ft/adapter-gb/delta.safetensors", "m": "m.onnx"}
     with pytest.raises(ValueError, match="two models would be named 'g'"):
         model_specs(["runs/g/checkpoints/last.ckpt", "runs/g/checkpoints/best.ckpt"])
+    # A run folder with '+' in its name (settings): named by the delta's folder, not by what follows its '+'.
+    base, delta = tmp_path / "lr+aug" / "checkpoints" / "last.ckpt", tmp_path / "ft+gb" / "delta.safetensors"
+    for path in (base, delta):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    assert list(model_specs([f"{base}+{delta}"])) == ["ft+gb"]
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"")
     # An installation without the export: no submodule to import, and none already bound on the package.

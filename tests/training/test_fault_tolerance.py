@@ -94,6 +94,15 @@ def test_rerun_keeps_the_metrics_it_does_not_recompute(tmp_path: Path) -> None:
     assert with_previous_metrics(path, {"train/steps": 8.0}) == {"train/steps": 8.0}
 
 
+def test_a_rerun_that_validated_again_keeps_no_figure_of_the_earlier_validation(tmp_path: Path) -> None:
+    # A resumed run that validates (continued for more steps, or on other regions) reports that validation alone: a
+    # metric it could not compute (NaN, left out) or a region it no longer validates kept the earlier model's figure.
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"val/step": 4.0, "val/lane_f1": 0.5, "val/us/det_map": 0.2, "train/frames_per_s": 9.0}))
+    assert with_previous_metrics(path, {"val/step": 8.0, "val/det_map": 0.3, "train/steps": 8.0}) == {
+        "train/frames_per_s": 9.0, "val/step": 8.0, "val/det_map": 0.3, "train/steps": 8.0}
+
+
 # -- resumable sampler and loader ------------------------------------------------------------------------------------
 
 

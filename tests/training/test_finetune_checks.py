@@ -16,15 +16,16 @@ import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import visionpilot.cli.finetune  # noqa: F401  (registers the open config node finetune.yaml uses)
-from tests.training.test_finetune import _base, _inputs, _train_cfg
+from tests.training.test_finetune import _base, _inputs, _perturb_trainable, _train_cfg
 from visionpilot.paths import config_dir
 from visionpilot.training import finetune as ft
-from visionpilot.training.checkpoints import file_sha256, load_checkpoint
+from visionpilot.training.checkpoints import file_sha256, load_checkpoint, split_model_spec
 from visionpilot.training.finetune import (
     FinetuneCallback,
     add_adapters,
@@ -267,6 +268,29 @@ def test_a_finetune_validates_the_rounded_final_model_unless_its_last_validation
     assert validated == [(steps, False), (steps, True)] and metrics["val/step"] == steps
 
 
+def _heads_finetune_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
+    """A quick heads-only GB fine-tune of a tiny base into ``tmp_path/ft`` (one val batch, no loader workers)."""
+    base = _base(tmp_path)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("finetune", overrides=[
+            f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base}", "region=gb", "strategy=heads",
+            "trainer.limit_val_batches=1", "data.num_workers=0", "data.persistent_workers=false",
+            "callbacks.progress_bar=null", "callbacks.prediction_images=null", "logger=csv", *overrides])
+
+
+def test_a_finetune_killed_during_its_final_validation_validates_when_rerun(tmp_path: Path) -> None:
+    # last.ckpt at max_steps is written before the final validation: a fine-tune killed during it resumed at
+    # max_steps, trained nothing, and described its delta without validation figures.
+    cfg = _heads_finetune_cfg(tmp_path, "trainer.max_steps=2")
+    first, _ = ft.finetune(cfg)
+    for name in ("metrics.json", "finetune.json", "delta.safetensors", "checkpoints/finetuned.ckpt"):
+        (tmp_path / "ft" / name).unlink()  # killed during the final validation: none of these written yet
+    metrics, objects = ft.finetune(cfg)
+    assert objects["model"].train_start_step is None  # resumed at max_steps: the training loop did not start
+    assert metrics["val/step"] == objects["summary"]["metrics"]["val/step"] == objects["summary"]["steps"] == 2
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["val/gb/lane_f1"] == first["val/gb/lane_f1"]
+
+
 def _adapter_delta(tmp_path: Path) -> tuple[Path, str, dict[str, torch.Tensor]]:
     """An adapter delta (stage and block adapters, low-rank head updates) of a tiny base: path, base hash, tensors."""
     base_path = _base(tmp_path, "model.net.heads.lanes_2d.classifier=mlp")  # an MLP lane head: large linear layers
@@ -312,3 +336,46 @@ def test_a_delta_tensor_of_another_shape_or_name_is_refused_naming_both_shapes(t
                                          rf"shape (?s:.*){re.escape(key)}: delta \[{shape[0] - 1}, "
                                          rf"(?s:.*)network \[{shape[0]}, "):
         merge_delta(load_checkpoint(base_path).net, tmp_path / "odd.safetensors", sha256)
+
+
+def test_model_paths_with_plus_signs_load_whole_or_as_base_plus_delta(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run folders named after their settings hold '+' (lr+aug): 'base+delta' was split at the last '+' of the text,
+    # so a delta in such a folder, or named with a '+', could not be loaded either alone or with its base.
+    folder = tmp_path / "lr+aug"
+    base_path = _base(folder)
+    base = load_checkpoint(base_path)
+    state = {k: v.clone() for k, v in base.net.state_dict().items()}
+    _perturb_trainable(base.net, apply_strategy(base.net, "heads").frozen_norms)
+    delta = save_delta(folder / "ft+gb.safetensors", base.net, state, base_sha256=base.sha256, region="gb",
+                       strategy="heads", base_path=base_path)
+    base.net.eval()
+    with torch.no_grad():
+        expected = base.net(*_inputs())
+        for spec in (delta, f"{base_path}+{delta}"):
+            loaded = ft.load_model(spec)
+            got = loaded.net(*_inputs())
+            assert loaded.path == delta and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(FileNotFoundError, match=r"not found: no such file, and no split at a '\+' .*'.*missing"
+                                                r"\.ckpt' \(missing\) \+ '.*ft\+gb\.safetensors' \(found\)"):
+        ft.load_model(f"{tmp_path / 'missing.ckpt'}+{delta}")
+    # Readable two ways (the whole text a file, and also a base and a delta): an error, not a guess.
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b.safetensors", "a+b.safetensors"):
+        Path(name).write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'a\+b\.safetensors' is ambiguous: it reads as 'a\+b\.safetensors' or as "
+                                         r"'a' \+ 'b\.safetensors'"):
+        split_model_spec("a+b.safetensors")
+    # Nothing on disk to decide (naming models before checking them): the last '+', as a delta named without one.
+    assert split_model_spec("runs/x+y/delta.safetensors", must_exist=False) == (Path("runs/x"),
+                                                                               Path("y/delta.safetensors"))
+
+
+def test_a_delta_file_name_that_no_loader_reads_as_a_delta_is_refused_before_training(tmp_path: Path) -> None:
+    # load_model, the benchmark and the eval tell a delta by its .safetensors suffix: a delta written as gb.bin
+    # was read as a checkpoint ("could not read checkpoint gb.bin: ...") after the whole fine-tune had run.
+    cfg = _heads_finetune_cfg(tmp_path, "trainer.max_steps=1", "delta_file=gb.bin")
+    with pytest.raises(ValueError, match=r"field 'delta_file': expected a file name ending in \.safetensors .*, "
+                                         r"found 'gb\.bin'"):
+        ft.finetune(cfg)
+    assert not (tmp_path / "ft" / "checkpoints").exists()  # refused before training

@@ -246,6 +246,25 @@ def test_a_run_that_max_steps_ends_inside_an_epoch_is_validated_at_its_last_step
     assert {p.name.split("_")[1] for p in (tmp_path / "plots").glob("val_s*.png")} == {"s000002", "s000003"}
 
 
+def test_a_run_killed_during_its_final_validation_validates_when_rerun_without_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # last.ckpt at max_steps is written when training ends, before the final validation and metrics.json: a run
+    # killed in between resumed at max_steps, trained nothing, and wrote a metrics.json without validation figures.
+    args = ["rig=front1", "region=de", "trainer.max_steps=2", "trainer.max_epochs=-1",
+            "callbacks.prediction_images=null"]
+    first, _ = train(_cfg(tmp_path, args))
+    (tmp_path / "metrics.json").unlink()  # killed during the final validation
+    metrics, objects = train(_cfg(tmp_path, args))
+    assert objects["model"].train_start_step is None  # resumed at max_steps: the training loop did not start
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val/step"] == saved["val/step"] == 2 and saved["train/steps"] == 2
+    assert saved["val/loss"] == pytest.approx(first["val/loss"])  # the same weights, validated again
+    # A rerun of a finished run (its metrics.json holds the last step's validation) still validates nothing.
+    monkeypatch.setattr(L.Trainer, "validate", lambda *args, **kwargs: pytest.fail("validated a finished run"))
+    rerun, _ = train(_cfg(tmp_path, args))
+    assert rerun["val/loss"] == saved["val/loss"]
+
+
 def test_metrics_json_holds_the_last_validation_and_says_when_it_was_a_subset(tmp_path: Path, monkeypatch) -> None:
     """A metric the last validation could not compute (NaN) must not keep an earlier validation's value; a validation
     on part of the split (trainer.limit_val_batches) is labelled with its frame count and ``val/subset``."""

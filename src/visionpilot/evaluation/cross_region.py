@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from visionpilot.data.datamodule import VisionPilotDataModule
 from visionpilot.data.replay import plain_datamodule
 from visionpilot.evaluation.evaluator import PerceptionEvaluator
-from visionpilot.training.checkpoints import LoadedCheckpoint
+from visionpilot.training.checkpoints import LoadedCheckpoint, split_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def model_specs(models: Any) -> dict[str, str]:
         models = [models]
     out = {}
     for spec in models:
-        path = Path(str(spec).rsplit("+", 1)[-1])
+        path = split_model_spec(spec, must_exist=False)[1]  # paths may contain '+' themselves
         name = path.parent.parent.name if path.parent.name == "checkpoints" else (
             path.parent.name if path.suffix == ".safetensors" else path.stem)
         if name in out:

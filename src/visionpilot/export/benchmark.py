@@ -139,8 +139,8 @@ def torch_targets(name: str, spec: str, device: str, compile_mode: str | None, t
     ``base.ckpt+delta.safetensors``); fp32, plus bf16 autocast on CUDA."""
     from visionpilot.training.finetune import load_model
 
-    path = Path(spec.rsplit("+", 1)[-1])
     loaded = load_model(spec)
+    path = loaded.path  # the delta of base+delta
     net = loaded.net.eval()
     cameras, (height, width) = len(loaded.camera_names) or 1, loaded.image_size
     # Size: the weights as the process holds them (fp32 parameters and buffers), not the checkpoint file, which
@@ -554,6 +554,8 @@ def model_specs(models: Any) -> dict[str, dict[str, Any]]:
     """``{name: {"path": ..., "input_shape": ...}}`` from ``{name: path}``, ``{name: {path, input_shape}}`` or a
     list of paths (named by their run folder: ``runs/x/checkpoints/last.ckpt`` -> ``x``, ``export/int8/model.onnx``
     -> ``int8``)."""
+    from visionpilot.training.checkpoints import split_model_spec
+
     models = OmegaConf.to_container(models, resolve=True) if OmegaConf.is_config(models) else models
     if isinstance(models, str):
         models = [models]
@@ -562,7 +564,7 @@ def model_specs(models: Any) -> dict[str, dict[str, Any]]:
     else:
         items = []
         for spec in models or []:
-            path = Path(str(spec["path"] if isinstance(spec, Mapping) else spec).rsplit("+", 1)[-1])
+            path = split_model_spec(spec["path"] if isinstance(spec, Mapping) else spec, must_exist=False)[1]
             parent = path.parent.parent if path.parent.name == "checkpoints" else path.parent
             generic = path.stem in ("model", "last", "delta") and parent.name
             items.append((parent.name if generic else path.stem, spec))
@@ -592,7 +594,13 @@ def _timeout(value: Any) -> float | None:
 
 
 def _check_path(name: str, spec: str) -> Path:
-    files = [Path(p) for p in spec.split("+")] if spec.endswith(".safetensors") and "+" in spec else [Path(spec)]
+    from visionpilot.training.checkpoints import split_model_spec
+
+    try:
+        base, path = split_model_spec(spec)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"models.{name}: {err}") from None
+    files = [f for f in (base, path) if f is not None]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"models.{name}: file not found: {f}")

@@ -46,6 +46,41 @@ class LoadedCheckpoint:
         return int(size[0]), int(size[1])
 
 
+def split_model_spec(spec: str | Path, *, must_exist: bool = True) -> tuple[Path | None, Path]:
+    """``(base, model)`` of a model given as ``model.ckpt``, ``delta.safetensors`` or ``base.ckpt+delta.safetensors``.
+
+    Paths may contain '+' themselves (``runs/lr+aug/delta.safetensors``), so the files on disk decide: the whole text
+    when it is a file, else the one '+' at which both sides are files. With nothing on disk to decide, it is split at
+    the last '+' (a delta named without '+'), or with ``must_exist`` an error names every reading that was tried.
+
+    Raises:
+        ValueError: the text is a file and also splits into two files, or splits into two files at two places.
+        FileNotFoundError: with ``must_exist``, a text with '+' that names no file either way.
+    """
+    text = str(spec)
+    # Every '+' with a .safetensors file name after it: Path(".safetensors").suffix is "", so "a+.safetensors" is none.
+    splits = [(Path(text[:i]), Path(text[i + 1:])) for i, c in enumerate(text)
+              if c == "+" and i > 0 and Path(text[i + 1:]).suffix == ".safetensors"]
+    if not splits:
+        return None, Path(text)
+    whole = Path(text).is_file()
+    found = [(base, delta) for base, delta in splits if base.is_file() and delta.is_file()]
+    if whole + len(found) > 1:
+        readings = ([f"'{text}'"] if whole else []) + [f"'{base}' + '{delta}'" for base, delta in found]
+        raise ValueError(f"model '{text}' is ambiguous: it reads as {' or as '.join(readings)}; rename a file so that "
+                         f"only one reading names existing files")
+    if whole:
+        return None, Path(text)
+    if found:
+        return found[0]
+    if must_exist:
+        tried = "; ".join(f"'{base}' ({'found' if base.is_file() else 'missing'}) + '{delta}' "
+                          f"({'found' if delta.is_file() else 'missing'})" for base, delta in splits)
+        raise FileNotFoundError(f"model '{text}' not found: no such file, and no split at a '+' names a base "
+                                f"checkpoint and a region delta that both exist ({tried})")
+    return splits[-1]
+
+
 def net_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The network's weights from a LightningModule state dict (``net.`` prefix, ``torch.compile``'s too)."""
     out = {}

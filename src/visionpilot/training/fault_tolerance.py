@@ -236,6 +236,7 @@ def with_previous_metrics(path: str | os.PathLike[str], metrics: dict[str, float
 
     Rerunning a finished command resumes at its last step and trains and validates nothing, so the metrics it
     computes are only the step counters; the validation metrics of the run stay those it wrote when it finished.
+    A run that validated (``val/step`` in ``metrics``) keeps none of them: they describe an earlier model.
     """
     path = Path(path)
     if not path.is_file():
@@ -245,7 +246,17 @@ def with_previous_metrics(path: str | os.PathLike[str], metrics: dict[str, float
     except (OSError, ValueError) as err:
         log.warning("ignoring unreadable %s: %s", path, err)
         return metrics
-    return {**{k: v for k, v in previous.items() if isinstance(v, int | float)}, **metrics}
+    validated = "val/step" in metrics  # a metric it could not compute (NaN) or no longer computes stays out
+    return {**{k: v for k, v in previous.items() if isinstance(v, int | float)
+               and not (validated and k.startswith("val/"))}, **metrics}
+
+
+def final_validation_missing(path: str | os.PathLike[str], step: int) -> bool:
+    """Whether a resumed run that trained nothing (its checkpoint was at the last step) still owes the validation of
+    that step: ``path`` (the ``metrics.json`` the run writes when it finishes) is absent or holds no ``val/step`` of
+    ``step``. The last checkpoint is written before the final validation, so a run killed during that validation
+    resumes with its training complete and its final figures never written."""
+    return with_previous_metrics(path, {}).get("val/step") != float(step)
 
 
 def read_checkpoint_to_check(ckpt_path: str | os.PathLike[str] | None, field: str = "ckpt_path"

@@ -51,10 +51,11 @@ from visionpilot.data.regions import GLOBAL, resolve_regions
 from visionpilot.data.replay import replay_datamodule
 from visionpilot.governance import governance_kwargs
 from visionpilot.governance.provenance import build_lineage, checkpoint_lineage, merge_lineage, parent_record
-from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint
+from visionpilot.training.checkpoints import LoadedCheckpoint, file_sha256, load_checkpoint, split_model_spec
 from visionpilot.training.fault_tolerance import (
     AtomicCheckpointIO,
     check_resume,
+    final_validation_missing,
     fsync_dir,
     install_atomic_io,
     read_checkpoint_to_check,
@@ -630,10 +631,8 @@ def load_model(spec: str | Path, base: str | Path | None = None) -> LoadedCheckp
     For a delta, ``config`` is the base's with adapters (if any) in ``model.net``, ``meta["finetune"]`` the delta's
     metadata, ``path`` / ``sha256`` those of the delta file.
     """
-    text = str(spec)
-    if "+" in text and text.rsplit("+", 1)[1].endswith(".safetensors"):
-        base, text = text.rsplit("+", 1)
-    path = Path(text)
+    given_base, path = split_model_spec(spec)  # paths may contain '+' themselves
+    base = given_base or base
     if path.suffix != ".safetensors":
         return load_checkpoint(path)
     meta = read_delta_metadata(path)
@@ -777,6 +776,10 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not cfg.get("ckpt_path"):
         raise ValueError("visionpilot-finetune: field 'ckpt_path' is required (the global checkpoint), e.g. "
                          "ckpt_path=runs/global/checkpoints/last.ckpt")
+    delta_file = cfg.get("delta_file", "delta.safetensors")
+    if Path(str(delta_file)).suffix != ".safetensors":  # how load_model, the eval and the benchmark tell a delta
+        raise ValueError(f"visionpilot-finetune: field 'delta_file': expected a file name ending in .safetensors "
+                         f"(e.g. delta.safetensors), found {delta_file!r}")
     base = load_checkpoint(cfg.ckpt_path)
     run_cfg = build_finetune_config(cfg, base)
     if run_cfg.get("seed") is not None:
@@ -827,6 +830,10 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # rounding (a run that max_epochs ends: the callback rounds at max_steps only), so metrics.json and finetune.json
     # describe the delta written below. A validation at the last step of rounded weights is not repeated.
     stale = module.validation_is_stale() or (moved > 0 and module.val_step is not None)
+    # And a resumed fine-tune that trained nothing: it was killed during its final validation (or before writing).
+    metrics_path = Path(run_cfg.paths.output_dir) / cfg.get("metrics_file", "metrics.json")
+    stale = stale or (resume is not None and module.val_step is None
+                      and final_validation_missing(metrics_path, trainer.global_step))
     if stale and has_val_frames(datamodule) and trainer.limit_val_batches:
         log.info("validating the fine-tuned model (step %d): the last validation saw step %s%s", trainer.global_step,
                  module.val_step, " before the rounding" if module.val_step == trainer.global_step else "")
@@ -858,8 +865,8 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     "finetune/delta_bytes": float(delta_path.stat().st_size),
                     "finetune/checkpoint_bytes": float(ckpt_path.stat().st_size)})
     if resume is not None:  # a rerun of a finished fine-tune validates nothing: keep the metrics it wrote then
-        metrics = with_previous_metrics(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
-    write_json_atomic(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
+        metrics = with_previous_metrics(metrics_path, metrics)
+    write_json_atomic(metrics_path, metrics)
     summary = {**info, "checkpoint": str(ckpt_path), "delta": str(delta_path),
                "delta_bytes": delta_path.stat().st_size, "checkpoint_bytes": ckpt_path.stat().st_size,
                "trainable_params": report.trainable_params, "total_params": report.total_params,

@@ -18,6 +18,7 @@ from visionpilot.governance import governance_kwargs
 from visionpilot.training.callbacks import Throughput
 from visionpilot.training.fault_tolerance import (
     check_resume,
+    final_validation_missing,
     install_atomic_io,
     resolve_ckpt_path,
     with_previous_metrics,
@@ -76,7 +77,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                     trainer.global_step)
         raise SystemExit(128 + signal.SIGTERM) from None
     model, datamodule = objects["model"], objects["datamodule"]
-    if model.validation_is_stale() and has_val_frames(datamodule) and trainer.limit_val_batches:
+    metrics_path = Path(cfg.paths.output_dir) / cfg.get("metrics_file", "metrics.json")
+    # Also a resumed run that trained nothing: it was killed during its final validation (or before metrics.json).
+    stale = model.validation_is_stale() or (ckpt_path is not None and model.val_step is None
+                                            and final_validation_missing(metrics_path, trainer.global_step))
+    if stale and has_val_frames(datamodule) and trainer.limit_val_batches:
         log.info("validating the final model (step %d): the last validation saw step %s", trainer.global_step,
                  model.val_step)
         trainer.validate(model, datamodule, verbose=False)
@@ -86,10 +91,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update(cb.summary())
     metrics["train/skipped_batches"] = float(objects["model"].skipped_batches)
     metrics["train/steps"] = float(trainer.global_step)
-    out_dir = Path(cfg.paths.output_dir)
     if ckpt_path is not None:  # a resumed run keeps what it did not recompute (a finished run's rerun: everything)
-        metrics = with_previous_metrics(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
-    write_json_atomic(out_dir / cfg.get("metrics_file", "metrics.json"), metrics)
+        metrics = with_previous_metrics(metrics_path, metrics)
+    write_json_atomic(metrics_path, metrics)
     ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-    log.info("metrics written to %s; best checkpoint %s", out_dir / "metrics.json", ckpt or "(none)")
+    log.info("metrics written to %s; best checkpoint %s", metrics_path, ckpt or "(none)")
     return metrics, objects
