@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.benchmark import load_script
 from visionpilot.paths import config_dir
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "conv_roofline.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("conv_roofline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("conv_roofline")
 
 
 def test_eager_counts_the_convolutions_and_times_their_kernels(tmp_path: Path) -> None:

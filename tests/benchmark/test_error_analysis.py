@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.benchmark import load_script
 from visionpilot.cli.eval import run
 from visionpilot.evaluation import cross_region
 from visionpilot.paths import config_dir
@@ -54,11 +54,7 @@ def test_error_analysis_reports_the_evaluators_figures(tmp_path: Path, capsys: p
     ckpt = write_checkpoint(tmp_path / "m.ckpt", net, cfg, {"camera_names": ["CAM_FRONT"], "image_size": [64, 176],
                                                             "regions": ["us"]})
     monkeypatch.setattr(cross_region, "torch_decoder", _near_ground_truth)  # for visionpilot-eval and the script
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "error_analysis.py"
-    spec = importlib.util.spec_from_file_location("error_analysis", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    figures = module.analyse(str(ckpt), ["us"], "val")
+    figures = load_script("error_analysis").analyse(str(ckpt), ["us"], "val")
     printed = capsys.readouterr().out
     assert "2D lanes:" in printed and "2D boxes:" in printed and "existence >= 0.5" in printed
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,19 +11,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.benchmark import load_script
 from visionpilot.export.onnx_export import export_onnx, save_onnx_atomic, set_metadata
 from visionpilot.paths import config_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_profile.py"
-
-
 def _script():
-    spec = importlib.util.spec_from_file_location("onnx_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("onnx_profile")
 
 
 def test_parts_follow_the_exporters_scope_names() -> None:
