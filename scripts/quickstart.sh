@@ -10,8 +10,11 @@
 #   bash scripts/quickstart.sh                 # results under runs/quickstart
 #   OUT=/tmp/qs bash scripts/quickstart.sh     # elsewhere
 set -euo pipefail
+# A relative OUT is relative to where this was started, and every path printed is absolute: setup_env.sh moves to
+# the repository root (where the default, runs/quickstart, lies).
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"; fi
 source "$(dirname "$0")/setup_env.sh"
-OUT="${OUT:-runs/quickstart}"
+OUT="${OUT:-$PWD/runs/quickstart}"
 mkdir -p "$OUT"
 START=$(date +%s)
 step() { printf '\n== [%s] %s (%ds)\n' "$(date +%H:%M:%S)" "$1" "$(( $(date +%s) - START ))"; }

@@ -13,12 +13,15 @@
 # strategy: mean gain over the seeds and its share of the full fine-tune's). Extra Hydra overrides for every stage go
 # in EXTRA (e.g. EXTRA="trainer=gpu").
 set -euo pipefail
+# A relative OUT is relative to where this was started, and every path printed is absolute: setup_env.sh moves to
+# the repository root (where the default, runs/region_finetune, lies).
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"; fi
 if [ -z "${NO_SETUP:-}" ]; then source "$(dirname "$0")/setup_env.sh"; fi
 # One thread per process: on a shared CPU, OpenMP teams that wait for descheduled threads slow training ~10x.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS_WORKFLOW:-1}"
 
 QUICK="${QUICK:-}"
-OUT="${OUT:-runs/region_finetune${QUICK:+_quick}}"
+OUT="${OUT:-$PWD/runs/region_finetune${QUICK:+_quick}}"
 GLOBAL_REGIONS="${GLOBAL_REGIONS:-us,de,cn}"                       # right-hand traffic only
 TARGETS="${TARGETS:-$([ -n "$QUICK" ] && echo jp || echo jp,gb)}"   # left-hand traffic: a style the global model never saw
 STRATEGIES="${STRATEGIES:-$([ -n "$QUICK" ] && echo adapter || echo full,heads,norm,adapter)}"

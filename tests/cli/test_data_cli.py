@@ -92,3 +92,24 @@ def test_stats_table_counts_2d_lanes_and_boxes() -> None:
     head, rule, row = format_stats_table({"regions": {"us": region}}).splitlines()
     assert head.endswith("| 2D boxes | 3D lanes | 2D lanes |") and rule.count("---") == head.count("|") - 1
     assert row.endswith("| 2 | 0 | 11 |")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("export.image_size=[590]", r"field 'export.image_size' must be \(height, width\) in pixels, two positive "
+                                r"integers, or null .*, found \[590\]"),
+    ("export.image_size=[0,1640]", r"field 'export.image_size' .*, found \[0, 1640\]"),
+    ("export.image_size=590", r"field 'export.image_size' .*, found 590"),
+    ("export.camera=CAM_BACK", r"field 'export.camera' must be one of the data's cameras \['CAM_FRONT'\], "
+                               r"found 'CAM_BACK'"),
+])
+def test_export_refuses_bad_options_before_touching_an_earlier_export(tmp_path: Path, override: str,
+                                                                      message: str) -> None:
+    # They failed inside the writer ("not enough values to unpack", "'int' object is not iterable", or at the first
+    # frame), after it had deleted the earlier export's split lists from the same folder.
+    export = ["action=export", "format=culane", "region=cn", "rig=front1"]
+    run(_compose(tmp_path, [*export, "export.image_size=[59,164]"]))
+    lists = sorted(p.name for p in (tmp_path / "culane" / "list").glob("*.txt"))
+    assert lists
+    with pytest.raises(ValueError, match=rf"action=export format=culane: {message}"):
+        run(_compose(tmp_path, [*export, override]))
+    assert sorted(p.name for p in (tmp_path / "culane" / "list").glob("*.txt")) == lists

@@ -136,3 +136,18 @@ def test_eval_refuses_a_baseline_that_names_no_model_before_loading_anything(tmp
 def test_eval_baseline_defaults_to_the_model_named_global_if_any(tmp_path: Path) -> None:
     # null, not "global": an explicit name must be a model, and most evaluations have no model named global.
     assert _eval_cfg(tmp_path, "models=[a.ckpt]", "regions=[us]").baseline is None
+
+
+def test_eval_takes_one_metric_name_as_a_one_metric_list(tmp_path: Path) -> None:
+    # metrics=det_map50 was iterated letter by letter: no metric "d", "e", ... so the report had no table at all.
+    base = _base(tmp_path)
+    report = run(_eval_cfg(tmp_path, f"models=['{base}']", "regions=[us]", "metrics=det_map50", "plots=0",
+                           "limit_batches=1"))
+    assert report["primary_metrics"] == ["det_map50"]
+    assert "det_map50" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+def test_eval_refuses_metrics_that_are_not_names_before_loading_anything(tmp_path: Path) -> None:
+    # metrics=null failed in the report, after every model had been evaluated.
+    with pytest.raises(ValueError, match=r"field 'metrics' must be a metric name or a list of them .*found None"):
+        run(_eval_cfg(tmp_path, f"models=[{tmp_path / 'missing.ckpt'}]", "regions=[us]", "metrics=null"))

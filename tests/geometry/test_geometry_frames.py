@@ -194,3 +194,12 @@ def test_yaw_of_rotation_and_wrap_angle():
     assert yaw_of_rotation(rot_z(0.3)) == pytest.approx(0.3)
     assert yaw_of_rotation(rot_z(-2.5)) == pytest.approx(-2.5)
     np.testing.assert_allclose(wrap_angle(np.array([3 * np.pi / 2, np.pi, -np.pi, 0.1])), [-np.pi / 2, -np.pi, -np.pi, 0.1])
+
+
+def test_wrap_angle_just_below_minus_pi_stays_in_range():
+    """An angle one ulp below -pi wrapped to +pi (the modulo rounded up to 2 pi): outside [-pi, pi)."""
+    below = np.nextafter(-np.pi, -np.inf)
+    for angle in (below, below - 2 * np.pi, np.array([below, 0.5])):
+        wrapped = np.asarray(wrap_angle(angle))
+        assert ((wrapped >= -np.pi) & (wrapped < np.pi)).all(), wrapped
+    assert wrap_angle(below) == pytest.approx(-np.pi) and isinstance(wrap_angle(0.3), np.floating)

@@ -108,6 +108,26 @@ def test_other_malformed_rigs(cfg, message):
         rig_from_config(cfg)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("position", 1.5, r"field 'position' needs 3 numbers, found 1.5"),  # was: 'float' object is not iterable
+        ("position", "1.5", r"field 'position' needs 3 numbers, found '1.5'"),
+        ("principal", [0.5], r"field 'principal' needs 2 numbers, found \[0.5\]"),  # was: IndexError, later
+        # Pixels instead of fractions: accepted, and every projection landed a hundred images away.
+        ("principal", [320, 240], r"field 'principal' .* fractions of \(width, height\), each in \[0, 1\], "
+                                  r"found \[320.0, 240.0\]"),
+        ("hfov_deg", 200, r"field 'hfov_deg' must be in \(0, 180\) degrees .*, found 200.0"),  # was: no camera named
+        ("yaw_deg", "left", r"field 'yaw_deg' needs a number, found 'left'"),
+        ("pitch_deg", float("nan"), r"field 'pitch_deg' needs a number, found nan"),
+    ],
+)
+def test_malformed_camera_fields_name_rig_camera_field_and_value(field, value, message):
+    """A camera field of the wrong kind or range fails when the rig is read, naming rig, camera, field and value."""
+    with pytest.raises(ValueError, match=rf"rig 'bad', camera 'CAM_X': {message}"):
+        rig_from_config({"name": "bad", "cameras": [_cam("OK"), {**_cam("CAM_X"), field: value}]})
+
+
 def test_as_rig_accepts_rig_name_and_mapping():
     """as_rig passes a Rig through, loads a name, and builds from a mapping; optional fields get defaults."""
     rig = load_rig("front1")

@@ -6,8 +6,10 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 
-from visionpilot.viz.draw import camera_grid, draw_boxes_2d, outlined_text
+from visionpilot.data.frame import Lane
+from visionpilot.viz.draw import BEVCanvas, camera_grid, draw_boxes_2d, draw_lanes_2d, outlined_text
 
 
 def test_dashed_boxes_are_clipped_to_the_image() -> None:
@@ -45,3 +47,31 @@ def test_outlined_text_clips_at_the_image_border() -> None:
     outlined_text(image, "edge", (-8, 4), 0.42)  # starts left of and above the image
     outlined_text(image, "gone", (100, 100), 0.42)  # wholly outside: nothing drawn, no error
     assert image.any() and image[15:].sum() == 0
+
+
+def test_bev_boxes_of_a_diverged_head_are_skipped_not_a_crash() -> None:
+    # NaN / inf / astronomically far boxes raised (NaN to int, OpenCV's int32 points) and lost the whole image.
+    canvas = BEVCanvas(size_px=128, range_m=50.0)
+    boxes = np.array([[np.nan, 0, 0, 4, 2, 1.5, 0], [np.inf, 0, 0, 4, 2, 1.5, 0], [1e12, 0, 0, 4, 2, 1.5, 0],
+                      [10, 5, 0, 4, 2, 1.5, 0]])
+    for dashed in (False, True):
+        canvas.boxes(boxes, np.zeros(4, int), dashed=dashed)
+    alone = BEVCanvas(size_px=128, range_m=50.0)
+    alone.boxes(boxes[3:], np.zeros(1, int))
+    alone.boxes(boxes[3:], np.zeros(1, int), dashed=True)
+    np.testing.assert_array_equal(canvas.image, alone.image)  # only the finite, nearby box, where it is
+
+
+@pytest.mark.parametrize("dashed", [False, True])
+def test_a_nan_lane_point_breaks_the_line_instead_of_drawing_to_a_corner(dashed: bool) -> None:
+    # NaN cast to int32 is -2**31: a line was drawn from the last good point towards the image's top-left corner.
+    a, b = np.array([[40.0, 40.0], [50.0, 50.0]]), np.array([[20.0, 60.0], [10.0, 50.0]])
+    image = draw_lanes_2d(np.zeros((64, 64, 3), np.uint8), [Lane(np.concatenate([a, [[np.nan, np.nan]], b]), 0)],
+                          thickness=1, dashed=dashed)
+    expected = draw_lanes_2d(np.zeros((64, 64, 3), np.uint8), [Lane(a, 0), Lane(b, 0)], thickness=1, dashed=dashed)
+    np.testing.assert_array_equal(image, expected)  # both good parts, and nothing else
+    a3, b3 = np.array([[10.0, 0, 0], [20.0, 0, 0]]), np.array([[30.0, 20.0, 0], [40.0, 20.0, 0]])
+    canvas, alone = BEVCanvas(size_px=128, range_m=50.0), BEVCanvas(size_px=128, range_m=50.0)
+    canvas.lanes([(np.concatenate([a3, [[np.nan, np.nan, 0]], b3]), 0)], dashed=dashed)
+    alone.lanes([(a3, 0), (b3, 0)], dashed=dashed)
+    np.testing.assert_array_equal(canvas.image, alone.image)

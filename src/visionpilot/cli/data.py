@@ -45,6 +45,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          "e.g. out=/data/shards/synthetic or out=s3://bucket/shards")
     if action == "export" and cfg.get("format") not in FORMAT_REGIONS:
         raise ValueError(f"action=export: unknown format '{cfg.get('format')}'; valid choices: {list(FORMAT_REGIONS)}")
+    if action == "export" and cfg.format != "nuscenes":  # before the writer clears an earlier export's lists
+        size = (cfg.get("export") or {}).get("image_size")
+        size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
+        if size is not None and not (isinstance(size, list | tuple) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"action=export format={cfg.format}: field 'export.image_size' must be (height, width) "
+                             f"in pixels, two positive integers, or null (the format's own size), found {size!r}")
     if action == "preview":
         count = cfg.get("frames_per_region")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -134,6 +141,10 @@ def _export(cfg: DictConfig, source: Any, refs: list, manifest: Any, regions: li
         options.pop("image_size", None)  # images keep the source's size; sample_data records it
     else:
         options["splits"] = {scene: split for (region, scene), split in manifest.scene_splits().items()}
+        # Checked here: the writer finds it missing at the first frame, after clearing an earlier export's lists.
+        if "camera" in options and options["camera"] not in source.camera_names:
+            raise ValueError(f"action=export format={fmt}: field 'export.camera' must be one of the data's cameras "
+                             f"{list(source.camera_names)}, found {options['camera']!r}")
     root = out_dir / fmt
     frames = (source.load(r.index) for r in chosen)  # streamed: the writers write images as they come
     WRITERS[fmt](frames, root, **options)

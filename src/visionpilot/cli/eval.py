@@ -48,6 +48,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # 0 or a negative count would evaluate nothing and still write an (empty) report
         raise ValueError(f"visionpilot-eval: field 'limit_batches' must be an integer >= 1 or null (every batch), "
                          f"found {limit!r}")
+    metrics = OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics) else cfg.metrics
+    if isinstance(metrics, str):  # metrics=det_map50: one metric, not the letters of its name
+        metrics = [metrics]
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ValueError(f"visionpilot-eval: field 'metrics' must be a metric name or a list of them (e.g. "
+                         f"[lane_f1, det_map50]), found {metrics!r}")
     specs = model_specs(OmegaConf.to_container(cfg.models, resolve=True) if OmegaConf.is_config(cfg.models)
                         else cfg.models)
     if not specs:
@@ -74,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     info = {m.name: {"kind": m.kind, **m.info} for m in models}
     report = build_report(matrix["results"], matrix["regions"], models=list(specs), overall=matrix["overall"],
                           split=str(cfg.split), frames=matrix["frames"], model_info=info,
-                          baseline=baseline, metrics=list(cfg.metrics),
+                          baseline=baseline, metrics=metrics,
                           reference=ref_name, manifest_sha256=matrix["manifest_sha256"])
     paths = write_report(out_dir, report)
     images = write_plots(out_dir / "plots", matrix["examples"], datamodule, reference)

@@ -40,9 +40,13 @@ def main(cfg: DictConfig) -> float | None:
     print(f"strategy {summary['strategy']}: {summary['trainable_params']:,} of {summary['total_params']:,} parameters "
           f"trained; region delta {summary['delta']} ({summary['delta_bytes'] / 1e6:.2f} MB, checkpoint "
           f"{summary['checkpoint_bytes'] / 1e6:.2f} MB)")
-    print(f"run dir: {cfg.paths.output_dir} (checkpoints/finetuned.ckpt, delta, metrics.json, finetune.json)")
+    print(f"run dir: {cfg.paths.output_dir} (checkpoints/finetuned.ckpt, {cfg.get('delta_file', 'delta.safetensors')}, "
+          f"{cfg.get('metrics_file', 'metrics.json')}, finetune.json)")
     monitor = cfg.get("optimized_metric")
-    return metrics.get(monitor) if monitor else None
+    if monitor and monitor not in metrics:  # a sweeper would get None for its objective, with no word why
+        raise ValueError(f"field 'optimized_metric': expected a key of metrics.json, one of {sorted(metrics)}; "
+                         f"found {monitor!r}")
+    return metrics[monitor] if monitor else None
 
 
 if __name__ == "__main__":

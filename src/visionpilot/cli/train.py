@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     keys = [k for k in ("val/lane_f1", "val/det_map50", "val/det_map", "val/bev_map", "val/bev_lane_iou") if k in metrics]
     print("final: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys))
-    print(f"run dir: {cfg.paths.output_dir} (metrics.json, checkpoints/, plots/)")
+    print(f"run dir: {cfg.paths.output_dir} ({cfg.get('metrics_file', 'metrics.json')}, checkpoints/, plots/)")
     monitor = cfg.get("optimized_metric")
     if monitor and monitor not in metrics:  # a sweeper would get None for its objective, with no word why
         raise ValueError(f"field 'optimized_metric': expected a key of metrics.json, one of {sorted(metrics)}; "

@@ -151,4 +151,7 @@ def yaw_of_rotation(rot: np.ndarray) -> float:
 
 def wrap_angle(angle: np.ndarray | float) -> np.ndarray | float:
     """Wrap angles to [-pi, pi)."""
-    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+    out = (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+    # Just below -pi, the modulo rounds up to 2 pi: the result would be pi, outside the range. ([()]: a scalar in,
+    # a scalar out)
+    return np.where(out >= np.pi, out - 2 * np.pi, out)[()]

@@ -7,6 +7,7 @@ a batch can stack them as ``(B, N_cam, 3, H, W)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,24 +105,44 @@ def rig_from_config(cfg: Mapping[str, Any]) -> Rig:
         if missing:
             cam = f"camera #{i} '{c['name']}'" if "name" in c else f"camera #{i}"
             raise ValueError(f"rig '{name}', {cam}: missing field(s) {missing}; each camera needs {list(required)}")
-        position = tuple(float(v) for v in c["position"])
-        if len(position) != 3:
-            raise ValueError(f"rig '{name}', camera '{c['name']}': field 'position' needs 3 values, found {position}")
+        where = f"rig '{name}', camera '{c['name']}'"
+        position = _numbers(where, "position", c["position"], 3)
+        principal = _numbers(where, "principal", c.get("principal", (0.5, 0.5)), 2)
+        if not all(0.0 <= v <= 1.0 for v in principal):  # pixels given here would put it far outside the image
+            raise ValueError(f"{where}: field 'principal' is the principal point as fractions of (width, height), "
+                             f"each in [0, 1], found {list(principal)}")
+        hfov_deg, yaw_deg, pitch_deg, roll_deg = (_numbers(where, k, c.get(k, 0.0), None)[0]
+                                                  for k in ("hfov_deg", "yaw_deg", "pitch_deg", "roll_deg"))
+        if not 0.0 < hfov_deg < 180.0:
+            raise ValueError(f"{where}: field 'hfov_deg' must be in (0, 180) degrees for a pinhole camera, "
+                             f"found {hfov_deg}")
         cameras.append(
             CameraSpec(
                 name=str(c["name"]),
                 position=position,  # type: ignore[arg-type]
-                yaw_deg=float(c["yaw_deg"]),
-                hfov_deg=float(c["hfov_deg"]),
-                pitch_deg=float(c.get("pitch_deg", 0.0)),
-                roll_deg=float(c.get("roll_deg", 0.0)),
-                principal=tuple(float(v) for v in c.get("principal", (0.5, 0.5))),  # type: ignore[arg-type]
+                yaw_deg=yaw_deg,
+                hfov_deg=hfov_deg,
+                pitch_deg=pitch_deg,
+                roll_deg=roll_deg,
+                principal=principal,  # type: ignore[arg-type]
             )
         )
     names = [c.name for c in cameras]
     if len(set(names)) != len(names):
         raise ValueError(f"rig '{name}': camera names must be unique, found {names}")
     return Rig(name=str(name), cameras=tuple(cameras))
+
+
+def _numbers(where: str, field: str, value: Any, count: int | None) -> tuple[float, ...]:
+    """``count`` finite numbers (None: one scalar) from a camera's config field, else an error naming it."""
+    try:
+        out = (float(value),) if count is None else () if isinstance(value, str) else tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != (count or 1) or not all(math.isfinite(v) for v in out):
+        expected = "a number" if count is None else f"{count} numbers"
+        raise ValueError(f"{where}: field '{field}' needs {expected}, found {value!r}")
+    return out
 
 
 def load_rig(name: str) -> Rig:

@@ -22,8 +22,23 @@ _CLASS_RGB = [CLASS_COLORS[c] for c in OBJECT_CLASSES]
 _LANE_RGB = [LANE_COLORS[t] for t in LANE_TYPES]
 
 
+#: Pixel coordinates are clipped to this before drawing: far outside any image, still an int32 for OpenCV.
+_LIM = 1 << 30
+
+
 def _pt(p: np.ndarray) -> tuple[int, int]:
     return int(round(float(p[0]) - 0.5)), int(round(float(p[1]) - 0.5))
+
+
+def _finite_runs(points: np.ndarray) -> list[np.ndarray]:
+    """The runs of consecutive finite points of a polyline (P, D): a NaN or inf point (an untrained or diverged
+    head) breaks the line there, instead of becoming a garbage pixel that a line is drawn to."""
+    pts = np.asarray(points, dtype=np.float64)
+    ok = np.isfinite(pts).all(axis=-1)
+    if ok.all():
+        return [pts]
+    idx = np.flatnonzero(ok)
+    return [pts[run] for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(run)]
 
 
 def draw_boxes_2d(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray | None = None,
@@ -72,12 +87,13 @@ def draw_lanes_2d(image: np.ndarray, lanes: Sequence[Lane], thickness: int = 2, 
     """Draw pixel polylines coloured by lane type in place."""
     for lane in lanes:
         color = _LANE_RGB[lane.type]
-        pts = np.round(np.asarray(lane.points, dtype=np.float64) - 0.5).astype(np.int32)
-        if dashed:
-            for a, b in zip(pts[:-1], pts[1:]):
-                _dashed_line(image, a.astype(float), b.astype(float), color, thickness)
-        else:
-            cv2.polylines(image, [pts], False, color, thickness, cv2.LINE_AA)
+        for run in _finite_runs(lane.points):
+            pts = np.round(np.clip(run, -_LIM, _LIM) - 0.5).astype(np.int32)
+            if dashed:
+                for a, b in zip(pts[:-1], pts[1:]):
+                    _dashed_line(image, a.astype(float), b.astype(float), color, thickness)
+            else:
+                cv2.polylines(image, [pts], False, color, thickness, cv2.LINE_AA)
     return image
 
 
@@ -96,13 +112,13 @@ class BEVCanvas:
         cv2.line(self.image, (0, c[1]), (size_px, c[1]), (40, 40, 40), 1)
 
     def to_px(self, xy: np.ndarray) -> tuple[int, int]:
-        xy = np.asarray(xy, dtype=np.float64)
-        return int(round(self.size / 2 - xy[1] * self.ppm)), int(round(self.size / 2 - xy[0] * self.ppm))
+        u, v = self.to_px_array(np.asarray(xy, dtype=np.float64)[None, :2])[0]
+        return int(u), int(v)
 
     def to_px_array(self, xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, dtype=np.float64)
-        return np.round(np.stack([self.size / 2 - xy[:, 1] * self.ppm, self.size / 2 - xy[:, 0] * self.ppm], 1)
-                        ).astype(np.int32)
+        px = np.stack([self.size / 2 - xy[:, 1] * self.ppm, self.size / 2 - xy[:, 0] * self.ppm], 1)
+        return np.round(np.clip(px, -_LIM, _LIM)).astype(np.int32)  # far-off boxes of an untrained head
 
     def ego(self, length: float = 4.9, width: float = 1.9, rear_overhang: float = 1.0) -> None:
         corners = np.array([[-rear_overhang, width / 2], [-rear_overhang, -width / 2],
@@ -125,6 +141,8 @@ class BEVCanvas:
         """3D boxes (K, 7) ``x, y, z, l, w, h, yaw`` as oriented footprints with a heading tick."""
         if len(boxes) == 0:
             return
+        finite = np.isfinite(boxes).all(axis=1)  # a diverged head's NaN / inf boxes are not drawn
+        boxes, classes = boxes[finite], np.asarray(classes)[finite]
         corners = box_corners(boxes[:, :3], boxes[:, 3:6], boxes[:, 6])[:, :4, :2]  # bottom face (K, 4, 2)
         for k, (quad, cls) in enumerate(zip(corners, classes)):
             color = _CLASS_RGB[int(cls)]
@@ -141,13 +159,14 @@ class BEVCanvas:
               dashed: bool = False) -> None:
         for lane in lanes:
             pts3, typ = (lane.points, lane.type) if isinstance(lane, Lane) else lane
-            pts = self.to_px_array(np.asarray(pts3)[:, :2])
             color = _LANE_RGB[int(typ)]
-            if dashed:
-                for a, b in zip(pts[:-1], pts[1:]):
-                    _dashed_line(self.image, a.astype(float), b.astype(float), color, thickness, dash=3.0)
-            else:
-                cv2.polylines(self.image, [pts], False, color, thickness, cv2.LINE_AA)
+            for run in _finite_runs(np.asarray(pts3)[:, :2]):
+                pts = self.to_px_array(run)
+                if dashed:
+                    for a, b in zip(pts[:-1], pts[1:]):
+                        _dashed_line(self.image, a.astype(float), b.astype(float), color, thickness, dash=3.0)
+                else:
+                    cv2.polylines(self.image, [pts], False, color, thickness, cv2.LINE_AA)
 
 
 def camera_grid(tiles: Sequence[np.ndarray], names: Sequence[str], columns: int | None = None) -> np.ndarray:
