@@ -151,3 +151,12 @@ def test_eval_refuses_metrics_that_are_not_names_before_loading_anything(tmp_pat
     # metrics=null failed in the report, after every model had been evaluated.
     with pytest.raises(ValueError, match=r"field 'metrics' must be a metric name or a list of them .*found None"):
         run(_eval_cfg(tmp_path, f"models=[{tmp_path / 'missing.ckpt'}]", "regions=[us]", "metrics=null"))
+
+
+@pytest.mark.parametrize("split", ["val+val", "train", "val+", ""])
+def test_a_split_other_than_val_test_or_both_once_is_refused_before_reading(split: str) -> None:
+    # val+val evaluated every val frame twice: frame counts doubled, the metrics of a duplicated set
+    from visionpilot.evaluation.cross_region import evaluate_matrix
+
+    with pytest.raises(ValueError, match=r"field 'split': expected 'val', 'test' or 'val\+test'"):
+        evaluate_matrix([], None, [], None, split=split)  # refused before the data module is touched

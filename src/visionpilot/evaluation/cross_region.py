@@ -181,7 +181,7 @@ def evaluate_matrix(models: Sequence[EvalModel], datamodule: VisionPilotDataModu
         (metric names without ``val/``; ``frame`` is a one-frame batch, ``decoded`` that frame's outputs).
     """
     splits = str(split).split("+")
-    if not splits or any(s not in ("val", "test") for s in splits):
+    if not splits or any(s not in ("val", "test") for s in splits) or len(set(splits)) < len(splits):  # val+val
         raise ValueError(f"field 'split': expected 'val', 'test' or 'val+test', found '{split}'")
     datamodule.setup("validate")
     missing = [s for s in splits if s not in datamodule.datasets]
