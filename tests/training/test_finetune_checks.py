@@ -1,7 +1,8 @@
 """Fine-tuning checks: frozen norm layers stay frozen when Lightning swaps them, a fine-tune resumes only its own
-seed, a malformed or incomplete region delta or a checkpoint whose weights do not fit its stored config is refused
-naming the file and the field, the rounding at the last validation works with the network on a GPU and the base on
-the CPU, and the final metrics are those of the rounded model the delta ships."""
+seed and nothing of a run it started over from, a malformed or incomplete region delta or a checkpoint whose
+weights do not fit its stored config is refused naming the file and the field, the rounding at the last validation
+works with the network on a GPU and the base on the CPU, and the final metrics are those of the rounded model the
+delta ships."""
 
 from __future__ import annotations
 
@@ -289,6 +290,36 @@ def test_a_finetune_killed_during_its_final_validation_validates_when_rerun(tmp_
     assert objects["model"].train_start_step is None  # resumed at max_steps: the training loop did not start
     assert metrics["val/step"] == objects["summary"]["metrics"]["val/step"] == objects["summary"]["steps"] == 2
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["val/gb/lane_f1"] == first["val/gb/lane_f1"]
+
+
+def test_starting_over_leaves_nothing_of_the_earlier_finetune_to_resume(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # resume=never kept the earlier fine-tune's checkpoints until the new one ended: killed before that and rerun
+    # with resume=auto, it resumed the one with the most steps, the earlier run's (the same base, region, strategy
+    # and seed), and shipped its weights as the new fine-tune.
+    import lightning as L
+
+    from visionpilot.training.fault_tolerance import resolve_ckpt_path
+
+    ft.finetune(_heads_finetune_cfg(tmp_path, "trainer.max_steps=2"))
+    run_dir = tmp_path / "ft"
+    assert {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} == {"last.ckpt", "finetuned.ckpt"}
+
+    def killed(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise KeyboardInterrupt  # the new run dies before its first checkpoint
+
+    monkeypatch.setattr(L.Trainer, "fit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(_heads_finetune_cfg(tmp_path, "trainer.max_steps=3", "model.optimizer.lr=1e-4", "resume=never"))
+    assert resolve_ckpt_path("auto", run_dir) is None  # the rerun starts over too
+    assert (run_dir / "delta.safetensors").exists()  # the earlier run's delta stays until a new one replaces it
+    # A base kept among the run dir's checkpoints (a fine-tune of a fine-tune) is not removed.
+    cfg = _heads_finetune_cfg(tmp_path, "resume=never")
+    cfg.ckpt_path = str(run_dir / "checkpoints" / "base.ckpt")
+    os.replace(tmp_path / "base.ckpt", cfg.ckpt_path)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(cfg)
+    assert [p.name for p in (run_dir / "checkpoints").glob("*.ckpt")] == ["base.ckpt"]
 
 
 def _adapter_delta(tmp_path: Path) -> tuple[Path, str, dict[str, torch.Tensor]]:

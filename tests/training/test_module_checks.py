@@ -84,6 +84,67 @@ def test_warmup_and_cosine_are_stepped_per_optimizer_step_down_to_min_lr_ratio()
         _module(min_lr_ratio=2)
 
 
+class _NormNet(nn.Module):
+    """A BatchNorm before two heads; ``lanes_nan``: the lane term is NaN on every batch."""
+
+    def __init__(self, lanes_nan: bool = False) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(2)
+        self.heads = nn.ModuleDict({"objects_2d": nn.Linear(2, 1), "lanes_2d": nn.Linear(2, 1)})
+        self.lanes_nan = lanes_nan
+
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> dict:  # noqa: ARG002
+        x = self.bn(images)
+        return {"objects_2d.score": self.heads["objects_2d"](x), "lanes_2d.score": self.heads["lanes_2d"](x)}
+
+    def loss(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:  # noqa: ARG002
+        lanes = outputs["lanes_2d.score"].pow(2).mean()
+        return {"objects_2d.heatmap": outputs["objects_2d.score"].pow(2).mean(),
+                "lanes_2d.exist": lanes * float("nan") if self.lanes_nan else lanes}
+
+
+class _NormFrames(Dataset):
+    """Frames of two values; ``inf_frame`` holds an Inf (a corrupt image)."""
+
+    def __init__(self, inf_frame: int | None = None) -> None:
+        self.inf_frame = inf_frame
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        images = torch.tensor([float(i), float("inf") if i == self.inf_frame else -float(i)])
+        return {"images": images, "intrinsics": torch.zeros(1), "extrinsics": torch.zeros(1), "frame_id": f"f{i}"}
+
+
+def _fit_norm_net(net: _NormNet, frames: _NormFrames, **kwargs) -> tuple[PerceptionModule, L.Trainer]:  # noqa: ANN003
+    module = PerceptionModule(net, functools.partial(torch.optim.AdamW, lr=1e-2), warmup_steps=0, **kwargs)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(frames, batch_size=2))
+    return module, trainer
+
+
+def test_a_skipped_batch_leaves_no_trace_in_the_running_statistics() -> None:
+    """nan_policy=skip skipped the update of a batch with an Inf activation, but its forward had already made every
+    BatchNorm running mean Inf and variance NaN, and so every later validation and checkpoint."""
+    module, trainer = _fit_norm_net(_NormNet(), _NormFrames(inf_frame=2), nan_policy="skip")
+    bn = module.net.bn
+    assert module.skipped_batches == 1 and trainer.global_step == 3
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    # Frames 0, 1 and 4, 5 only (means +-0.5 and +-4.5, momentum 0.1 from 0).
+    assert int(bn.num_batches_tracked) == 2
+    assert bn.running_mean.tolist() == pytest.approx([0.9 * 0.1 * 0.5 + 0.1 * 4.5, -(0.9 * 0.1 * 0.5 + 0.1 * 4.5)])
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "skip"])
+def test_a_non_finite_term_weighted_zero_neither_stops_nor_skips_training(nan_policy: str) -> None:
+    """A term weighted 0 is not part of the loss, but its NaN stopped the run (or, skipping, skipped every batch)."""
+    module, trainer = _fit_norm_net(_NormNet(lanes_nan=True), _NormFrames(), nan_policy=nan_policy,
+                                    loss_weights={"lanes_2d": 0})
+    assert trainer.global_step == 3 and module.skipped_batches == 0
+
+
 # --- Throughput -------------------------------------------------------------------------------------------------
 class _Frames(Dataset):
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from visionpilot.paths import config_dir
+from visionpilot.training.fault_tolerance import resolve_ckpt_path
 from visionpilot.training.flops import count_flops
 from visionpilot.training.module import NonFiniteLossError
 from visionpilot.training.train import build, train
@@ -263,6 +264,20 @@ def test_a_run_killed_during_its_final_validation_validates_when_rerun_without_t
     monkeypatch.setattr(L.Trainer, "validate", lambda *args, **kwargs: pytest.fail("validated a finished run"))
     rerun, _ = train(_cfg(tmp_path, args))
     assert rerun["val/loss"] == saved["val/loss"]
+
+
+def test_starting_over_leaves_nothing_of_the_earlier_run_to_resume(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # ckpt_path=never kept the earlier run's checkpoints until this one wrote its own: killed before that and rerun
+    # with ckpt_path=auto, it resumed the earlier run (a warning at most, for changed data settings).
+    args = ["rig=front1", "region=de", "trainer.max_steps=2", "trainer.max_epochs=-1",
+            "callbacks.prediction_images=null"]
+    train(_cfg(tmp_path, args))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # killed
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path, [*args, "ckpt_path=never", "data.regions=[gb]"]))
+    assert resolve_ckpt_path("auto", tmp_path) is None  # the rerun starts over too
 
 
 def test_metrics_json_holds_the_last_validation_and_says_when_it_was_a_subset(tmp_path: Path, monkeypatch) -> None:

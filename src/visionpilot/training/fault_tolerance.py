@@ -208,13 +208,35 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return chosen
 
 
+def starts_over(ckpt_path: str | os.PathLike[str] | None) -> bool:
+    """Whether the config's ``ckpt_path`` / ``resume`` says to start fresh (None, ``never``)."""
+    return ckpt_path is None or str(ckpt_path).lower() in NEVER
+
+
+def remove_earlier_checkpoints(run_dir: str | os.PathLike[str], keep: str | os.PathLike[str] | None = None) -> None:
+    """Starting over (``never``) in a run dir: the checkpoints an earlier run left there go when this one starts
+    (those :func:`find_resume_checkpoint` looks at), except ``keep`` (a fine-tune's base, if it lies there).
+
+    Kept until this run wrote its own, they could outlive it: killed before its first checkpoint and rerun with
+    ``auto``, it resumed the earlier run's newest checkpoint (a fine-tune of the same base, region, strategy and seed
+    passes every check), and an earlier run's best checkpoints (``epochNNN.ckpt``) would sit beside this run's.
+    """
+    run_dir = Path(run_dir)
+    keep_path = Path(keep).resolve() if keep is not None else None
+    for path in [*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+        if path.resolve() == keep_path:
+            continue
+        log.warning("starting over: removing %s, a checkpoint of an earlier run in this run dir", path)
+        path.unlink(missing_ok=True)
+
+
 def resolve_ckpt_path(ckpt_path: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str]) -> str | None:
     """What ``Trainer.fit(ckpt_path=...)`` gets for the config's ``ckpt_path``.
 
     ``auto``: the newest checkpoint of ``run_dir`` (:func:`find_resume_checkpoint`), None for a fresh run dir.
     None / ``never``: start fresh. Anything else (a path, or Lightning's ``last`` / ``hpc``) is passed through.
     """
-    if ckpt_path is None or str(ckpt_path).lower() in NEVER:
+    if starts_over(ckpt_path):
         return None
     if str(ckpt_path).lower() != AUTO:
         return str(ckpt_path)

@@ -59,7 +59,9 @@ from visionpilot.training.fault_tolerance import (
     fsync_dir,
     install_atomic_io,
     read_checkpoint_to_check,
+    remove_earlier_checkpoints,
     resolve_ckpt_path,
+    starts_over,
     with_previous_metrics,
 )
 from visionpilot.training.module import flatten_dotted, model_signature, under_prefix
@@ -816,6 +818,8 @@ def finetune(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume is not None:
         check_same_finetune(resume, info)
         check_resume(resume, module, field="resume")  # ckpt_path is the base here
+    elif starts_over(cfg.get("resume", "auto")):  # nothing of an earlier fine-tune here may be resumed later
+        remove_earlier_checkpoints(run_cfg.paths.output_dir, keep=base.path)
     try:
         trainer.fit(module, datamodule, ckpt_path=resume, weights_only=False)
     except SIGTERMException:  # as visionpilot-train: a stopped fine-tune must not exit 0 (training/train.py)

@@ -189,9 +189,13 @@ class PerceptionModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         batch = self._with_lane_cameras(batch)
+        # A skipped batch's forward has already moved the norm layers' running statistics (to NaN, from a NaN/Inf
+        # activation), which every later validation and checkpoint would inherit: kept to be put back.
+        running = self._running_stats() if self.nan_policy == "skip" else []
         outputs = self(batch)
         losses = self._losses(outputs, batch)
-        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        # A term weighted 0 is not part of the loss: its NaN does not reach the weights.
+        bad = [k for k, v in losses.items() if self.weight(k) != 0.0 and not torch.isfinite(v).all()]
         if bad:
             values = ", ".join(f"'{k}' = {losses[k].detach().float().cpu().item():.4g}" for k in bad)
             if self.nan_policy == "raise":
@@ -199,6 +203,9 @@ class PerceptionModule(L.LightningModule):
                     f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
                     f"{values}; frames {list(batch['frame_id'])}. Lower the learning rate, check the data, or set "
                     f"model.nan_policy=skip to skip such batches")
+            with torch.no_grad():
+                for buffer, saved in running:
+                    buffer.copy_(saved)
             self.skipped_batches += 1
             self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
             return None
@@ -207,6 +214,11 @@ class PerceptionModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, batch_size=bs)
         return loss
+
+    def _running_stats(self) -> list[tuple[Tensor, Tensor]]:
+        """(buffer, copy) of every normalisation layer's running statistics (BatchNorm, InstanceNorm)."""
+        return [(b, b.clone()) for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                for b in m.buffers(recurse=False)]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # A finite loss can still give non-finite gradients (an overflow in a backward op); one such step writes

@@ -20,7 +20,9 @@ from visionpilot.training.fault_tolerance import (
     check_resume,
     final_validation_missing,
     install_atomic_io,
+    remove_earlier_checkpoints,
     resolve_ckpt_path,
+    starts_over,
     with_previous_metrics,
 )
 from visionpilot.utils.io import write_json_atomic
@@ -68,6 +70,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # tensors, and come from this run dir or a path the user named.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     check_resume(ckpt_path, objects["model"])
+    if starts_over(cfg.get("ckpt_path")):  # ckpt_path=never: nothing of an earlier run here may be resumed later
+        remove_earlier_checkpoints(cfg.paths.output_dir)
     try:
         trainer.fit(objects["model"], objects["datamodule"], ckpt_path=ckpt_path, weights_only=False)
     except SIGTERMException:
