@@ -294,3 +294,13 @@ def test_contention_is_reported_under_the_table() -> None:
     # Cores the benchmark does not use may be busy: 8 cores, 2 threads, 5 cores busy elsewhere is not contention.
     assert "uncontended" in contention_note([row("a", 5.0)], cores=8, threads=2)[0]
     assert contention_note([row("a", None)], cores=2, threads=2) == []  # off Linux: nothing to say
+
+
+def test_no_timed_calls_is_refused_before_loading(models: dict[str, Path], tmp_path: Path) -> None:
+    # iters=0 loaded and warmed up every model, then failed on the empty samples' percentiles (IndexError).
+    base = ["warmup=0", "batches=[1]", "threads=1", "isolate=false"]
+    for settings, field in ((["iters=0", "scaling.enabled=false"], "iters"),
+                            (["iters=2", "batch_iters=-1", "scaling.enabled=false"], "batch_iters"),
+                            (["iters=2", "scaling.enabled=true", "scaling.iters=0"], "scaling.iters")):
+        with pytest.raises(ValueError, match=rf"field '{field}': expected at least 1 timed call, found -?[01]"):
+            benchmark(_cfg(tmp_path, f"models=[{models['onnx']}]", *base, *settings))

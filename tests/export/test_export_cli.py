@@ -178,6 +178,14 @@ def test_export_settings_that_cannot_work_name_the_field(checkpoint: Path, tmp_p
     assert "beyond its gate" in summary(result) or "closest to its gate" in summary(result)
 
 
+def test_an_unknown_split_names_the_setting_that_holds_it() -> None:
+    # parity.splits or calibration.splits: the message named the split only, and both lists name splits.
+    dm = SimpleNamespace(datasets={"train": None, "val": None})
+    with pytest.raises(ValueError, match=r"calibration\.splits: split 'training' does not exist; the datamodule "
+                                         r"has \['train', 'val'\]"):
+        collect_batches(dm, ["training"], 4, 2, "calibration")
+
+
 def test_a_graph_that_failed_its_gate_says_so_wherever_it_is_loaded(checkpoint: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     # model.failed.onnx carries the export's metadata; copied or renamed, it must still not load as a good model.
@@ -256,6 +264,8 @@ def test_region_delta_without_the_finetune_module_is_a_clear_error(checkpoint: P
 def test_bad_arguments_are_named(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'fp16', 'int8'\], found 'int4'"):
         export(_cfg(tmp_path, checkpoint, "precision=int4"))
+    with pytest.raises(ValueError, match=r"opset must be an integer ONNX opset \(17, .*found 'seventeen'"):
+        export(_cfg(tmp_path, checkpoint, "opset=seventeen"))
     with pytest.raises(ValueError, match="parity tolerance: unknown fields"):
         export(_cfg(tmp_path, checkpoint, "+parity.tolerance.max_diff=1"))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

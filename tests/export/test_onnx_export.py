@@ -99,6 +99,16 @@ def test_parity_detects_a_different_model(bev_model, build_net, make_batch, hw) 
     assert np.isfinite(report["max_abs_diff_raw"])
 
 
+def test_metadata_of_a_file_that_is_no_onnx_model_names_the_file(tmp_path) -> None:
+    # protobuf's DecodeError ("Error parsing message ...: Wire format was corrupt") did not say which file.
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00\x01 a truncated download")
+    with pytest.raises(ValueError, match=r"model\.onnx: not a readable ONNX model \(DecodeError"):
+        read_metadata(bad)
+    with pytest.raises(FileNotFoundError, match=r"ONNX model not found: .*missing\.onnx"):
+        read_metadata(tmp_path / "missing.onnx")
+
+
 def test_model_file_is_on_disk_before_it_is_renamed(bev_model, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     # export.json is written after model.onnx and fsynced (utils.io.write_text_atomic); an unsynced model renamed
     # into place can be empty after a power cut while the report that vouches for it survives.

@@ -165,3 +165,13 @@ def test_a_nan_raw_output_fails_the_gate_loudly() -> None:
     assert [line.split(":")[0] for line in failures(report)] == [f"{RAW_PREFIX}logits"]
     with pytest.raises(ParityError, match=r"raw/logits: max abs diff nan"):
         raise_on_failure(report, "test")
+
+
+@pytest.mark.parametrize(("field", "value"), [("atol", "loose"), ("min_agreement", math.nan), ("box_iou", None),
+                                              ("position_px", True)])
+def test_tolerance_overrides_must_be_numbers(field: str, value: object) -> None:
+    # +parity.tolerance.atol=loose reached the comparison after the export and failed in a numpy ufunc; a NaN
+    # min_agreement failed the gate naming no output (NaN compares False), so the export ended without an error.
+    with pytest.raises(ValueError, match=rf"parity tolerance: field '{field}' must be a number, found "):
+        tolerance_for("fp32", {field: value})
+    assert tolerance_for("int8", {"raw_max_abs": None, "min_agreement": 1.1, "position_px": 3}).position_px == 3

@@ -78,6 +78,9 @@ def test_int8_is_static_qdq_u8s8_per_channel_with_float_decode(bev_model, make_b
     feeds = graph_feeds(full, [make_batch(2, seed=s) for s in (5, 6)])
     q = quantize_int8(full, feeds)
     assert _io_types(q) == _io_types(full)
+    # What each output is (OUTPUT_DOCS) stays with the int8 graph, as with fp32 and fp16: the quantiser dropped it.
+    assert [(o.name, o.doc_string) for o in q.graph.output] == [(o.name, o.doc_string) for o in full.graph.output]
+    assert next(o for o in q.graph.output if o.name == "bev.objects_boxes").doc_string.startswith("(B, K, 7)")
     inits = {t.name: t for t in q.graph.initializer}
     producer = {o: n for n in q.graph.node for o in n.output}
     quant = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
@@ -160,3 +163,22 @@ def test_int8_keep_float_prefixes_stay_fp32_and_histogram_calibration_runs(bev_m
         assert any(n.op_type == "QuantizeLinear" for n in q.graph.node), method  # the backbone is quantised
     with pytest.raises(ValueError, match=r"keep_float' has prefixes \['/net/nope/'\] that name no node"):
         quantize_int8(full, feeds, keep_float=["/net/nope/"])
+
+
+def test_int8_op_types_must_name_op_types_of_the_graph(bev_model, make_batch) -> None:
+    # 'conv' for 'Conv': minmax quantised nothing and the fp32 graph shipped as int8; percentile failed inside
+    # onnxruntime's calibrator ("Histogram has not been collected").
+    _, full = bev_model
+    feeds = graph_feeds(full, [make_batch(2)])
+    for method in ("minmax", "percentile"):
+        with pytest.raises(ValueError, match=r"field 'op_types' has \['conv'\], which no node of the graph has; "
+                                             r"expected op types of the graph, e.g. \['Conv', 'Gemm'"):
+            quantize_int8(full, feeds, op_types=["Conv", "conv"], calibrate_method=method)
+
+
+def test_int8_refuses_an_opset_its_shape_inference_cannot_read(build_net, make_batch, hw) -> None:
+    # opset=18 exported, then int8 failed in onnxruntime's symbolic shape inference: "TypeError: 'NoneType' object
+    # is not iterable" (an opset-18 ReduceMax in the lane head).
+    graph = export_onnx(build_net("tiny"), hw, num_cameras=2, opset=18)
+    with pytest.raises(ValueError, match=r"INT8 needs a graph of opset <= 17 .*found opset 18; export with opset=17"):
+        quantize_int8(graph, graph_feeds(graph, [make_batch(2)]))

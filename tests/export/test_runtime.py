@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -149,3 +150,32 @@ def test_image_only_model_takes_no_calibration_but_checks_it(six_camera_model) -
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
         VisionPilotRuntime(tmp_path / "nope.onnx")
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [(onnx.TensorProto.FLOAT, ["batch", 3, 64, 64]),
+                                            (onnx.TensorProto.FLOAT, ["batch", 2, 3, 64, 64]),
+                                            (onnx.TensorProto.UINT8, ["batch", 2, 3, "h", "w"])],
+                         ids=["yolo", "float-frames", "dynamic-size"])
+def test_another_networks_images_input_is_not_taken_for_an_export(tmp_path: Path, dtype: int, shape: list) -> None:
+    # YOLOv8's graph input is called 'images' too, float (batch, 3, 640, 640), and has no metadata: an IndexError;
+    # a float or dynamically sized 5-D one failed in onnxruntime or int() instead.
+    images = onnx.helper.make_tensor_value_info("images", dtype, shape)
+    out = onnx.helper.make_tensor_value_info("out", dtype, shape)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["images"], ["out"])], "det", [images], [out])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "det.onnx")
+    with pytest.raises(ValueError, match=r"det\.onnx: expected graph input 'images' uint8 \(batch, N, 3, H, W\) with "
+                                         r"fixed N, H and W, found tensor\(.+\) \['batch', .+\]; not a visionpilot"):
+        VisionPilotRuntime(tmp_path / "det.onnx")
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused(six_camera_model, tmp_path: Path) -> None:
+    # Inputs are checked against the metadata: metadata of another rig let 5-camera 96 x 256 frames through the
+    # checks, and onnxruntime failed on them with a shape error deep in the graph.
+    model = onnx.load(six_camera_model.name)
+    set_metadata(model, {"camera_names": SIX[:5], "input_size": [96, 256]})
+    path = save_onnx_atomic(model, tmp_path / "edited.onnx")
+    with pytest.raises(ValueError, match=rf"edited\.onnx: the metadata disagrees with the graph \(input 'images' "
+                                         rf"\['batch', 6, 3, {H}, {W}\]\): field 'camera_names': expected 6 cameras, "
+                                         rf"found 5 \(CAM_FRONT_LEFT.*; field 'input_size': expected \[{H}, {W}\], "
+                                         rf"found \[96, 256\]"):
+        VisionPilotRuntime(path)

@@ -638,6 +638,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Time ``cfg.models``; write ``benchmark.json``, ``benchmark.md`` (and ``scaling.png``); return the report."""
     start = time.perf_counter()
     worker_timeout_s = _timeout(cfg.get("worker_timeout_s", 600))
+    iters, batch_iters = int(cfg.iters), int(cfg.get("batch_iters") or cfg.iters)
+    sc = cfg.get("scaling") or {}
+    counts = [("iters", iters), ("batch_iters", batch_iters)]
+    if sc.get("enabled"):
+        counts.append(("scaling.iters", int(sc.get("iters", 10))))
+    for key, value in counts:
+        if value < 1:  # no timed calls, no percentiles: an IndexError once every model was loaded and warmed up
+            raise ValueError(f"field '{key}': expected at least 1 timed call, found {value}")
     specs = model_specs(cfg.get("models"))
     if not specs:
         raise ValueError("visionpilot-benchmark: field 'models' is empty; give {name: path} pairs or a list of "
@@ -659,8 +667,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     if 1 not in batches:
         batches.insert(0, 1)  # latency, session and memory figures are batch-1 figures
     settings = {"threads": threads, "device": device, "providers": providers, "batches": batches,
-                "warmup": int(cfg.warmup), "iters": int(cfg.iters),
-                "batch_iters": int(cfg.get("batch_iters") or cfg.iters),
+                "warmup": int(cfg.warmup), "iters": iters, "batch_iters": batch_iters,
                 "interleave": bool(cfg.get("interleave", True)), "isolate": bool(cfg.get("isolate", True)),
                 "worker_timeout_s": worker_timeout_s,
                 "torch_compile": bool(cfg.get("torch_compile")),
@@ -705,7 +712,6 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {"machine": machine, "rows": rows, "metric": metric if evaluation else None,
                                   "settings": settings, "scaling": None}
-        sc = cfg.get("scaling") or {}
         if sc.get("enabled"):
             report["scaling"] = run_scaling(sc, specs, paths, threads, seed, out_dir)
     finally:

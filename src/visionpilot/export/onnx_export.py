@@ -205,7 +205,13 @@ def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> onnx.Mo
 def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
     """``metadata_props`` back as Python values (JSON decoded where it parses)."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # protobuf's DecodeError does not say which file
+            raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
     out: dict[str, Any] = {}
     for p in model.metadata_props:
         try:

@@ -97,7 +97,14 @@ def tolerance_for(precision: str, overrides: Mapping[str, Any] | None = None) ->
     unknown = sorted(set(overrides or {}) - set(fields))
     if unknown:
         raise ValueError(f"parity tolerance: unknown fields {unknown}; valid: {sorted(fields)}")
-    fields.update({k: v for k, v in (overrides or {}).items()})
+    for key, value in (overrides or {}).items():
+        # Checked here, not when compared after the export: a string failed there in a numpy ufunc, and a NaN
+        # min_agreement failed the gate with no failure named (NaN compares False), so nothing was raised.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ((number and not math.isnan(value)) or (key == "raw_max_abs" and value is None)):
+            raise ValueError(f"parity tolerance: field '{key}' must be a number"
+                             f"{' or null (not gated)' if key == 'raw_max_abs' else ''}, found {value!r}")
+        fields[key] = value
     return Tolerance(**fields)
 
 

@@ -113,7 +113,8 @@ def collect_batches(dm: Any, splits: Sequence[str], frames: int, batch_size: int
     items = []
     for split in splits:
         if split not in dm.datasets:
-            raise ValueError(f"split '{split}' does not exist; the datamodule has {sorted(dm.datasets)}")
+            raise ValueError(f"{field}.splits: split '{split}' does not exist; the datamodule has "
+                             f"{sorted(dm.datasets)}")
         refs = dm.datasets[split].refs
         take = min(frames - len(items), len(refs))
         if take <= 0:
@@ -198,6 +199,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, found '{precision}'")
+    if isinstance(cfg.opset, bool) or not isinstance(cfg.opset, int):  # else int() failed after the frames were read
+        raise ValueError(f"opset must be an integer ONNX opset (17, docs/deployment.md), found {cfg.opset!r}")
     if cfg.get("ckpt_path") in (None, "", "???"):
         raise ValueError("ckpt_path is required: visionpilot-export ckpt_path=runs/demo/checkpoints/last.ckpt")
     out_dir = Path(cfg.paths.output_dir)

@@ -55,7 +55,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from visionpilot.export.onnx_export import RAW_PREFIX
+from visionpilot.export.onnx_export import DEFAULT_DOMAINS, RAW_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ GEOMETRY_SCOPE = "/net/bev/view_transform/"
 QUANT_TYPES = {"QUInt8": QuantType.QUInt8, "QInt8": QuantType.QInt8}
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
+#: Highest opset INT8 takes: ``quant_pre_process``'s symbolic shape inference loses the shape of an opset-18
+#: ``ReduceMax`` (axes as an input) and fails with a TypeError (onnxruntime 1.32).
+INT8_MAX_OPSET = 17
 
 
 def float_islands(model: onnx.ModelProto) -> list[str]:
@@ -204,6 +207,17 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
                  "calibrate_method": calibrate_method}[name]
         if value not in table:
             raise ValueError(f"quantize: field '{name}' must be one of {sorted(table)}, found '{value}'")
+    # Checked before calibrating: an op type no node has quantised nothing, silently with minmax (an fp32 graph
+    # labelled int8), or failed in the percentile calibrator ("Histogram has not been collected").
+    graph_ops = {n.op_type for n in model.graph.node}
+    unknown = [t for t in op_types or [] if t not in graph_ops]
+    if unknown:
+        raise ValueError(f"quantize: field 'op_types' has {unknown}, which no node of the graph has; expected op "
+                         f"types of the graph, e.g. {sorted(graph_ops & {'Conv', 'Gemm', 'MatMul'})}")
+    opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None)
+    if opset is not None and opset > INT8_MAX_OPSET:
+        raise ValueError(f"quantize: INT8 needs a graph of opset <= {INT8_MAX_OPSET} (onnxruntime's symbolic shape "
+                         f"inference fails on opset-18 reductions), found opset {opset}; export with opset=17")
     with tempfile.TemporaryDirectory(prefix="vp-quant-") as tmp:
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         onnx.save_model(model, src)
@@ -231,6 +245,9 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarra
                 calibrate_method=CALIBRATION_METHODS[calibrate_method], extra_options=options,
             )
         quantized = onnx.load(str(dst))
+    docs = {o.name: o.doc_string for o in model.graph.output}  # the quantiser drops what each output is
+    for out in quantized.graph.output:
+        out.doc_string = docs.get(out.name, out.doc_string)
     log.info("INT8: %d nodes kept in fp32 (decode, geometry), %d output layers and %d keep_float nodes in fp32, "
              "%d QuantizeLinear nodes", len(islands), len(heads), len(kept),
              sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node))

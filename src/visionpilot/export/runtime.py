@@ -199,11 +199,27 @@ class VisionPilotRuntime:
         if "images" not in self.inputs:
             raise ValueError(f"{self.name}: expected a graph input 'images', found {sorted(self.inputs)}; not a "
                              f"visionpilot export")
-        shape = self.inputs["images"].shape  # ['batch', N, 3, H, W]
+        shape, kind = self.inputs["images"].shape, self.inputs["images"].type  # ['batch', N, 3, H, W], uint8
+        # Another network's graph may call its input 'images' too (YOLOv8's: float (1, 3, 640, 640)): an IndexError
+        # here, or an onnxruntime type error at the first call.
+        if kind != "tensor(uint8)" or len(shape) != 5 or shape[2] != 3 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ValueError(f"{self.name}: expected graph input 'images' uint8 (batch, N, 3, H, W) with fixed N, H "
+                             f"and W, found {kind} {list(shape)}; not a visionpilot export")
         names = self.metadata.get("camera_names")
-        self.camera_names: list[str] = list(names) if names else [f"cam{i}" for i in range(int(shape[1]))]
+        self.camera_names: list[str] = list(names) if names else [f"cam{i}" for i in range(shape[1])]
         size = self.metadata.get("input_size") or shape[3:5]
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        # Inputs are checked against the metadata: where it disagrees with the graph (set on another graph, edited),
+        # inputs that pass the checks fail in onnxruntime with a shape error deep in the graph.
+        problems = []
+        if len(self.camera_names) != shape[1]:
+            problems.append(f"field 'camera_names': expected {shape[1]} cameras, found {len(self.camera_names)} "
+                            f"({', '.join(self.camera_names)})")
+        if self.image_size != (shape[3], shape[4]):
+            problems.append(f"field 'input_size': expected {list(shape[3:5])}, found {list(self.image_size)}")
+        if problems:
+            raise ValueError(f"{self.name}: the metadata disagrees with the graph (input 'images' {list(shape)}): "
+                             + "; ".join(problems))
         self.object_classes: list[str] = list(self.metadata.get("object_classes") or [])
         self.lane_types: list[str] = list(self.metadata.get("lane_types") or [])
         self.output_names: list[str] = [o.name for o in self.session.get_outputs()]

@@ -74,6 +74,8 @@ def scaling_sweep(net: nn.Module, base_cameras: int, base_size: Sequence[int], c
     """
     if backend not in BACKENDS:
         raise ValueError(f"scaling.backend must be one of {list(BACKENDS)}, found '{backend}'")
+    if iters < 1:  # no samples, no percentiles: an IndexError after every point was built
+        raise ValueError(f"scaling.iters must be >= 1, found {iters}")
     net = net.eval()
     log.info("scaling: %s, cameras %s at %s, sizes %s at %d cameras", backend, list(cameras), list(base_size),
              [list(s) for s in sizes], base_cameras)
@@ -85,9 +87,10 @@ def scaling_sweep(net: nn.Module, base_cameras: int, base_size: Sequence[int], c
                        "megapixels": n * int(height) * int(width) / 1e6, "p50_ms": None, "p90_ms": None,
                        "status": "ok"})
         try:
-            runs[i] = _runner(net, n, (int(height), int(width)), backend, threads, seed)
-            for _ in range(warmup):
-                runs[i]()
+            run = _runner(net, n, (int(height), int(width)), backend, threads, seed)
+            for _ in range(max(warmup, 1)):  # at least one call: torch-eager fails there, not while building
+                run()
+            runs[i] = run  # timed only once it ran: a failure in the timed calls would end the whole sweep
         except Exception as err:  # e.g. a size the network cannot take: record it, keep sweeping
             log.warning("scaling point %d cameras at %dx%d failed: %s", n, height, width, err)
             points[i]["status"] = f"error: {type(err).__name__}: {err}"[:240]
