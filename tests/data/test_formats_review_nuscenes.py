@@ -5,6 +5,7 @@ Fixtures are the hand-written tables and map of ``test_nuscenes.py`` (nuScenes' 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,33 @@ def test_a_table_that_is_not_text_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match=r"nuScenes table 'scene': .*v1.0-mini/scene.json: byte offset 33: must be "
                                           r"UTF-8 text, found byte 0xff"):
         _hand_source(root).index()
+
+
+def test_a_token_repeated_in_a_table_is_an_error_naming_both_rows(tmp_path: Path) -> None:
+    """Tables merged by hand (v1.0-mini's scenes are copies of trainval's, tokens and all) repeat rows: each repeat
+    was read again, a second box of the same object (and the last row won every token lookup)."""
+    tables = _hand_tables()
+    tables["sample_annotation"].append(dict(tables["sample_annotation"][0]))
+    root = _write_hand(tmp_path, tables)
+    for on_error in ("raise", "skip"):  # the table itself is malformed: no frame can be trusted to drop alone
+        with pytest.raises(FormatError, match=r"sample_annotation.json: row 8: field 'token' must be unique in the "
+                                              r"table, found 'ann-car-0' again \(first in row 0\)"):
+            _hand_source(root, on_error=on_error).index()
+
+
+@pytest.mark.parametrize("filename", ["absolute", "samples/CAM_FRONT/../../../outside.jpg"])
+def test_an_image_path_outside_the_root_is_refused(tmp_path: Path, filename: str) -> None:
+    """``sample_data.filename`` is relative to the dataset root, as CULane's lists and TuSimple's raw_file are: an
+    absolute path or one climbing out with '..' read an image outside the dataset (it was read silently)."""
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"")  # a file exists there: the path itself is what is refused
+    filename = str(outside) if filename == "absolute" else filename
+    tables = _hand_tables()
+    next(r for r in tables["sample_data"] if r["token"] == "sd-CAM_FRONT-0")["filename"] = filename
+    root = _write_hand(tmp_path / "root", tables)
+    with pytest.raises(FormatError, match=r"sample_data.json \(token 'sd-CAM_FRONT-0'\): field 'filename' must be a "
+                                          r"file path relative to the dataset root, without '\.\.', found "
+                                          + re.escape(repr(filename))):
+        _hand_source(root).index()
+    src = _hand_source(root, on_error="skip")  # skip mode drops that sample only
+    assert [r.frame_id for r in src.index()] == ["sa1"] and src.skipped["reasons"] == {"field 'filename'": 1}

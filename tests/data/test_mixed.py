@@ -65,6 +65,14 @@ def test_a_source_must_fill_the_first_slots(roots: dict[str, Path]) -> None:
         _mixed(roots, weights={"kitti": 1.0})
 
 
+@pytest.mark.parametrize("weight", [float("nan"), float("inf")])
+def test_a_weight_that_is_not_finite_is_refused(roots: dict[str, Path], weight: float) -> None:
+    # NaN passed the '>= 0' check and inf made every share NaN: numpy's "probabilities contain NaN" at the first draw.
+    with pytest.raises(ValueError, match=r"field 'weights' must be finite and >= 0 with at least one > 0, found "
+                                         rf"\{{'nuscenes': 1.0, 'culane': {weight}\}}"):
+        _mixed(roots, weights={"culane": weight})
+
+
 def test_official_splits_are_delegated(roots: dict[str, Path]) -> None:
     src = _mixed(roots)
     assert {src.official_split(r.scene_id) for r in src.index() if r.frame_id.startswith("culane")} == \

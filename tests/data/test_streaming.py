@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,34 @@ def test_region_filter_reads_only_that_regions_prefix(shards: tuple[Any, Path]) 
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         assert {r for b in loader for r in b["region"]} <= {"gb"}
     assert {r.region for r in ShardSource(root, regions="gb").index()} == {"gb"}
+    # A region named twice is read once (its frames were indexed, counted and streamed twice).
+    assert ShardSource(root, regions=["gb", "GB"]).index() == ShardSource(root, regions="gb").index()
     with pytest.raises(ValueError, match=r"visionpilot.json: field 'regions' holds \['de', 'gb'\].*\['us'\]"):
         ShardSource(root, regions=["us"])
     with pytest.raises(FileNotFoundError, match="data.root must be the 'out' of visionpilot-data action=shard"):
         ShardSource(root / "gb")
+
+
+@pytest.mark.parametrize("damage", ["chunk missing", "chunk truncated", "index.json missing", "frames.json missing"])
+def test_a_root_copied_in_part_is_refused_at_setup(shards: tuple[Any, Path], damage: str) -> None:
+    """A root copied or synced in part (its metadata, not every chunk) passed setup: training stopped at the first
+    missing chunk, mid-epoch, on litdata's wait timeout (which calls it "not a missing object")."""
+    _, root = shards
+    chunk = sorted(root.glob("*/*/chunk-*.bin"))[-1]
+    prefix = chunk.parent
+    if damage == "chunk missing":
+        chunk.unlink()
+    elif damage == "chunk truncated":
+        chunk.write_bytes(chunk.read_bytes()[:-100])
+    else:
+        (prefix / damage.split()[0]).unlink()
+    where, file = re.escape(str(prefix)), re.escape(str(chunk))
+    message = {"chunk missing": rf"{file}: a chunk of \d+ bytes in index.json, found no file",
+               "chunk truncated": rf"{file}: a chunk of \d+ bytes in index.json, found \d+ bytes"}.get(
+        damage, rf"{where}/{damage.split()[0]} not found, but .*visionpilot.json says {where} holds \d+ frames")
+    with pytest.raises((FileNotFoundError, ValueError),
+                       match=message + r"; the shards are incomplete \(a partial copy of the root\?\)"):
+        _dm(root)
 
 
 def test_streaming_loader_resumes_mid_epoch(shards: tuple[Any, Path]) -> None:

@@ -83,8 +83,10 @@ class MixedSource(FrameSource):
             raise ValueError(f"mixed source: field 'weights' names unknown sources {unknown}; sources: "
                              f"{list(self.sources)}")
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.sources}
-        if any(w < 0 for w in self.weights.values()) or not any(w > 0 for w in self.weights.values()):
-            raise ValueError(f"mixed source: field 'weights' must be >= 0 with at least one > 0, found {self.weights}")
+        # NaN passes both comparisons (and inf makes every share NaN): the sampler failed at the first epoch
+        if not all(0 <= w < np.inf for w in self.weights.values()) or not any(w > 0 for w in self.weights.values()):
+            raise ValueError(f"mixed source: field 'weights' must be finite and >= 0 with at least one > 0, found "
+                             f"{self.weights}")
         names = {k: list(s.camera_names) for k, s in self.sources.items()}
         self.cameras = list(cameras) if cameras else slot_order(list(names.values()))
         for key, cams in names.items():

@@ -49,7 +49,7 @@ import numpy as np
 
 from visionpilot.data.frame import Boxes3D, CameraView, Frame, Lane
 from visionpilot.data.regions import get_region
-from visionpilot.data.sources._common import FormatError, SkipLog, check_on_error, read_json, read_rgb
+from visionpilot.data.sources._common import FormatError, SkipLog, check_on_error, escapes_root, read_json, read_rgb
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.sources.nuscenes_map import MapLanes
 from visionpilot.data.vocab import class_index
@@ -189,6 +189,10 @@ class _Table:
             if not isinstance(row.get("token"), str):
                 found = "no such field" if "token" not in row else repr(row["token"])
                 raise FormatError(f"{path}: row {i}: field 'token' must be a string, found {found}")
+            if row["token"] in self.by_token:  # a merged or repeated table: the row would count twice
+                first = next(j for j, r in enumerate(rows) if r is self.by_token[row["token"]])
+                raise FormatError(f"{path}: row {i}: field 'token' must be unique in the table, found "
+                                  f"'{row['token']}' again (first in row {first})")
             self.by_token[row["token"]] = row
 
     def where(self, token: str) -> str:
@@ -466,7 +470,8 @@ class NuScenesSource(FrameSource):
             where = sd.where(data["token"])
             cs = t["calibrated_sensor"].get(data.get("calibrated_sensor_token"), where, "calibrated_sensor_token")
             k = np.asarray(t["calibrated_sensor"].field(cs, "camera_intrinsic", _is_matrix3, "a 3x3 matrix"))
-            filename = sd.field(data, "filename", lambda v: isinstance(v, str) and v != "", "a file path")
+            filename = sd.field(data, "filename", lambda v: isinstance(v, str) and v != "" and not escapes_root(v),
+                                "a file path relative to the dataset root, without '..'")
             width = sd.field(data, "width", lambda v: _is_int(v) and v > 0, "a positive integer")
             height = sd.field(data, "height", lambda v: _is_int(v) and v > 0, "a positive integer")
             path = self.root / filename

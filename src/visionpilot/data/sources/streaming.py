@@ -3,8 +3,9 @@
 ``data=streaming data.root=<dir or URL>`` trains from the shards of ``visionpilot-data action=shard``:
 
 - :class:`ShardSource` is a :class:`~visionpilot.data.sources.base.FrameSource` over the shards of the selected
-  regions (it opens only their prefixes): ``index()`` reads each prefix's ``frames.json``, ``load(i)`` one record.
-  It makes shards usable everywhere a source is (``visionpilot-data action=stats data=streaming``).
+  regions (it opens only their prefixes): ``index()`` reads each prefix's ``frames.json`` (and refuses a prefix
+  missing chunks, as a partial copy of a root is), ``load(i)`` one record. It makes shards usable everywhere a source
+  is (``visionpilot-data action=stats data=streaming``).
 - :class:`StreamingDataModule` trains and validates through litdata's ``StreamingDataLoader``: chunks are read in
   sequence (a shuffled chunk order, then items shuffled within a window), downloaded ahead into a bounded local
   cache for URLs, split between DDP ranks and loader workers by litdata, and the loader's position is saved in
@@ -30,7 +31,7 @@ from visionpilot.data.collate import collate_frames
 from visionpilot.data.datamodule import FrameDataset, VisionPilotDataModule, _plain
 from visionpilot.data.frame import Frame
 from visionpilot.data.regions import GLOBAL
-from visionpilot.data.shards import FRAMES_FILE, META_FILE, decode_frame, join, read_json, read_meta
+from visionpilot.data.shards import FRAMES_FILE, META_FILE, decode_frame, is_url, join, read_json, read_meta
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.sources.mixed import MixedSource
 from visionpilot.data.splits import SplitManifest
@@ -39,6 +40,7 @@ from visionpilot.governance.audit import GovernanceReport
 from visionpilot.governance.policy import ResidencyError
 
 log = logging.getLogger(__name__)
+_LITDATA_INDEX = "index.json"  # litdata's list of a prefix's chunks (written by optimize)
 
 
 def frame_seed(seed: int, epoch: int, frame_id: str) -> int:
@@ -93,7 +95,8 @@ class ShardSource(FrameSource):
         have = list(self.meta["regions"])
         if regions is None or (isinstance(regions, str) and regions.lower() == GLOBAL):
             return have
-        wanted = [str(r).lower() for r in ([regions] if isinstance(regions, str) else regions)]
+        # Each region once: a repeat ([gb, GB]) would read its prefixes, hence every frame of it, twice.
+        wanted = list(dict.fromkeys(str(r).lower() for r in ([regions] if isinstance(regions, str) else regions)))
         if GLOBAL in wanted:
             return have
         missing = [r for r in wanted if r not in have]
@@ -123,14 +126,43 @@ class ShardSource(FrameSource):
         if self._refs is None:
             refs: list[FrameRef] = []
             for (region, split, n), start in zip(self.parts, self._starts):
-                path = join(self.prefix(region, split), FRAMES_FILE)
-                rows = read_json(path, self.storage_options)["frames"]
-                if len(rows) != n:
-                    raise ValueError(f"{path}: field 'frames' lists {len(rows)} frames, but {META_FILE} says {n}; "
-                                     f"the shards are incomplete, re-shard")
+                rows = self._prefix_rows(region, split, n)
                 refs += [FrameRef(start + k, fid, scene, region) for k, (fid, scene) in enumerate(rows)]
             self._refs = refs
         return list(self._refs)
+
+    def _prefix_rows(self, region: str, split: str, n: int) -> list[list[str]]:
+        """The ``[frame_id, scene_id]`` rows of a prefix, once its ``frames.json``, litdata's ``index.json`` and (local
+        roots) every chunk that index names hold the ``n`` frames the metadata says. A root copied or synced in part
+        fails here, at setup, rather than at its first missing chunk mid-epoch (litdata's wait timeout)."""
+        prefix = self.prefix(region, split)
+        advice = "the shards are incomplete (a partial copy of the root?): copy the root again or re-shard"
+
+        def read(name: str) -> Any:
+            path = join(prefix, name)
+            try:
+                return read_json(path, self.storage_options)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path} not found, but {join(self.root, META_FILE)} says {prefix} holds {n} "
+                                        f"frames; {advice}") from None
+
+        rows = read(FRAMES_FILE)["frames"]
+        if len(rows) != n:
+            raise ValueError(f"{join(prefix, FRAMES_FILE)}: field 'frames' lists {len(rows)} frames, but {META_FILE} "
+                             f"says {n}; {advice}")
+        chunks = read(_LITDATA_INDEX)["chunks"]
+        items = sum(int(c["chunk_size"]) for c in chunks)
+        if items != n:
+            raise ValueError(f"{join(prefix, _LITDATA_INDEX)}: field 'chunks' holds {items} frames, but {META_FILE} "
+                             f"says {n}; {advice}")
+        if not is_url(prefix):  # an object store would take a request per chunk; litdata names a missing one there
+            for c in chunks:
+                path = os.path.join(prefix, c["filename"])
+                size = os.path.getsize(path) if os.path.isfile(path) else None
+                if size is None or size < int(c["chunk_bytes"]):
+                    raise FileNotFoundError(f"{path}: a chunk of {c['chunk_bytes']} bytes in {_LITDATA_INDEX}, found "
+                                            f"{'no file' if size is None else f'{size} bytes'}; {advice}")
+        return rows
 
     def dataset(self, part: int) -> StreamingDataset:
         """litdata's dataset of one prefix (no shuffling; opened once)."""
