@@ -12,6 +12,8 @@ import pytest
 
 from visionpilot.data.regions import REGIONS
 from visionpilot.data.sources.synthetic import SyntheticSource
+from visionpilot.data.sources.synthetic.ground import build_rig_geometry, render_ground_and_sky
+from visionpilot.data.sources.synthetic.source import GROUND_SCALE
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.geometry.camera import project_points
 
@@ -93,6 +95,26 @@ def test_lane_labels_land_on_paint(world: SyntheticSource) -> None:
         assert hits[key][1] >= 50, f"too few {key} points checked: {hits}"
         assert hits[key][0] / hits[key][1] >= 0.95, f"{key} points off the paint: {hits}"
     assert hits["gap"][1] >= 50 and hits["gap"][0] / hits["gap"][1] <= 0.05, f"paint in dash gaps: {hits}"
+
+
+@pytest.mark.parametrize("region", ["gb", "us"])
+def test_ground_shaded_at_low_resolution_lands_where_full_resolution_puts_it(region: str) -> None:
+    """The ground is shaded at 1/GROUND_SCALE and upsampled: that must not move it. At a size that is not a multiple
+    of the scale (nor is the default 256 x 704) the upsampling stretched it against the exact per-pixel ground (and
+    so against the lane labels and the solids), by 2 px at the bottom right here."""
+    size = (97, 256)
+    src = SyntheticSource("front1", regions=region, scenes_per_region=1, frames_per_scene=1, image_size=size)
+    scene = src.scene(region, 0)
+    shaded = {}
+    for scale in (1, GROUND_SCALE):
+        image = np.zeros((1, *size, 3), np.uint8)
+        render_ground_and_sky(scene, 0.0, build_rig_geometry(src.intrinsics, src.extrinsics, size, scale), image)
+        shaded[scale] = image[0].mean(axis=-1)
+    h, w = size
+    low = shaded[GROUND_SCALE][h // 2 + 8:h - 3, 3:w - 3]  # the ground half: paint, road edges, verges
+    error = {(dy, dx): np.abs(low - shaded[1][h // 2 + 8 + dy:h - 3 + dy, 3 + dx:w - 3 + dx]).mean()
+             for dy in range(-3, 4) for dx in range(-3, 4)}
+    assert min(error, key=error.get) == (0, 0), f"best alignment (dy, dx) = {min(error, key=error.get)}"
 
 
 def _hash_frames(indices: list[int]) -> list[str]:
@@ -196,3 +218,33 @@ def test_bad_input_lists_valid_choices() -> None:
         SyntheticSource("nope")
     with pytest.raises(ValueError, match=r"scenes_per_region"):
         SyntheticSource("front1", scenes_per_region=0)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("fps", 0, "a number of frames per second > 0"),  # ZeroDivisionError at the first frame
+    ("fps", -2.0, "a number of frames per second > 0"),  # time ran backwards
+    ("image_size", (0, 176), "an integer >= 1"),  # an OpenCV assertion at the first frame
+    ("image_size", (64,), r"\(height, width\)"),  # IndexError
+    ("image_size", (64.5, 176), "an integer >= 1"),  # truncated
+    ("scenes_per_region", 2.5, "an integer >= 1"),  # truncated
+    ("frames_per_scene", "3", "an integer >= 1"),  # TypeError: '<' between str and int
+    ("seed", -1, "an integer >= 0"),  # numpy's 'expected non-negative integer' at the first frame
+    ("min_visibility", 1.5, r"a fraction in \[0, 1\]"),  # no 2D or 3D label at all
+    ("min_visibility", float("nan"), r"a fraction in \[0, 1\]"),
+    ("label_range_m", 0.0, "a distance in metres > 0"),  # no label at all
+    ("label_range_m", float("nan"), "a distance in metres > 0"),
+    ("min_box_px", -1.0, "a number of pixels >= 0"),
+])
+def test_bad_config_values_are_refused_when_built(field: str, value: object, expected: str) -> None:
+    with pytest.raises(ValueError, match=rf"synthetic source: field '{field}.*' must be {expected}, found "):
+        SyntheticSource("front1", **{"regions": ["gb"], "scenes_per_region": 1, "frames_per_scene": 2,
+                                     "image_size": (64, 176), field: value})
+
+
+def test_good_config_values_of_other_types_are_taken() -> None:
+    # Hydra and numpy hand over ints and floats of their own types; an integral float is a whole count.
+    src = SyntheticSource("front1", regions=["gb"], scenes_per_region=np.int64(2), frames_per_scene=3.0,
+                          image_size=[np.int32(64), 176], fps=np.float32(2.0), min_visibility=0,
+                          label_range_m=float("inf"))
+    assert (len(src), src.image_size, src.fps) == (6, (64, 176), 2.0)
+    assert src.load(5).cameras[0].image.shape == (64, 176, 3)

@@ -79,8 +79,10 @@ def build_rig_geometry(intrinsics: np.ndarray, extrinsics: np.ndarray, image_siz
     """Cast every (low-resolution) pixel's ray onto the ground plane once."""
     height, width = image_size
     h, w = -(-height // scale), -(-width // scale)
-    # Centres of the low-resolution pixels in full-resolution pixel coordinates (what cv2.resize assumes).
-    u, v = np.meshgrid((np.arange(w) + 0.5) * scale, (np.arange(h) + 0.5) * scale)
+    # Centres of the low-resolution pixels in full-resolution pixel coordinates, where cv2.resize to (W, H) puts
+    # them: (i + 0.5) * W / w. That is (i + 0.5) * scale only when the image size is a multiple of the scale; with
+    # `scale` the ground was stretched against the solids and the labels (by 2 px at the bottom of 256 x 704).
+    u, v = np.meshgrid((np.arange(w) + 0.5) * (width / w), (np.arange(h) + 0.5) * (height / h))
     pix = np.stack([u, v, np.ones_like(u)], axis=-1)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("gx", "gy", "fpl", "fps", "db", "sky", "elb", "el", "az")}
     for c in range(len(intrinsics)):
@@ -187,13 +189,16 @@ def render_ground_and_sky(scene: Scene, t: float, geo: RigGeometry, images: np.n
     small = cv2.merge([cv2.convertScaleAbs(p) for p in planes])  # saturating float -> uint8, (N*h, w, 3)
     h, w = geo.small_size
     height, width = geo.image_size
+    # Masks: INTER_NEAREST_EXACT centres each low-res pixel where INTER_LINEAR does (INTER_NEAREST shifts it by half
+    # a pixel unless the size is a multiple of the scale; for multiples the two are the same).
     for c in range(geo.n_cams):
         cv2.resize(small[c * h:(c + 1) * h], (width, height), dst=images[c], interpolation=cv2.INTER_LINEAR)
         if mtype is not None:
-            marking_mask[c] = cv2.resize(mtype[c * h:(c + 1) * h], (width, height), interpolation=cv2.INTER_NEAREST)
+            marking_mask[c] = cv2.resize(mtype[c * h:(c + 1) * h], (width, height),
+                                         interpolation=cv2.INTER_NEAREST_EXACT)
         if surface_mask is not None:
             road = ((band[c * h:(c + 1) * h] == 3) & ~geo.sky[c * h:(c + 1) * h]).astype(np.uint8)
-            surface_mask[c] = cv2.resize(road, (width, height), interpolation=cv2.INTER_NEAREST)
+            surface_mask[c] = cv2.resize(road, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def _paint_lines(scene: Scene, l: np.ndarray, s: np.ndarray, geo: RigGeometry, planes: list[np.ndarray],

@@ -22,8 +22,10 @@ along a heading), which :meth:`SyntheticSource.latlon` computes without renderin
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,17 +89,22 @@ class SyntheticSource(FrameSource):
                  min_box_px: float = 3.0, label_range_m: float = 75.0, noise: bool = True) -> None:
         self.rig = as_rig(rig)
         self.regions = resolve_regions(regions)
-        if scenes_per_region < 1 or frames_per_scene < 1:
-            raise ValueError(f"synthetic source: scenes_per_region and frames_per_scene must be >= 1, found "
-                             f"{scenes_per_region} and {frames_per_scene}")
-        self.scenes_per_region = int(scenes_per_region)
-        self.frames_per_scene = int(frames_per_scene)
-        self.fps = float(fps)
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.seed = int(seed)
-        self.min_visibility = float(min_visibility)
-        self.min_box_px = float(min_box_px)
-        self.label_range_m = float(label_range_m)
+        # Checked here, not at the first frame: a zero fps or image side failed there obscurely (ZeroDivisionError,
+        # an OpenCV assertion), and a negative fps, a fractional count or a visibility above 1 (no labels at all)
+        # were taken silently.
+        self.scenes_per_region = _integer("scenes_per_region", scenes_per_region, 1)
+        self.frames_per_scene = _integer("frames_per_scene", frames_per_scene, 1)
+        self.fps = _number("fps", fps, lambda v: 0 < v < math.inf, "a number of frames per second > 0")
+        try:
+            height, width = image_size
+        except (TypeError, ValueError):
+            raise ValueError(f"synthetic source: field 'image_size' must be (height, width), found "
+                             f"{image_size!r}") from None
+        self.image_size = (_integer("image_size[0] (height)", height, 1), _integer("image_size[1] (width)", width, 1))
+        self.seed = _integer("seed", seed, 0)
+        self.min_visibility = _number("min_visibility", min_visibility, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+        self.min_box_px = _number("min_box_px", min_box_px, lambda v: 0 <= v < math.inf, "a number of pixels >= 0")
+        self.label_range_m = _number("label_range_m", label_range_m, lambda v: v > 0, "a distance in metres > 0")
         self.noise = bool(noise)
         self.intrinsics = self.rig.intrinsics(self.image_size)
         self.extrinsics = self.rig.extrinsics()
@@ -319,6 +326,21 @@ class SyntheticSource(FrameSource):
                   "curvature": round(float(2 * coeffs[2]), 6), "ego_speed_mps": round(scene.ego_speed, 2)},
         )
         return RenderOutput(frame, masks, mask_ids, marking, surface, scene)
+
+
+def _integer(field: str, value: Any, least: int) -> int:
+    """``value`` as an int >= ``least``; a fraction, a bool or a string is refused rather than truncated."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value != int(value) or value < least):
+        raise ValueError(f"synthetic source: field '{field}' must be an integer >= {least}, found {value!r}")
+    return int(value)
+
+
+def _number(field: str, value: Any, ok: Callable[[float], bool], expected: str) -> float:
+    """``value`` as a float for which ``ok`` holds (NaN fails every comparison, so it is refused too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+        raise ValueError(f"synthetic source: field '{field}' must be {expected}, found {value!r}")
+    return float(value)
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
