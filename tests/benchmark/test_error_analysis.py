@@ -34,7 +34,9 @@ def _near_ground_truth(net: torch.nn.Module):
         exist = torch.full(valid.shape[:3], 0.9)
         exist[:, :, 1::2] = 0.35  # ... and less sure of: dropped at existence 0.5, false positives at 0.3
         boxes, mask = batch["boxes_2d"].float(), batch["boxes_2d_mask"]
-        jitter = (torch.rand(boxes.shape, generator=g) - 0.5) * 1.2 * (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 1, 2)
+        # Each edge moved by up to 0.4 of the box's size: about half the boxes keep IoU > 0.5 (mAP@0.5 0.42 here;
+        # with 0.6 it hung on which frames the seed picked: 0.005 after the synthetic ground moved by a pixel).
+        jitter = (torch.rand(boxes.shape, generator=g) - 0.5) * 0.8 * (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 1, 2)
         return {"lanes_2d.points": lanes + shift, "lanes_2d.points_valid": valid,
                 "lanes_2d.exist": valid.any(-1).float() * exist, "lanes_2d.types": torch.zeros(valid.shape[:3]).long(),
                 "objects_2d.boxes": boxes + jitter, "objects_2d.scores": torch.rand(mask.shape, generator=g),

@@ -121,13 +121,17 @@ def test_metrics_on_onnx_equal_metrics_on_pytorch(checkpoint: Path, fp32_export:
         on_onnx.update(batch, onnx_decode(runtime, batch))  # same keys, shapes, dtypes: the evaluator is unchanged
     want, got = on_torch.compute(), on_onnx.compute()
     assert set(got) == set(want) and {"lane_f1", "det_map50", "bev_map", "bev_lane_iou"} <= set(got)
+    off = {}
     for key, value in want.items():
         # Counts are equal. F1 and AP depend on decisions and score order: the random-init BEV branch's scores are
-        # near-ties, and a swap of two of them between runtimes moves an AP by ~2e-5 (a pipeline error moves it by
-        # orders more). The nuScenes errors (ATE, ASE, AOE) are means of continuous box errors, which carry the
-        # ~1e-5 relative float differences of the raw outputs.
-        tol = dict(rel=1e-4) if key.rsplit("_", 1)[-1] in ("ate", "ase", "aoe") else dict(abs=1e-4)
-        assert got[key] == pytest.approx(value, nan_ok=True, **tol), key
+        # near-ties, and a swap of two of them between runtimes moves an AP by 2e-5 to 3e-4 on these few frames (one
+        # BEV AP@4m by 2.6e-4 since the synthetic ground moved by a pixel; a pipeline error moves them by orders more).
+        # The nuScenes errors (ATE, ASE, AOE) are means of continuous box errors, which carry the ~1e-5 relative
+        # float differences of the raw outputs.
+        tol = dict(rel=1e-4) if key.rsplit("_", 1)[-1] in ("ate", "ase", "aoe") else dict(abs=1e-3)
+        if got[key] != pytest.approx(value, nan_ok=True, **tol):
+            off[key] = (value, got[key])
+    assert not off, off  # every metric that differs, PyTorch's value first
 
 
 @pytest.mark.slow
