@@ -204,7 +204,7 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if chosen is None and problems:
         raise RuntimeError("ckpt_path=auto: this run dir has checkpoints, but none can be read, so it cannot resume "
                            "(and starting fresh would overwrite them):\n  " + "\n  ".join(problems) +
-                           "\nGive ckpt_path=<a readable checkpoint>, or ckpt_path=never to start fresh.")
+                           "\nGive ckpt_path=<a readable checkpoint>, or ckpt_path=never to start fresh (which removes them).")
     return chosen
 
 
