@@ -32,3 +32,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, crash)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux shows the umask in /proc/self/status")
+def test_atomic_writes_read_the_umask_without_changing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Setting and restoring the umask to read it changed it process-wide for a moment: a file another thread created
+    # then got 0o022's permissions instead of the process's.
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail(f"os.umask({mask:o}) called"))
+        write_text_atomic(tmp_path / "x.json", "{}")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o640

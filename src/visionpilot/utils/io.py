@@ -33,7 +33,15 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting and restoring it: there is no getter before Python 3.13's os API)."""
+    """The process's umask: read from /proc where Linux shows it; elsewhere by setting and restoring it (Python has
+    no getter), which changes it process-wide for a moment, for files other threads create meanwhile."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
