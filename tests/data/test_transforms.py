@@ -309,3 +309,13 @@ def test_pipelines(frame_factory) -> None:
     _assert_same(val(frame, 1), val(frame, 2))  # no randomness
     assert_labels_consistent(build_transform(None, train=True, flip_p=1.0)(frame, 0), tol=1e-4)
     assert_labels_consistent(val(frame_factory(6, with_images=False)))
+
+
+def test_a_fractional_size_is_refused_not_truncated() -> None:
+    # as_size read (64.5, 176) as (64, 176): frames a pixel smaller than asked for, without a word.
+    from visionpilot.data.transforms import as_size
+
+    assert as_size([64.0, 176]) == (64, 176) and as_size(np.array([64, 176])) == (64, 176)
+    for size in ((64.5, 176), (64, float("inf")), (64, 0)):
+        with pytest.raises(ValueError, match=r"Resize: field 'size' must be \(height, width\), two positive integers"):
+            Resize(size)

@@ -15,6 +15,7 @@ silently breaks the camera -> BEV lifting. Ours apply one known affine to image,
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -47,26 +48,26 @@ def child_seeds(seed: int | None, n: int, *salt: int) -> list[int]:
 def as_size(size: Sequence[int], what: str = "image size") -> Size:
     """``(height, width)`` as ints; anything else (3 values, one int, a string) is refused naming ``what``."""
     try:
-        h, w = (int(v) for v in size)
+        h, w = (float(v) for v in size)
     except (TypeError, ValueError):
-        h = w = 0
-    if isinstance(size, str) or h <= 0 or w <= 0:
+        h = w = 0.0
+    # A fraction (64.5) is refused, not truncated: the frames would be a pixel smaller than the size asked for.
+    if isinstance(size, str) or not all(1 <= v < math.inf and v == int(v) for v in (h, w)):
         raise ValueError(f"{what} must be (height, width), two positive integers, found {size!r}")
-    return h, w
+    return int(h), int(w)
 
 
-def _as_crop_v(crop_v: float, owner: str) -> float:
-    # Outside [0, 1] the picture slides off the output and black padding replaces it, silently.
-    if not 0.0 <= float(crop_v) <= 1.0:
-        raise ValueError(f"{owner}: field 'crop_v' must be in [0, 1] (0 keeps the top, 1 the bottom), "
-                         f"found {float(crop_v)}")
-    return float(crop_v)
+_CROP_V_ENDS = " (0 keeps the top, 1 the bottom)"
 
 
-def _as_unit(value: float, owner: str, field: str) -> float:
-    # albumentations refuses these only at the first frame, deep in a loader worker, naming neither owner nor field.
+def _as_unit(value: float, owner: str, field: str, meaning: str = "") -> float:
+    """``value`` in [0, 1], else an error naming ``owner`` and ``field`` (``meaning`` says what the ends mean).
+
+    Probabilities: albumentations refuses them only at the first frame, deep in a loader worker, naming neither owner
+    nor field. ``crop_v``: outside [0, 1] the picture slides off the output and black padding replaces it, silently.
+    """
     if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{owner}: field '{field}' must be in [0, 1], found {value}")
+        raise ValueError(f"{owner}: field '{field}' must be in [0, 1]{meaning}, found {float(value)}")
     return float(value)
 
 
@@ -196,7 +197,7 @@ class Resize:
                  min_box_size: float = 2.0) -> None:
         self.size = as_size(size, "Resize: field 'size'")
         self.keep_aspect = keep_aspect
-        self.crop_v = _as_crop_v(crop_v, "Resize")
+        self.crop_v = _as_unit(crop_v, "Resize", "crop_v", _CROP_V_ENDS)
         self.min_box_size = min_box_size
 
     def affine(self, src: Size) -> np.ndarray:
@@ -242,7 +243,7 @@ class RandomScaleCrop:
                              f"found {scale_range!r}")
         self.scale_range = (lo, hi)
         self.keep_aspect = keep_aspect
-        self.crop_v = None if crop_v is None else _as_crop_v(crop_v, "RandomScaleCrop")
+        self.crop_v = None if crop_v is None else _as_unit(crop_v, "RandomScaleCrop", "crop_v", _CROP_V_ENDS)
         self.same_for_all_cameras = same_for_all_cameras
         self.min_box_size = min_box_size
 

@@ -178,6 +178,12 @@ def _step_or_problem(path: str | os.PathLike[str]) -> tuple[int | None, str | No
     return int(ckpt["global_step"]), None
 
 
+def _checkpoints_of(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The checkpoint files a run dir may resume from: ``checkpoints/*.ckpt`` and SLURM's ``hpc_ckpt_*.ckpt``."""
+    run_dir = Path(run_dir)
+    return sorted((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
 def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The newest readable checkpoint of a run: highest ``global_step``, ``last.ckpt`` first among equals.
 
@@ -185,8 +191,7 @@ def find_resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     interrupted write (``.*.tmp``) are never candidates, and unreadable files are skipped with a warning. When there
     are checkpoints but none can be read, it raises rather than start fresh and overwrite them.
     """
-    run_dir = Path(run_dir)
-    candidates = sorted((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) + sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    candidates = _checkpoints_of(run_dir)
     best: tuple[int, bool, float] | None = None
     chosen: Path | None = None
     problems: list[str] = []
@@ -221,9 +226,8 @@ def remove_earlier_checkpoints(run_dir: str | os.PathLike[str], keep: str | os.P
     ``auto``, it resumed the earlier run's newest checkpoint (a fine-tune of the same base, region, strategy and seed
     passes every check), and an earlier run's best checkpoints (``epochNNN.ckpt``) would sit beside this run's.
     """
-    run_dir = Path(run_dir)
     keep_path = Path(keep).resolve() if keep is not None else None
-    for path in [*(run_dir / CHECKPOINT_DIR).glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+    for path in _checkpoints_of(run_dir):
         if path.resolve() == keep_path:
             continue
         log.warning("starting over: removing %s, a checkpoint of an earlier run in this run dir", path)
