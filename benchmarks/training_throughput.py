@@ -75,6 +75,7 @@ def main() -> None:
             "+trainer.enable_progress_bar=false",
             "~logger", "callbacks.progress_bar=null", "callbacks.prediction_images=null",
             "callbacks.model_checkpoint=null", "callbacks.periodic_checkpoint=null", "callbacks.lr_monitor=null",
+            "++callbacks.time_budget=null",  # the demo's: --steps steps are timed, not what 8 minutes hold
             f"+callbacks.throughput.warmup_steps={args.warmup}", "ckpt_path=never", *args.overrides])
         objects = build(cfg)
         trainer = objects["trainer"]

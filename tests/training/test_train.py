@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hydra
 import lightning as L
 import pytest
 import torch
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from visionpilot.paths import config_dir
+from visionpilot.training.callbacks import TimeBudget
 from visionpilot.training.fault_tolerance import resolve_ckpt_path
 from visionpilot.training.flops import count_flops
 from visionpilot.training.module import NonFiniteLossError
@@ -87,24 +89,28 @@ def test_mixed_precision_trains_and_validates_in_float32(tmp_path: Path) -> None
     assert list((tmp_path / "plots").glob("val_*.png"))
 
 
-@pytest.mark.parametrize(("native", "precision", "steps"), [(True, "bf16-mixed", 670), (False, "32-true", 500)])
+@pytest.mark.parametrize(("native", "precision"), [(True, "bf16-mixed"), (False, "32-true")])
 def test_the_demo_spends_its_minutes_by_what_the_cpu_computes_natively(tmp_path: Path, monkeypatch, native: bool,
-                                                                        precision: str, steps: int) -> None:
-    """experiment=demo: bf16 autocast and 670 steps where bf16 is in hardware, float32 and 500 steps elsewhere
-    (emulated bf16 is slower than float32); validation at the last step either way."""
+                                                                        precision: str) -> None:
+    """experiment=demo: bf16 autocast where bf16 is in hardware, float32 elsewhere (emulated bf16 is slower than
+    float32); as many steps as 8 minutes hold, at most 2,000; validation at the last step either way."""
     monkeypatch.setattr("visionpilot.utils.resolvers.native_bf16", lambda: native)
     cfg = _cfg(tmp_path, ["experiment=demo"], base=[])
     assert cfg.trainer.precision == precision
-    assert cfg.trainer.max_steps == steps and cfg.trainer.val_check_interval == steps
+    assert cfg.trainer.max_steps == cfg.trainer.val_check_interval == 2000
+    budget = hydra.utils.instantiate(cfg.callbacks.time_budget)
+    assert isinstance(budget, TimeBudget) and budget.minutes == 8
     # a user's choice wins over the machine's
-    cfg = _cfg(tmp_path, ["experiment=demo", "trainer.precision=32-true", "trainer.max_steps=40"], base=[])
+    cfg = _cfg(tmp_path, ["experiment=demo", "trainer.precision=32-true", "trainer.max_steps=40",
+                          "callbacks.time_budget=null"], base=[])
     assert (cfg.trainer.precision, cfg.trainer.max_steps, cfg.trainer.val_check_interval) == ("32-true", 40, 40)
+    assert cfg.callbacks.time_budget is None
     # on a GPU the GPU decides, not the host's CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for gpu_bf16, expected in ((True, ("bf16-mixed", 670)), (False, ("32-true", 500))):
+    for gpu_bf16, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, b=gpu_bf16: b)
         cfg = _cfg(tmp_path, ["experiment=demo", "trainer=gpu"], base=[])
-        assert (cfg.trainer.precision, cfg.trainer.max_steps) == expected
+        assert cfg.trainer.precision == expected
 
 
 class _LossRecorder(L.Callback):

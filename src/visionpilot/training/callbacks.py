@@ -1,8 +1,12 @@
-"""Training callbacks: prediction images each validation, and throughput with the time spent waiting for data."""
+"""Training callbacks: prediction images each validation, throughput with the time spent waiting for data, and a
+wall-clock budget that sets a run's length."""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,8 @@ import lightning as L
 
 from visionpilot.viz.draw import save_rgb
 from visionpilot.viz.predictions import render_prediction
+
+log = logging.getLogger(__name__)
 
 
 class PredictionImages(L.Callback):
@@ -101,3 +107,91 @@ class Throughput(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for key, value in self.summary().items():
             pl_module.log(key, value)
+
+
+class TimeBudget(L.Callback):
+    """Trains as many steps as fit in ``minutes`` of wall time, with the whole warm-up + cosine schedule in them.
+
+    Lightning's ``max_time`` stops a run when time is up, in the middle of its learning-rate schedule; this callback
+    instead measures the seconds per step early in the run and sets ``max_steps`` (never above the configured one,
+    which stays the upper bound) and the schedule's length to what the budget holds, re-measuring at each of
+    ``plan_at``. The budget counts from the start of training: start-up before it and the validation that ends the
+    run come on top. The planned length is rounded down to a multiple of ``round_to`` and logged; a run is
+    reproducible with ``trainer.max_steps=<that>`` and no budget (``callbacks.time_budget=null``). A resumed run
+    keeps the length its first process planned (stored in the checkpoint).
+
+    Args:
+        minutes: the training budget.
+        plan_at: optimiser steps (of this process) after which the run's length is planned; later ones refine it.
+        skip_steps: the first steps are not timed (allocator and loader warm-up), though their time is spent.
+        round_to: the planned length is a multiple of this (two runs on one machine usually agree).
+    """
+
+    def __init__(self, minutes: float, plan_at: Sequence[int] = (20, 100, 300), skip_steps: int = 5,
+                 round_to: int = 10) -> None:
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) \
+                or minutes <= 0:
+            raise ValueError(f"field 'callbacks.time_budget.minutes': expected a positive number, found {minutes!r}")
+        plan_at = sorted(int(p) for p in plan_at)
+        if not plan_at or plan_at[0] <= skip_steps or skip_steps < 0:
+            raise ValueError(f"field 'callbacks.time_budget.plan_at': expected steps after skip_steps={skip_steps}, "
+                             f"found {plan_at}")
+        if round_to < 1:
+            raise ValueError(f"field 'callbacks.time_budget.round_to': expected an integer >= 1, found {round_to}")
+        self.minutes = float(minutes)
+        self.plan_at = plan_at
+        self.skip_steps = skip_steps
+        self.round_to = int(round_to)
+        self.clock: Callable[[], float] = time.monotonic
+        self.planned_steps: int | None = None  # the run's length once planned; kept across a resume
+        self.restored = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planned_steps": self.planned_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.planned_steps = state_dict.get("planned_steps")
+        self.restored = self.planned_steps is not None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.upper = trainer.max_steps
+        if self.upper is None or self.upper < 1:
+            raise ValueError(f"field 'trainer.max_steps': the time budget needs an upper bound on the steps, found "
+                             f"{self.upper}")
+        self.start_step = trainer.global_step
+        self.start = self.clock()
+        self.timed_from: float | None = None
+        if self.restored:  # a resumed run: the length its first process planned, not a new plan from this one
+            self.apply(trainer, pl_module, int(self.planned_steps))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.restored:
+            return
+        done = trainer.global_step - self.start_step
+        if done == self.skip_steps and self.timed_from is None:
+            self.timed_from = self.clock()
+        if done not in self.plan_at or self.timed_from is None:
+            return
+        now = self.clock()
+        per_step = (now - self.timed_from) / (done - self.skip_steps)
+        left = self.minutes * 60 - (now - self.start)
+        steps = trainer.global_step + max(int(left / per_step), 0)
+        steps = max(min(steps // self.round_to * self.round_to, self.upper), trainer.global_step)
+        steps = int(trainer.strategy.broadcast(steps, src=0))  # every rank stops at the same step
+        if steps != self.planned_steps:
+            log.info("time budget %.1f min: %.3f s per step after %d steps -> %d steps (trainer.max_steps=%d is the "
+                     "upper bound; callbacks.time_budget=null trains all of them)", self.minutes, per_step, done,
+                     steps, self.upper)
+        self.apply(trainer, pl_module, steps)
+
+    def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> None:
+        """Make ``steps`` the run's length: the loop's ``max_steps``, the validation that was set for the last step,
+        and the learning-rate schedule."""
+        previous = trainer.fit_loop.epoch_loop.max_steps
+        if trainer.val_check_batch == previous:  # val_check_interval=${trainer.max_steps}: validate at the end
+            trainer.val_check_batch = steps
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        if hasattr(pl_module, "plan_schedule"):
+            pl_module.plan_schedule(steps)
+        self.planned_steps = steps

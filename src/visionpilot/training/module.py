@@ -291,12 +291,18 @@ class PerceptionModule(L.LightningModule):
                              f"run's length), found {self.trainer.max_steps} with trainer.max_epochs="
                              f"{self.trainer.max_epochs} and a training set of unknown length or no epoch limit; set "
                              f"trainer.max_steps")
-        total = int(total)
-        warm = self.hparams.warmup_steps
-        warm = int(warm * total) if isinstance(warm, float) and warm < 1 else int(warm)
-        schedule = warmup_cosine(total, warm, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.plan_schedule(int(total))
+        # Through a lambda, not the schedule itself: TimeBudget re-plans the run's length after it has started, and
+        # LambdaLR stores no state of a plain function in checkpoints (a resumed run plans from its own config).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_schedule(step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def plan_schedule(self, total_steps: int) -> None:
+        """The warm-up + cosine learning-rate schedule for a run of ``total_steps`` optimiser steps (a fractional
+        ``warmup_steps`` is a fraction of them); takes effect at the next step."""
+        warm = self.hparams.warmup_steps
+        warm = int(warm * total_steps) if isinstance(warm, float) and warm < 1 else int(warm)
+        self.lr_schedule = warmup_cosine(total_steps, warm, self.hparams.min_lr_ratio)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The trainable parameters grouped by weight decay (none on norm layers and biases unless

@@ -1,0 +1,95 @@
+"""TimeBudget: a run's length, and its learning-rate schedule, set by a wall-clock budget (on a simulated clock)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from tests.training.test_module_checks import _NormFrames, _NormNet
+from visionpilot.training.callbacks import TimeBudget
+from visionpilot.training.module import PerceptionModule
+
+LR, MIN_RATIO = 1e-2, 0.05
+
+
+class _Lr(L.Callback):
+    """The learning rate each optimiser step used."""
+
+    def __init__(self) -> None:
+        self.used: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.used[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes: float = 1.0,
+         ckpt_path: str | None = None, save_every: int | None = None) -> tuple[L.Trainer, TimeBudget | None, _Lr]:
+    """A real PerceptionModule (warm-up 5 %, cosine to 5 %) on a tiny net; the budget's clock reads
+    ``global_step * seconds_per_step`` (None: no budget)."""
+    module = PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=0.05,
+                              min_lr_ratio=MIN_RATIO)
+    lr = _Lr()
+    callbacks: list[L.Callback] = [lr]
+    budget = None
+    if seconds_per_step is not None:
+        budget = TimeBudget(minutes=minutes)
+        callbacks.append(budget)
+    if save_every:
+        callbacks.append(ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1,
+                                         filename="s{step}", auto_insert_metric_name=False))
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=max_steps,
+                        check_val_every_n_epoch=None, limit_val_batches=0, logger=False,
+                        enable_checkpointing=bool(save_every), enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
+    if budget is not None:
+        budget.clock = lambda: trainer.global_step * seconds_per_step
+    trainer.fit(module, DataLoader(_NormFrames(), batch_size=2), ckpt_path=ckpt_path, weights_only=False)
+    return trainer, budget, lr
+
+
+def test_the_run_is_as_long_as_the_budget_holds_and_its_schedule_ends_with_it(tmp_path: Path) -> None:
+    # 0.5 s per step and one minute: 120 steps of the configured 1,000.
+    trainer, budget, lr = _fit(tmp_path, max_steps=1000, seconds_per_step=0.5)
+    assert trainer.global_step == budget.planned_steps == 120
+    assert trainer.val_check_batch == 120  # val_check_interval=${trainer.max_steps}: still the last step
+    # The cosine reached its end at the last step, not at step 1,000 ...
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * MIN_RATIO)
+    # ... and from the first plan on, the steps used the rates of a 120-step run.
+    _, _, fixed = _fit(tmp_path / "fixed", max_steps=120, seconds_per_step=None)
+    assert len(fixed.used) == 120
+    assert [lr.used[s] for s in range(21, 120)] == pytest.approx([fixed.used[s] for s in range(21, 120)])
+    assert lr.used[10] < fixed.used[10]  # before it: the warm-up of the configured 1,000 steps
+
+
+def test_the_configured_steps_stay_the_upper_bound(tmp_path: Path) -> None:
+    trainer, budget, _ = _fit(tmp_path, max_steps=40, seconds_per_step=0.001)
+    assert trainer.global_step == budget.planned_steps == 40
+
+
+def test_a_budget_spent_before_the_plan_stops_at_the_plan(tmp_path: Path) -> None:
+    trainer, budget, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=10.0)
+    assert trainer.global_step == budget.planned_steps == 20
+
+
+def test_a_resumed_run_keeps_the_length_its_first_process_planned(tmp_path: Path) -> None:
+    first, _, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=0.5, save_every=60)
+    assert first.global_step == 120
+    # Resumed from step 60 on a machine ten times slower: a new plan would stop at once.
+    resumed, budget, lr = _fit(tmp_path / "resumed", max_steps=1000, seconds_per_step=5.0,
+                               ckpt_path=str(tmp_path / "s60.ckpt"))
+    assert resumed.global_step == budget.planned_steps == 120 and min(lr.used) == 60
+    assert resumed.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * MIN_RATIO)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"minutes": 0}, "minutes"), ({"minutes": float("nan")}, "minutes"),
+                                                ({"minutes": 1, "plan_at": [3]}, "plan_at"),
+                                                ({"minutes": 1, "round_to": 0}, "round_to")])
+def test_bad_budget_settings_are_refused_by_name(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"callbacks.time_budget.{field}"):
+        TimeBudget(**kwargs)
