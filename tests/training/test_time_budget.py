@@ -29,7 +29,8 @@ class _Lr(L.Callback):
 
 
 def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes: float = 1.0,
-         ckpt_path: str | None = None, save_every: int | None = None) -> tuple[L.Trainer, TimeBudget | None, _Lr]:
+         ckpt_path: str | None = None, save_every: int | None = None,
+         max_epochs: int = -1) -> tuple[L.Trainer, TimeBudget | None, _Lr]:
     """A real PerceptionModule (warm-up 5 %, cosine to 5 %) on a tiny net; the budget's clock reads
     ``global_step * seconds_per_step`` (None: no budget)."""
     module = PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=0.05,
@@ -43,8 +44,8 @@ def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes
     if save_every:
         callbacks.append(ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1,
                                          filename="s{step}", auto_insert_metric_name=False))
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=max_steps,
-                        check_val_every_n_epoch=None, limit_val_batches=0, logger=False,
+    interval = {"val_check_interval": max_steps, "check_val_every_n_epoch": None} if max_steps > 0 else {}
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=max_epochs, **interval, limit_val_batches=0, logger=False,
                         enable_checkpointing=bool(save_every), enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
     if budget is not None:
@@ -70,6 +71,15 @@ def test_the_run_is_as_long_as_the_budget_holds_and_its_schedule_ends_with_it(tm
 def test_the_configured_steps_stay_the_upper_bound(tmp_path: Path) -> None:
     trainer, budget, _ = _fit(tmp_path, max_steps=40, seconds_per_step=0.001)
     assert trainer.global_step == budget.planned_steps == 40
+
+
+def test_an_epoch_limited_run_is_bounded_by_its_epochs(tmp_path: Path) -> None:
+    # 3 batches per epoch: 30 epochs are 90 steps, fewer than the budget's 120.
+    trainer, budget, _ = _fit(tmp_path, max_steps=-1, max_epochs=30, seconds_per_step=0.5)
+    assert trainer.global_step == budget.planned_steps == 90
+    trainer, budget, _ = _fit(tmp_path / "long", max_steps=-1, max_epochs=100, seconds_per_step=0.5)
+    assert trainer.global_step == budget.planned_steps == 120
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * MIN_RATIO)
 
 
 def test_a_budget_spent_before_the_plan_stops_at_the_plan(tmp_path: Path) -> None:

@@ -154,10 +154,13 @@ class TimeBudget(L.Callback):
         self.restored = self.planned_steps is not None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.upper = trainer.max_steps
-        if self.upper is None or self.upper < 1:
-            raise ValueError(f"field 'trainer.max_steps': the time budget needs an upper bound on the steps, found "
-                             f"{self.upper}")
+        # The configured length is the upper bound: max_steps, or what max_epochs comes to.
+        upper = trainer.estimated_stepping_batches
+        if not math.isfinite(upper) or upper < 1:
+            raise ValueError(f"field 'trainer.max_steps': the time budget needs an upper bound on the run's steps "
+                             f"(max_steps, or max_epochs of a training set of known length), found max_steps="
+                             f"{trainer.max_steps} with max_epochs={trainer.max_epochs}")
+        self.upper = int(upper)
         self.start_step = trainer.global_step
         self.start = self.clock()
         self.timed_from: float | None = None
@@ -180,9 +183,9 @@ class TimeBudget(L.Callback):
         steps = max(min(steps // self.round_to * self.round_to, self.upper), trainer.global_step)
         steps = int(trainer.strategy.broadcast(steps, src=0))  # every rank stops at the same step
         if steps != self.planned_steps:
-            log.info("time budget %.1f min: %.3f s per step after %d steps -> %d steps (trainer.max_steps=%d is the "
-                     "upper bound; callbacks.time_budget=null trains all of them)", self.minutes, per_step, done,
-                     steps, self.upper)
+            log.info("time budget %.1f min: %.3f s per step after %d steps -> %d steps (of at most %d, the configured "
+                     "length; callbacks.time_budget=null trains all of them)", self.minutes, per_step, done, steps,
+                     self.upper)
         self.apply(trainer, pl_module, steps)
 
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> None:
