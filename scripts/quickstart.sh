@@ -24,7 +24,7 @@ step "1/6 data: previews and label statistics for every region"
 visionpilot-data action=preview region=global split=val frames_per_region=2 hydra.run.dir="$OUT/data/preview"
 visionpilot-data action=stats region=global split=all hydra.run.dir="$OUT/data/stats"
 
-step "2/6 train the global demo model (experiment=demo; JP held out)"
+step "2/6 train the global demo model (experiment=demo: 8 minutes of training; JP held out)"
 visionpilot-train experiment=demo "${QUIET[@]}" hydra.run.dir="$OUT/train"
 GLOBAL="$OUT/train/checkpoints/last.ckpt"
 

@@ -253,6 +253,22 @@ def test_a_run_that_max_steps_ends_inside_an_epoch_is_validated_at_its_last_step
     assert {p.name.split("_")[1] for p in (tmp_path / "plots").glob("val_s*.png")} == {"s000002", "s000003"}
 
 
+def test_a_time_budget_from_the_config_sets_the_run_length_and_its_final_validation(tmp_path: Path, caplog) -> None:
+    """The demo's callbacks.time_budget through visionpilot-train: the plan replaces max_steps (here the budget
+    holds far more than the upper bound's 8 steps, planned at step 6) and the validation set for the last step
+    follows it."""
+    budget = ["+callbacks.time_budget._target_=visionpilot.training.callbacks.TimeBudget",
+              "+callbacks.time_budget.minutes=60", "+callbacks.time_budget.plan_at=[6]",
+              "+callbacks.time_budget.skip_steps=2"]
+    cfg = _cfg(tmp_path, ["rig=front1", "region=de", "trainer.max_steps=8", "trainer.max_epochs=-1",
+                          "trainer.val_check_interval=8", "trainer.check_val_every_n_epoch=null", *budget])
+    with caplog.at_level("INFO"):
+        metrics, objects = train(cfg)
+    assert metrics["train/steps"] == 8 and metrics["val/step"] == 8
+    assert "as many steps as 60 minutes hold (<= 8)" in caplog.text
+    assert "time budget 60.0 min" in caplog.text and "-> 8 steps (of at most 8" in caplog.text
+
+
 def test_a_run_killed_during_its_final_validation_validates_when_rerun_without_training(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # last.ckpt at max_steps is written when training ends, before the final validation and metrics.json: a run

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from visionpilot.data.datamodule import has_val_frames
 from visionpilot.governance import governance_kwargs
-from visionpilot.training.callbacks import Throughput
+from visionpilot.training.callbacks import Throughput, TimeBudget
 from visionpilot.training.fault_tolerance import (
     check_resume,
     final_validation_missing,
@@ -62,9 +62,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     objects = build(cfg)
     trainer: L.Trainer = objects["trainer"]
     regions = cfg.data.regions
-    log.info("training %s on regions %s: %s steps at precision %s", cfg.model.net.backbone.name,
-             OmegaConf.to_container(regions) if OmegaConf.is_config(regions) else regions,
-             cfg.trainer.get("max_steps"), trainer.precision)
+    steps = cfg.trainer.get("max_steps")
+    budget = next((cb for cb in objects["callbacks"] if isinstance(cb, TimeBudget)), None)
+    length = f"{steps} steps" if budget is None else f"as many steps as {budget.minutes:g} minutes hold (<= {steps})"
+    log.info("training %s on regions %s: %s at precision %s", cfg.model.net.backbone.name,
+             OmegaConf.to_container(regions) if OmegaConf.is_config(regions) else regions, length, trainer.precision)
     # ckpt_path=auto: rerunning a command in the same run dir resumes from its newest checkpoint (fault_tolerance.py).
     # weights_only=False: our checkpoints hold the run config and hyperparameters (optimizer partials), not just
     # tensors, and come from this run dir or a path the user named.
