@@ -45,6 +45,17 @@ def test_image_boxes_agree_by_iou_wherever_they_are_in_the_image() -> None:
     assert decoded_agreement(ref, dropped, INT8)[0]["objects_2d.boxes"] == 0.5
 
 
+def test_boxes_clipped_away_agree_with_empty_boxes_only() -> None:
+    """An untrained head's box entirely outside the image is clipped to zero area in both runtimes: the same
+    nothing, where IoU (0/0) called it a disagreement; an empty box still does not match a real one."""
+    ref = _image_detections([[256, 10, 256, 50], [0, 96, 40, 96]])
+    empty = _image_detections([[256, 12, 256, 49], [0, 96, 41, 96]])
+    assert decoded_agreement(ref, empty, INT8)[0]["objects_2d.boxes"] == 1.0
+    real = _image_detections([[250, 10, 256, 50], [0, 90, 40, 96]])
+    assert decoded_agreement(ref, real, INT8)[0]["objects_2d.boxes"] == 0.0
+    assert decoded_agreement(real, empty, INT8)[0]["objects_2d.boxes"] == 0.0
+
+
 def test_order_of_detections_does_not_matter_and_low_scores_are_not_compared() -> None:
     ref = _image_detections([[10, 10, 50, 50], [100, 10, 140, 50]])
     ref["objects_2d.scores"][..., 1] = 0.1  # below score_threshold: not compared

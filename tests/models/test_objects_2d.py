@@ -188,6 +188,22 @@ def test_decode_round_trip_recovers_boxes_within_a_pixel() -> None:
         np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1.0)
 
 
+def test_decoded_boxes_are_clipped_to_the_image_as_the_labels_are() -> None:
+    """A box predicted past the border is cut at it, as the label of a truncated object is: at the image size given,
+    else the feature map's extent times the stride."""
+    head = _head(top_k=3)
+    heatmap = torch.full((1, 1, 6, 8, 20), -9.0)
+    heatmap[0, 0, 0, 0, 0] = 9.0    # a peak in the top-left cell ...
+    heatmap[0, 0, 1, 7, 19] = 9.0   # ... and one in the bottom-right cell
+    size = torch.full((1, 1, 2, 8, 20), float(np.log(6.0)))  # 48 x 48 px boxes around both corner cells
+    dec = head.decode({"heatmap": heatmap, "size": size, "offset": torch.full((1, 1, 2, 8, 20), 0.5)}, (60, 150))
+    boxes = {int(c): b.tolist() for c, b in zip(dec["classes"][0, 0, :2], dec["boxes"][0, 0, :2])}
+    assert boxes == {0: pytest.approx([0.0, 0.0, 28.0, 28.0]), 1: pytest.approx([132.0, 36.0, 150.0, 60.0])}
+    dec = head.decode({"heatmap": heatmap, "size": size, "offset": torch.full((1, 1, 2, 8, 20), 0.5)})
+    boxes = {int(c): b.tolist() for c, b in zip(dec["classes"][0, 0, :2], dec["boxes"][0, 0, :2])}
+    assert boxes == {0: pytest.approx([0.0, 0.0, 28.0, 28.0]), 1: pytest.approx([132.0, 36.0, 160.0, 64.0])}
+
+
 def test_decode_pads_when_the_map_has_fewer_cells_than_top_k() -> None:
     head = _head(num_classes=2, top_k=50)
     out = head({"s8": torch.randn(1, 16, 4, 5)})

@@ -13,7 +13,9 @@ Two questions, two measures (both in ``export.json`` under ``parity``):
     would be 20 px at the right edge of a 256 px image and 1 px at the left):
     - 2D detections (``<stem>boxes``, pixels): each reference detection with score >= ``score_threshold`` must
       have an ONNX detection of the same class with IoU >= ``box_iou`` anywhere in the top-k (order-free, so swaps
-      of near-equal scores do not count); at 0.5 that is the same object by mAP@0.5's own matching rule;
+      of near-equal scores do not count); at 0.5 that is the same object by mAP@0.5's own matching rule. A box
+      clipped away entirely (zero area: an untrained head's offset put it outside the image) boxes nothing, and
+      is matched by an empty ONNX box of the same class;
     - BEV detections (ego frame, metres): same class, centre (x, y) within ``position_m`` and z within
       ``position_m``, sizes within ``atol + rtol * size``, yaw within ``atol`` radians on the circle;
     - lane points: on rows the reference marks valid, in slots whose existence probability / score is >= 0.5,
@@ -163,6 +165,10 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou.nan_to_num(0.0).numpy().reshape(*lead, a.shape[-2], b.shape[-2])  # degenerate padding: 0/0
 
 
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[..., 2] - boxes[..., 0]).clip(0) * (boxes[..., 3] - boxes[..., 1]).clip(0)
+
+
 def _detections(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], stem: str,
                 tol: Tolerance) -> tuple[float, int]:
     """Fraction of confident reference detections with a matching same-class ONNX detection (module docstring)."""
@@ -172,7 +178,8 @@ def _detections(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], st
     if not keep.any():
         return 1.0, 0
     if boxes_r.shape[-1] == 4:  # image boxes, pixels
-        close = _box_iou(boxes_r, boxes_g) >= tol.box_iou
+        empty_r, empty_g = _box_area(boxes_r) <= 0, _box_area(boxes_g) <= 0  # IoU is 0/0 between empty boxes
+        close = (_box_iou(boxes_r, boxes_g) >= tol.box_iou) | (empty_r[..., :, None] & empty_g[..., None, :])
     elif boxes_r.shape[-1] == 7:  # BEV boxes: x, y, z, length, width, height, yaw (ego frame, metres)
         r, g = boxes_r[..., :, None, :], boxes_g[..., None, :, :]  # (..., K_ref, K_onnx, 7)
         centre = np.linalg.norm(r[..., :2] - g[..., :2], axis=-1) <= tol.position_m

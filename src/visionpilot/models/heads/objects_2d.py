@@ -205,7 +205,8 @@ class CenterNetHead(nn.Module):
 
         Args:
             outputs: raw outputs with any leading dims (``...`` = (B, N) from the net).
-            image_size: unused (boxes come from the stride); accepted so every head decodes alike.
+            image_size: (H, W) of the input; boxes are clipped to it, as the labels are (None: the feature map's
+                extent times the stride).
 
         Returns:
             ``scores`` (..., K) centre probabilities, best first; ``classes`` (..., K) int64; ``boxes`` (..., K, 4)
@@ -228,6 +229,11 @@ class CenterNetHead(nn.Module):
         cx = (x.to(offset.dtype) + offset[:, 0]) * self.stride
         cy = (y.to(offset.dtype) + offset[:, 1]) * self.stride
         boxes = torch.stack([cx - size[:, 0] / 2, cy - size[:, 1] / 2, cx + size[:, 0] / 2, cy + size[:, 1] / 2], -1)
+        # Labels are the visible part of an object clipped to the image (torchvision's detectors clip alike): a
+        # box reaching past the border cannot match a truncated object's label as well as its clipped self does.
+        height, width = (float(v) for v in image_size) if image_size is not None else (h * self.stride, w * self.stride)
+        limit = boxes.new_tensor([width, height, width, height])
+        boxes = torch.minimum(boxes.clamp(min=0.0), limit)
         if k < self.top_k:
             pad = self.top_k - k
             scores, boxes = F.pad(scores, (0, pad)), F.pad(boxes, (0, 0, 0, pad))
