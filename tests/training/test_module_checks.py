@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from visionpilot.training.callbacks import Throughput
-from visionpilot.training.module import PerceptionModule
+from visionpilot.training.module import NonFiniteLossError, PerceptionModule
 
 
 class _Net(nn.Module):
@@ -143,6 +143,16 @@ def test_a_non_finite_term_weighted_zero_neither_stops_nor_skips_training(nan_po
     module, trainer = _fit_norm_net(_NormNet(lanes_nan=True), _NormFrames(), nan_policy=nan_policy,
                                     loss_weights={"lanes_2d": 0})
     assert trainer.global_step == 3 and module.skipped_batches == 0
+
+
+def test_finite_gradients_whose_norm_overflows_are_named_as_such() -> None:
+    """Their sum of squares overflows float32, so the norm is Inf with no Inf gradient: the error said "in 0
+    parameter(s), e.g. []"."""
+    net = _NormNet()
+    net.heads["objects_2d"].weight.register_hook(lambda g: torch.full_like(g, 1e30))
+    with pytest.raises(NonFiniteLossError, match=r"every gradient finite but their norm overflowing, e\.g\. "
+                                                 r"\['net\.heads\.objects_2d\.weight'"):
+        _fit_norm_net(net, _NormFrames())
 
 
 # --- Throughput -------------------------------------------------------------------------------------------------
