@@ -46,3 +46,23 @@ def test_atomic_writes_read_the_umask_without_changing_it(tmp_path: Path, monkey
         monkeypatch.undo()
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o640
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names the synced files through /proc")
+def test_every_atomic_write_reaches_the_disk_before_and_after_its_rename(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename is atomic, not durable: the file's bytes must be on disk before it (a power cut could leave an
+    empty file under the new name) and the folder's entry after it — for any writer, not only the ones that synced
+    themselves (metrics plots, frame dumps and exports did not sync the folder)."""
+    synced: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = write_atomic(tmp_path / "plot.png", lambda tmp: Path(tmp).write_bytes(b"\x89PNG" + bytes(60)))
+    (file_name, size), (folder, _) = synced
+    assert Path(file_name).name.startswith(".plot.png.") and size == 64 == path.stat().st_size
+    assert folder == str(tmp_path)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -222,15 +221,12 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
 
 
 def save_onnx_atomic(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write the model through a temporary file in the same folder, flushed to disk, and an atomic rename."""
-    def write(tmp: str) -> None:
-        onnx.save_model(model, tmp)
-        # On disk before the rename (as export.json, written after it, is): else a power cut can leave an empty
-        # model.onnx beside the report that vouches for it.
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+    """Write the model through a temporary file in the same folder, flushed to disk, and an atomic rename.
 
-    return write_atomic(path, write)
+    On disk before the rename (as export.json, written after it, is): else a power cut can leave an empty model.onnx
+    beside the report that vouches for it (write_atomic flushes every file it writes).
+    """
+    return write_atomic(path, lambda tmp: onnx.save_model(model, tmp))
 
 
 def graph_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:

@@ -48,20 +48,6 @@ def _is_url(path: str | os.PathLike[str]) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def fsync_dir(folder: Path) -> None:
-    """Persist a rename: the directory entry must reach the disk too (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to ``.<name>.<random>.tmp`` beside the target, ``fsync``, then ``os.replace`` (atomic on POSIX).
 
@@ -81,11 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
 
-        write_atomic(path, write)
-        fsync_dir(path.parent)
+        write_atomic(path, write)  # flushed to disk before the rename, the folder's entry after it
 
 
 def install_atomic_io(trainer: L.Trainer) -> bool:

@@ -28,7 +28,6 @@ import inspect
 import json
 import logging
 import operator
-import os
 import signal
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,7 +55,6 @@ from visionpilot.training.fault_tolerance import (
     AtomicCheckpointIO,
     check_resume,
     final_validation_missing,
-    fsync_dir,
     install_atomic_io,
     read_checkpoint_to_check,
     remove_earlier_checkpoints,
@@ -529,15 +527,9 @@ def save_delta(path: str | Path, net: nn.Module, base_state: Mapping[str, Tensor
     }
     data = save(tensors, metadata=meta)  # the delta is small (a few MB): one buffer, written and synced below
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the rename alone is atomic, not durable: a power cut could leave an empty delta
-
-    write_atomic(path, write)
-    fsync_dir(Path(path).parent)
-    return Path(path)
+    # write_atomic flushes the file and the folder entry to disk: the rename alone is atomic, not durable (a power
+    # cut could leave an empty delta)
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_delta_metadata(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,9 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path`` atomically.
 
     Any writer that takes a file name fits (``torch.save``, ``onnx.save_model``, ``safetensors``' ``save_file``);
-    on any error the temporary file is removed and ``path`` is left as it was.
+    on any error the temporary file is removed and ``path`` is left as it was. Durable as well as atomic: the file's
+    data is flushed to disk before the rename and the folder's entry after it, so a power cut leaves the old file
+    or the new one, never an empty one under the new name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,12 +26,35 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        _fsync_path(tmp, os.O_RDWR)  # the writer closed it; any descriptor of the file flushes its data
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the result the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Persist a rename: the directory entry must reach the disk too (POSIX; a no-op where unsupported)."""
+    _fsync_path(folder, os.O_RDONLY, strict=False)
+
+
+def _fsync_path(path: str | Path, flags: int, strict: bool = True) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if strict:
+            raise
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if strict:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -49,14 +74,7 @@ def _umask() -> int:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder, flushed to disk, and an atomic rename."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return write_atomic(path, write)
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _clean(obj: Any) -> Any:
