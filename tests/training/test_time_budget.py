@@ -103,3 +103,14 @@ def test_a_resumed_run_keeps_the_length_its_first_process_planned(tmp_path: Path
 def test_bad_budget_settings_are_refused_by_name(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"callbacks.time_budget.{field}"):
         TimeBudget(**kwargs)
+
+
+def test_a_resumed_run_steps_at_the_rate_of_its_own_schedule_from_its_first_step(tmp_path: Path) -> None:
+    """Resumed with a longer max_steps, the first step used the rate the checkpoint stored (the end of the shorter
+    run's cosine); every step now follows the resumed run's schedule."""
+    _fit(tmp_path, max_steps=10, seconds_per_step=None, save_every=10)
+    _, _, resumed = _fit(tmp_path / "resumed", max_steps=40, seconds_per_step=None, ckpt_path=str(tmp_path / "s10.ckpt"))
+    _, _, fresh = _fit(tmp_path / "fresh", max_steps=40, seconds_per_step=None)
+    assert min(resumed.used) == 10
+    assert [resumed.used[s] for s in range(10, 40)] == pytest.approx([fresh.used[s] for s in range(10, 40)])
+

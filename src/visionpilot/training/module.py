@@ -363,6 +363,15 @@ class PerceptionModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.train_start_step = int(self.global_step)
+        # A resumed run's optimiser comes back with the learning rate its checkpoint stored, which the schedule of
+        # *this* run (another max_steps, a TimeBudget plan: callbacks run before this hook) may not give at this
+        # step; the scheduler only sets it after the first step. Set it now, so that step follows the schedule too.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                               scheduler.lr_lambdas, strict=True):
+                    group["lr"] = base * factor(scheduler.last_epoch)
 
     def validation_is_stale(self) -> bool:
         """Whether this process trained steps after the last validation: Lightning does not validate when
