@@ -83,6 +83,15 @@ def test_eval_refuses_a_bad_plot_count_before_loading_anything(tmp_path: Path, p
         run(_eval_cfg(tmp_path, f"models=[{tmp_path / 'missing.ckpt'}]", "regions=[us]", f"plots={plots}"))
 
 
+def test_eval_asks_for_models_by_name_and_evaluates_every_region_by_default(tmp_path: Path) -> None:
+    # Without models= it was omegaconf's MissingMandatoryValue traceback; without regions= the same, where a user of
+    # a cross-region matrix expects every region of the data.
+    with pytest.raises(ValueError, match=r"visionpilot-eval: field 'models' is required: .* "
+                                         r"e\.g\. models=\[runs/demo/checkpoints/last\.ckpt\]"):
+        run(_eval_cfg(tmp_path))
+    assert _eval_cfg(tmp_path, "models=[a.ckpt]").regions == "global"
+
+
 def test_eval_refuses_models_of_another_input_size(tmp_path: Path) -> None:
     base = _base(tmp_path)
     with pytest.raises(ValueError, match=r"model 'base' .* field 'image_size' is \[64, 176\], but the evaluation "

@@ -48,6 +48,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # 0 or a negative count would evaluate nothing and still write an (empty) report
         raise ValueError(f"visionpilot-eval: field 'limit_batches' must be an integer >= 1 or null (every batch), "
                          f"found {limit!r}")
+    if OmegaConf.is_missing(cfg, "models"):  # a required field: said as the other commands say it, not a traceback
+        raise ValueError("visionpilot-eval: field 'models' is required: {name: path} pairs or a list of .ckpt / "
+                         ".safetensors / .onnx paths, e.g. models=[runs/demo/checkpoints/last.ckpt]")
     metrics = OmegaConf.to_container(cfg.metrics) if OmegaConf.is_config(cfg.metrics) else cfg.metrics
     if isinstance(metrics, str):  # metrics=det_map50: one metric, not the letters of its name
         metrics = [metrics]
