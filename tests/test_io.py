@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -66,3 +67,21 @@ def test_every_atomic_write_reaches_the_disk_before_and_after_its_rename(tmp_pat
     (file_name, size), (folder, _) = synced
     assert Path(file_name).name.startswith(".plot.png.") and size == 64 == path.stat().st_size
     assert folder == str(tmp_path)
+
+
+@pytest.mark.parametrize(("code", "fails"), [(errno.EINVAL, False), (errno.EIO, True)])
+def test_a_file_system_that_cannot_sync_still_gets_atomic_writes_and_a_failing_disk_fails_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, fails: bool) -> None:
+    write_text_atomic(tmp_path / "metrics.json", "old")
+
+    def fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if fails:
+        with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+            write_text_atomic(tmp_path / "metrics.json", "new")
+    else:
+        write_text_atomic(tmp_path / "metrics.json", "new")
+    assert (tmp_path / "metrics.json").read_text() == ("old" if fails else "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        _fsync_path(tmp, os.O_RDWR)  # the writer closed it; any descriptor of the file flushes its data
+        _fsync_file(tmp)  # the writer has closed it
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the result the permissions open() would
         os.replace(tmp, path)
     except BaseException:
@@ -38,20 +39,27 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
 
 def fsync_dir(folder: str | Path) -> None:
     """Persist a rename: the directory entry must reach the disk too (POSIX; a no-op where unsupported)."""
-    _fsync_path(folder, os.O_RDONLY, strict=False)
-
-
-def _fsync_path(path: str | Path, flags: int, strict: bool = True) -> None:
     try:
-        fd = os.open(path, flags)
-    except OSError:
-        if strict:
-            raise
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on every OS
         return
+    _fsync_fd(fd, strict=False)
+
+
+def _fsync_file(path: str | Path) -> None:
+    """Flush a closed file's data to disk (any descriptor of the file does)."""
+    _fsync_fd(os.open(path, os.O_RDWR), strict=True)
+
+
+#: fsync errors of a file system that cannot sync (a write there is atomic, not durable), not of a failing disk
+_CANNOT_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _fsync_fd(fd: int, strict: bool) -> None:
     try:
         os.fsync(fd)
-    except OSError:
-        if strict:
+    except OSError as err:
+        if strict and err.errno not in _CANNOT_SYNC:  # EIO: the data did not reach the disk; the write fails
             raise
     finally:
         os.close(fd)
