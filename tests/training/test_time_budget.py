@@ -45,9 +45,10 @@ def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes
         callbacks.append(ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1,
                                          filename="s{step}", auto_insert_metric_name=False))
     interval = {"val_check_interval": max_steps, "check_val_every_n_epoch": None} if max_steps > 0 else {}
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=max_epochs, **interval, limit_val_batches=0, logger=False,
-                        enable_checkpointing=bool(save_every), enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks, default_root_dir=tmp_path)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=max_epochs, **interval,
+                        limit_val_batches=0, logger=False, enable_checkpointing=bool(save_every),
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                        default_root_dir=tmp_path)
     if budget is not None:
         budget.clock = lambda: trainer.global_step * seconds_per_step
     trainer.fit(module, DataLoader(_NormFrames(), batch_size=2), ckpt_path=ckpt_path, weights_only=False)
@@ -109,7 +110,8 @@ def test_a_resumed_run_steps_at_the_rate_of_its_own_schedule_from_its_first_step
     """Resumed with a longer max_steps, the first step used the rate the checkpoint stored (the end of the shorter
     run's cosine); every step now follows the resumed run's schedule."""
     _fit(tmp_path, max_steps=10, seconds_per_step=None, save_every=10)
-    _, _, resumed = _fit(tmp_path / "resumed", max_steps=40, seconds_per_step=None, ckpt_path=str(tmp_path / "s10.ckpt"))
+    _, _, resumed = _fit(tmp_path / "resumed", max_steps=40, seconds_per_step=None,
+                         ckpt_path=str(tmp_path / "s10.ckpt"))
     _, _, fresh = _fit(tmp_path / "fresh", max_steps=40, seconds_per_step=None)
     assert min(resumed.used) == 10
     assert [resumed.used[s] for s in range(10, 40)] == pytest.approx([fresh.used[s] for s in range(10, 40)])
