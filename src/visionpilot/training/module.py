@@ -229,13 +229,13 @@ class PerceptionModule(L.LightningModule):
         named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
         if not named or torch.isfinite(torch.nn.utils.get_total_norm([g for _, g in named])):
             return
-        bad = [n for n, g in named if not torch.isfinite(g).all()]
-        # Finite gradients whose norm overflows (sum of squares past the dtype's range): clipping would scale them by
-        # max_norm / inf = 0, so the step is as lost as a NaN one, and the run has diverged the same way.
-        where = (f"in {len(bad)} parameter(s), e.g. {bad[:3]}" if bad else
-                 "every gradient finite but their norm overflowing, e.g. "
-                 f"{[n for n, _ in sorted(named, key=lambda ng: -float(ng[1].abs().max()))[:3]]}")
         if self.nan_policy == "raise":
+            bad = [n for n, g in named if not torch.isfinite(g).all()]
+            # Finite gradients whose norm overflows (sum of squares past the dtype's range): clipping would scale them
+            # by max_norm / inf = 0, so the step is as lost as a NaN one, and the run has diverged the same way.
+            where = (f"in {len(bad)} parameter(s), e.g. {bad[:3]}" if bad else
+                     "every gradient finite but their norm overflowing, e.g. "
+                     f"{[n for n, _ in sorted(named, key=lambda ng: -float(ng[1].abs().max()))[:3]]}")
             raise NonFiniteLossError(
                 f"non-finite gradient at step {self.global_step} (epoch {self.current_epoch}) of a finite loss, "
                 f"{where}. Lower the learning rate, check the data, or set model.nan_policy=skip to skip such steps")

@@ -43,6 +43,7 @@ from visionpilot.data.sources.synthetic.shapes import actor_template, place, pro
 from visionpilot.data.sources.synthetic.solids import SolidGroup, build_batch, draw_solids
 from visionpilot.data.sources.synthetic.styles import STYLES
 from visionpilot.geometry.boxes import group_bounds, project_hexahedra_bounds
+from visionpilot.geometry.frames import wrap_angle
 from visionpilot.geometry.polylines import project_polylines
 from visionpilot.geometry.rig import Rig, as_rig
 
@@ -288,7 +289,7 @@ class SyntheticSource(FrameSource):
         boxes3d = Boxes3D(
             centers=np.stack([x, y, size[:, 2] / 2], 1)[seen] if n_act else np.zeros((0, 3)),
             sizes=size[seen] if n_act else np.zeros((0, 3)),
-            yaws=_wrap(yaw[seen]) if n_act else np.zeros(0),
+            yaws=wrap_angle(yaw[seen]) if n_act else np.zeros(0),
             classes=cls[seen].astype(np.int64) if n_act else np.zeros(0, dtype=np.int64),
             track_ids=a.track_id[near][seen] if n_act else np.zeros(0, dtype=np.int64),
             velocities=vel[seen] if n_act else np.zeros((0, 2)),
@@ -341,10 +342,6 @@ def _number(field: str, value: Any, ok: Callable[[float], bool], expected: str) 
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
         raise ValueError(f"synthetic source: field '{field}' must be {expected}, found {value!r}")
     return float(value)
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 def _rect(lw: np.ndarray, yaw: float) -> np.ndarray:
