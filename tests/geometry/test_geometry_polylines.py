@@ -12,6 +12,7 @@ from visionpilot.geometry.camera import project_points
 from visionpilot.geometry.frames import camera_extrinsics, intrinsics_from_fov
 from visionpilot.geometry.polylines import (
     clip_polyline_box,
+    clip_polylines_box,
     interpolate_x_at_y,
     polyline_length,
     project_polyline,
@@ -144,3 +145,21 @@ def test_clip_polyline_box_cuts_at_the_box_and_keeps_a_point_inside() -> None:
     assert [p.tolist() for p in clip_polyline_box(point, (0, 2), (0, 2))] == [[[1.0, 1.0]]]
     assert clip_polyline_box(point, (0, 2), (0, 2), min_length=0.5) == []  # length 0 < min_length
     assert clip_polyline_box(point + 5, (0, 2), (0, 2)) == []
+
+
+def test_clip_polylines_box_gives_each_polyline_its_own_pieces() -> None:
+    """The vectorised pass over many polylines cuts exactly as one call per polyline: a polyline ending inside the box
+    and the next one starting inside it stay two pieces (their segments are adjacent in the concatenation)."""
+    rng = np.random.default_rng(3)
+    lines = [rng.uniform(-30, 130, (int(n), 2)) for n in rng.integers(0, 7, 40)]
+    lines += [np.array([[10.0, 10.0], [20.0, 20.0]]), np.array([[20.0, 20.0], [30.0, 10.0]]), np.array([[50.0, 50.0]])]
+    for min_length in (0.0, 15.0):
+        batched = clip_polylines_box(lines, (0.0, 100.0), (0.0, 80.0), min_length)
+        assert len(batched) == len(lines)
+        for line, pieces in zip(lines, batched):
+            single = clip_polyline_box(line, (0.0, 100.0), (0.0, 80.0), min_length)
+            assert len(pieces) == len(single)
+            for a, b in zip(pieces, single):
+                np.testing.assert_array_equal(a, b)
+    assert [len(p) for p in clip_polylines_box(lines[-3:], (0.0, 100.0), (0.0, 80.0))] == [1, 1, 1]
+    assert sum(len(p) for p in batched) > 10  # the random lines do cross the box

@@ -28,7 +28,7 @@ import numpy as np
 from visionpilot.data.frame import Boxes3D, CameraView, Frame, Lane
 from visionpilot.data.regions import other_side
 from visionpilot.geometry.boxes import project_box_2d
-from visionpilot.geometry.polylines import clip_polyline_box
+from visionpilot.geometry.polylines import clip_polylines_box
 
 Size = tuple[int, int]  # (height, width)
 
@@ -159,10 +159,9 @@ def affine_camera(cam: CameraView, affine: np.ndarray, out_size: Size, min_box_s
     big = (boxes[:, 2] - boxes[:, 0] >= min_box_size) & (boxes[:, 3] - boxes[:, 1] >= min_box_size)
     keep[np.flatnonzero(keep)[~big]] = False
     boxes = boxes[big]
-    lanes = []
-    for lane in cam.lanes_2d:
-        moved = lane.points @ affine[:2, :2].T + affine[:2, 2]
-        lanes += [Lane(piece, lane.type) for piece in clip_polyline_box(moved, (0.0, w), (0.0, h), min_lane_length)]
+    moved = [lane.points @ affine[:2, :2].T + affine[:2, 2] for lane in cam.lanes_2d]
+    lanes = [Lane(piece, lane.type) for lane, pieces in
+             zip(cam.lanes_2d, clip_polylines_box(moved, (0.0, w), (0.0, h), min_lane_length)) for piece in pieces]
     privacy = {}
     if cam.privacy_boxes is not None:  # faces and plates follow their pixels; only boxes cut off entirely go
         pboxes, pkeep = transform_boxes_2d(cam.privacy_boxes, affine, out_size, 1e-3)

@@ -82,27 +82,42 @@ def clip_polyline_box(points: np.ndarray, x_range: tuple[float, float], y_range:
     ``min_length`` are dropped (a single point inside the box is a piece of length 0). Used for image borders
     (``(0, width), (0, height)``), map patches and BEV grids.
     """
-    pts = np.asarray(points, dtype=np.float64)[:, :2]
-    if len(pts) < 2:
-        inside = len(pts) == 1 and x_range[0] <= pts[0, 0] <= x_range[1] and y_range[0] <= pts[0, 1] <= y_range[1]
-        return [pts.copy()] if inside and min_length <= 0 else []  # never a view of the caller's array
+    return clip_polylines_box([points], x_range, y_range, min_length)[0]
+
+
+def clip_polylines_box(polylines: Sequence[np.ndarray], x_range: tuple[float, float], y_range: tuple[float, float],
+                       min_length: float = 0.0) -> list[list[np.ndarray]]:
+    """:func:`clip_polyline_box` for many polylines in one vectorised pass (the same pieces); a list per input."""
+    out: list[list[np.ndarray]] = [[] for _ in polylines]
+    lines = [np.asarray(p, dtype=np.float64)[:, :2] for p in polylines]
+    for i, pts in enumerate(lines):
+        if len(pts) == 1 and min_length <= 0 and x_range[0] <= pts[0, 0] <= x_range[1] \
+                and y_range[0] <= pts[0, 1] <= y_range[1]:
+            out[i].append(pts.copy())  # never a view of the caller's array
+    multi = [i for i, pts in enumerate(lines) if len(pts) >= 2]
+    if not multi:
+        return out
     origin = np.array([x_range[0], y_range[0]], dtype=np.float64)
-    p, q, keep, p_moved, q_moved = clip_segments_rect(pts[:-1] - origin, pts[1:] - origin, x_range[1] - x_range[0],
-                                                      y_range[1] - y_range[0])
+    # Segment k of the concatenation joins the point pairs of one polyline; owner says which.
+    owner = np.concatenate([np.full(len(lines[i]) - 1, i) for i in multi])
+    a = np.concatenate([lines[i][:-1] for i in multi]) - origin
+    b = np.concatenate([lines[i][1:] for i in multi]) - origin
+    p, q, keep, p_moved, q_moved = clip_segments_rect(a, b, x_range[1] - x_range[0], y_range[1] - y_range[0])
     idx = np.flatnonzero(keep)
     if len(idx) == 0:
-        return []
-    # A kept segment continues the previous piece if it directly follows it and neither joint was cut.
+        return out
+    # A kept segment continues the previous piece if it directly follows it on the same polyline and neither joint
+    # was cut.
     continues = np.zeros(len(idx), dtype=bool)
-    continues[1:] = (idx[1:] - 1 == idx[:-1]) & ~q_moved[idx[:-1]] & ~p_moved[idx[1:]]
+    continues[1:] = ((idx[1:] - 1 == idx[:-1]) & (owner[idx[1:]] == owner[idx[:-1]]) & ~q_moved[idx[:-1]]
+                     & ~p_moved[idx[1:]])
     starts = np.flatnonzero(~continues)
-    pieces = []
-    for a, b in zip(starts, [*starts[1:], len(idx)]):
-        seg = idx[a:b]
+    for s0, s1 in zip(starts, [*starts[1:], len(idx)]):
+        seg = idx[s0:s1]
         piece = np.concatenate([p[seg[:1]], q[seg]], axis=0) + origin
         if np.linalg.norm(np.diff(piece, axis=0), axis=1).sum() >= min_length:
-            pieces.append(piece)
-    return pieces
+            out[int(owner[seg[0]])].append(piece)
+    return out
 
 
 def polyline_length(points: np.ndarray) -> float:
