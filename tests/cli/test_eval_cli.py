@@ -11,9 +11,11 @@ import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from visionpilot.cli.eval import run
-from visionpilot.evaluation.cross_region import load_eval_model, model_specs
+from visionpilot.evaluation.cross_region import build_eval_datamodule, load_eval_model, model_specs
+from visionpilot.export.pipeline import build_datamodule
 from visionpilot.paths import config_dir
 from visionpilot.training.checkpoints import load_checkpoint
 from visionpilot.training.finetune import add_adapters, apply_strategy, save_delta, write_checkpoint
@@ -22,9 +24,10 @@ SMALL = ["rig=front1", "data.image_size=[64,176]", "data.source.scenes_per_regio
          "data.source.frames_per_scene=2", "data.num_workers=0", "data.persistent_workers=false", "data.batch_size=2"]
 
 
-def _base(tmp_path: Path) -> Path:
+def _base(tmp_path: Path, *overrides: str) -> Path:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path / 'base'}", *SMALL, "data.regions=[us]"])
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path / 'base'}", *SMALL, "data.regions=[us]",
+                                          *overrides])
     torch.manual_seed(0)
     net = hydra.utils.instantiate(cfg.model.net)
     return write_checkpoint(tmp_path / "base.ckpt", net, cfg, {"camera_names": ["CAM_FRONT"],
@@ -169,3 +172,14 @@ def test_a_split_other_than_val_test_or_both_once_is_refused_before_reading(spli
 
     with pytest.raises(ValueError, match=r"field 'split': expected 'val', 'test' or 'val\+test'"):
         evaluate_matrix([], None, [], None, split=split)  # refused before the data module is touched
+
+
+def test_a_training_runs_frame_cache_is_not_loaded_to_evaluate_or_export(tmp_path: Path) -> None:
+    """The matrix reads each frame once and an export a few: ``data.cache=ram`` stored by the training run would only
+    add a pass over every frame of the splits (all of them, for the export's setup)."""
+    base = load_checkpoint(_base(tmp_path, "data.cache=ram"))
+    assert base.config.data.cache == "ram"
+    overrides = OmegaConf.to_container(_eval_cfg(tmp_path).data, resolve=True)
+    assert build_eval_datamodule(base, ["us"], overrides).frame_cache is None
+    exported = build_datamodule(base, ["us"], batch_size=2)
+    assert exported.frame_cache is None and exported.datasets

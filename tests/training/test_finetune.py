@@ -428,6 +428,21 @@ def test_strategy_learning_rates_reach_the_run_config_unless_the_command_line_se
     assert OmegaConf.to_container(odd.model.lr_mult) == OmegaConf.to_container(strategy.lr_mult)
 
 
+def test_a_finetune_does_not_take_the_base_runs_frame_cache_unless_asked(tmp_path: Path) -> None:
+    """A short fine-tune reads fewer frames than ``data.cache=ram`` would load (every replay frame with them)."""
+    base = load_checkpoint(_base(tmp_path, "data.cache=ram"))
+    assert base.config.data.cache == "ram"
+
+    def run_config(*overrides: str):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("finetune", overrides=[f"paths.output_dir={tmp_path / 'ft'}", f"ckpt_path={base.path}",
+                                                 "region=gb", *overrides])
+        return ft.build_finetune_config(cfg, base)
+
+    assert run_config().data.cache is None
+    assert run_config("data.cache=ram").data.cache == "ram"
+
+
 def test_rerunning_a_finetune_in_its_run_dir_resumes_it_and_refuses_another_strategy(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     base_path = _base(tmp_path)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from visionpilot.data.cache import CACHE_MODES, FrameCache
 from visionpilot.data.collate import collate_frames
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources.base import FrameRef, FrameSource
@@ -53,14 +54,16 @@ class FrameDataset(Dataset):
     """Frames of a source, selected by ref, passed through a transform seeded per ``(seed, epoch, index)``.
 
     Indexing takes an ``int`` (epoch :attr:`epoch`) or an ``(epoch, index)`` pair from :class:`EpochSampler`.
+    Frames in ``cache`` (``data.cache=ram``) are read from it instead of the source.
     """
 
     def __init__(self, source: FrameSource, refs: Sequence[FrameRef], transform: TransformSpec = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cache: FrameCache | None = None) -> None:
         self.source = source
         self.refs = list(refs)
         self.transform = transform
         self.seed = int(seed)
+        self.cache = cache
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -71,7 +74,10 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]) -> Frame:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
-        frame = self.source.load(self.refs[index].index)
+        source_index = self.refs[index].index
+        frame = self.cache.get(source_index) if self.cache is not None else None
+        if frame is None:
+            frame = self.source.load(source_index)
         if self.transform is None:
             return frame
         return self.transform(frame, self.item_seed(epoch, index))
@@ -199,6 +205,10 @@ class ResumableDataLoader(DataLoader):
             self.sampler.load_state_dict(state["sampler"])
 
 
+#: The splits each Lightning stage reads (what ``data.cache=ram`` loads for it).
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
 class VisionPilotDataModule(L.LightningDataModule):
     """Train/val/test loaders over a frame source, split by scene, filtered by region.
 
@@ -222,6 +232,10 @@ class VisionPilotDataModule(L.LightningDataModule):
         governance: the job's data governance policy (``configs/governance/``; None: the open policy). ``setup``
             enforces it on the index before any frame is read (see :meth:`enforce_governance`).
         compute_region: where the job runs (ISO code), or None (undeclared: counts as abroad).
+        cache: ``"ram"``: ``setup`` loads the frames of the splits a stage needs into memory once, in parallel
+            processes, and loaders read them from there (:mod:`visionpilot.data.cache`); None: loaders load every
+            frame from the source each time.
+        cache_workers: processes that fill the cache (None: every usable CPU).
     """
 
     def __init__(self, source: FrameSource, regions: str | Sequence[str] = "global",
@@ -230,8 +244,12 @@ class VisionPilotDataModule(L.LightningDataModule):
                  train_transform: TransformSpec = None, val_transform: TransformSpec = None, seed: int = 0,
                  persistent_workers: bool = False, drop_last: bool = True, pin_memory: bool = False,
                  manifest_path: str | Path | None = None, governance: Mapping[str, Any] | None = None,
-                 compute_region: str | None = None) -> None:
+                 compute_region: str | None = None, cache: str | None = None,
+                 cache_workers: int | None = None) -> None:
         super().__init__()
+        if cache not in CACHE_MODES:
+            raise ValueError(f"{type(self).__name__}: field 'cache' must be one of {list(CACHE_MODES)} (null: no "
+                             f"cache), found {cache!r}")
         self.save_hyperparameters(ignore=["source", "train_transform", "val_transform"], logger=False)
         self.source = source
         self.regions = _plain(regions)
@@ -257,6 +275,7 @@ class VisionPilotDataModule(L.LightningDataModule):
         self.refs: list[FrameRef] = []
         self.selected_regions: list[str] = []
         self.datasets: dict[str, Dataset] = {}
+        self.frame_cache = FrameCache(cache_workers) if cache == "ram" else None
 
     def _make_transform(self, spec: TransformSpec, train: bool) -> Callable[..., Frame]:
         if spec is None or isinstance(spec, Mapping):
@@ -293,6 +312,16 @@ class VisionPilotDataModule(L.LightningDataModule):
                 self.datasets[split] = self.build_dataset(split)
                 if len(self.datasets[split]) == 0:  # type: ignore[arg-type]
                     log.warning("split '%s' has no frames in regions %s", split, self.selected_regions)
+        if self.frame_cache is not None:
+            self.fill_cache(stage)
+
+    def fill_cache(self, stage: str | None) -> None:
+        """Load the frames of the splits ``stage`` reads (fit: train and val; None: every split) into the cache."""
+        assert self.frame_cache is not None
+        splits = [s for s in (_STAGE_SPLITS.get(stage, ()) if stage else list(self.datasets)) if s in self.datasets]
+        indices = {ref.index for s in splits for ref in getattr(self.datasets[s], "refs", None) or []}
+        # False when they would not fit in memory (logged): those frames are loaded from the source, as uncached.
+        self.frame_cache.fill(self.source, sorted(indices), f"frames of {'/'.join(splits)}")
 
     # -- governance -----------------------------------------------------------------------------------------
 
@@ -317,7 +346,7 @@ class VisionPilotDataModule(L.LightningDataModule):
         assert self.manifest is not None
         refs = self.manifest.select(self.refs, split, self.selected_regions)
         transform = self.train_transform if split == "train" else self.val_transform
-        return FrameDataset(self.source, refs, transform, seed=self.seed)
+        return FrameDataset(self.source, refs, transform, seed=self.seed, cache=self.frame_cache)
 
     # -- loaders --------------------------------------------------------------------------------------------
 

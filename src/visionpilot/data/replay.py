@@ -165,7 +165,8 @@ class ReplayDataModule(VisionPilotDataModule):
         assert self.manifest is not None
         refs = self.manifest.select(self.refs, "train", self.selected_replay)
         # Another augmentation seed than the target frames': the two datasets share item indices.
-        replay = FrameDataset(self.source, refs, self.train_transform, seed=self.seed + 7919)
+        replay = FrameDataset(self.source, refs, self.train_transform, seed=self.seed + 7919,
+                              cache=self.frame_cache)
         log.info("replay: %d frames of %s, %d of every %d frames per batch", len(refs), self.selected_replay,
                  self.replay_per_batch, self.batch_size)
         return ReplayMixDataset(target, replay)  # type: ignore[arg-type]

@@ -96,8 +96,9 @@ def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size:
         data_cfg.pop(key, None)
     if "source" in data_cfg and "regions" in data_cfg.source:
         data_cfg.source.regions = list(regions)
+    # No frame cache (a training run's data.cache=ram): it would load every split to take a few frames of one.
     dm = hydra.utils.instantiate(data_cfg, regions=list(regions), num_workers=0, persistent_workers=False,
-                                 manifest_path=None, batch_size=batch_size, **dict(governance or {}))
+                                 manifest_path=None, batch_size=batch_size, cache=None, **dict(governance or {}))
     dm.setup()
     return dm
 

@@ -233,6 +233,9 @@ class StreamingDataModule(VisionPilotDataModule):
                  storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         kwargs.pop("split_fractions", None)
         kwargs.pop("split_seed", None)
+        if kwargs.get("cache") is not None:
+            raise ValueError(f"StreamingDataModule: field 'cache' must be null for streamed shards (litdata keeps "
+                             f"the chunks it reads under cache_dir itself), found {kwargs['cache']!r}")
         source = ShardSource(root, regions, cache_dir, max_cache_size, storage_options)
         # "global" means every sharded region (the stored manifest may know regions that were not sharded).
         super().__init__(source, regions=source.regions, **kwargs)
