@@ -103,6 +103,25 @@ def test_a_cache_too_large_for_memory_is_not_built_and_says_so(source, monkeypat
     _assert_equal(_batches(cached.train_dataloader(), 0), _batches(plain.train_dataloader(), 0))
 
 
+def test_ddp_ranks_on_one_machine_each_take_their_share_of_the_memory(source, monkeypatch, caplog) -> None:
+    """Every rank fills a cache of its own at the same time: what fits one process can overcommit the machine."""
+    frame_bytes = len(pickle.dumps(source.load(0), protocol=pickle.HIGHEST_PROTOCOL))  # every frame's size, nearly
+    plain = _dm(source)
+    n = len(plain.datasets["train"]) + len(plain.datasets["val"])
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 3 * n * frame_bytes)  # 50 % of it: 1.5x the frames
+
+    def cached(ranks: int) -> int:
+        dm = VisionPilotDataModule(source, image_size=(32, 88), batch_size=2, cache="ram", cache_workers=1)
+        dm.trainer = type("Trainer", (), {"num_devices": ranks})()  # what Lightning sets before setup
+        dm.setup("fit")
+        return len(dm.frame_cache)
+
+    assert cached(1) == n
+    with caplog.at_level(logging.WARNING, logger="visionpilot.data.cache"):
+        assert cached(2) == 0
+    assert "shared by 2 processes" in caplog.text
+
+
 def test_bad_cache_settings_are_refused_by_name(source, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"VisionPilotDataModule: field 'cache' must be one of \[None, 'ram'\] "
                                          r"\(null: no cache\), found 'disk'"):

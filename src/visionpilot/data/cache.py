@@ -103,10 +103,11 @@ class FrameCache:
         data = self.frames.get(index)
         return None if data is None else pickle.loads(data)
 
-    def fill(self, source: FrameSource, indices: Sequence[int], what: str = "frames") -> bool:
+    def fill(self, source: FrameSource, indices: Sequence[int], what: str = "frames", share: int = 1) -> bool:
         """Load the frames at source ``indices`` that are not cached yet. False if they would not fit in memory.
 
-        ``what`` names them in the log (e.g. the splits).
+        ``what`` names them in the log (e.g. the splits). ``share``: processes on this machine that fill caches of
+        their own at the same time (DDP ranks); each takes that share of the CPUs and of the available memory.
         """
         missing = sorted(set(int(i) for i in indices) - self.frames.keys())
         if not missing:
@@ -116,14 +117,16 @@ class FrameCache:
         first = pickle.dumps(source.load(missing[0]), protocol=pickle.HIGHEST_PROTOCOL)
         need = len(first) * len(missing)
         free = available_memory()
-        if free is not None and need > self.max_fraction * free:
+        share = max(1, int(share))
+        if free is not None and need > self.max_fraction * free / share:
             log.warning("data.cache=ram: %d %s would take ~%.0f MB, more than %.0f %% of the %.0f MB of memory "
-                        "available; frames are loaded as without a cache (data.cache=null silences this)",
-                        len(missing), what, need / 2**20, 100 * self.max_fraction, free / 2**20)
+                        "available%s; frames are loaded as without a cache (data.cache=null silences this)",
+                        len(missing), what, need / 2**20, 100 * self.max_fraction, free / 2**20,
+                        f" shared by {share} processes" if share > 1 else "")
             return False
         self.frames[missing[0]] = first
         rest = missing[1:]
-        workers = min(self.workers or usable_cpus(), max(1, len(rest)))
+        workers = min(self.workers or max(1, usable_cpus() // share), max(1, len(rest)))
         if workers == 1:
             for i in rest:
                 self.frames[i] = pickle.dumps(source.load(i), protocol=pickle.HIGHEST_PROTOCOL)

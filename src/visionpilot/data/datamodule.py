@@ -320,8 +320,10 @@ class VisionPilotDataModule(L.LightningDataModule):
         assert self.frame_cache is not None
         splits = [s for s in (_STAGE_SPLITS.get(stage, ()) if stage else list(self.datasets)) if s in self.datasets]
         indices = {ref.index for s in splits for ref in getattr(self.datasets[s], "refs", None) or []}
+        # Every DDP rank on this machine fills its own cache at the same time: each gets its share of CPUs and memory.
+        share = int(getattr(self.trainer, "num_devices", 1) or 1) if self.trainer is not None else 1
         # False when they would not fit in memory (logged): those frames are loaded from the source, as uncached.
-        self.frame_cache.fill(self.source, sorted(indices), f"frames of {'/'.join(splits)}")
+        self.frame_cache.fill(self.source, sorted(indices), f"frames of {'/'.join(splits)}", share=share)
 
     # -- governance -----------------------------------------------------------------------------------------
 
