@@ -221,6 +221,24 @@ def test_throughput_does_not_count_periodic_checkpoints_as_waiting_for_data(tmp_
     assert summary["train/frames_per_s"] > 8 / 0.4, summary
 
 
+def test_throughput_waits_for_the_gpu_before_reading_the_clock(monkeypatch) -> None:  # noqa: ANN001
+    """CUDA steps are queued, not done, when Lightning's batch-end hook runs: unsynchronised, the GPU's time on them
+    was counted as the next wait for data."""
+    from types import SimpleNamespace
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    meter, batch = Throughput(warmup_steps=0), {"images": torch.zeros(3, 2)}
+    gpu = SimpleNamespace(device=torch.device("cuda", 1))
+    meter.on_train_batch_start(None, gpu, batch, 0)
+    meter.on_train_batch_end(None, gpu, None, batch, 0)
+    assert synced == [torch.device("cuda", 1)] * 2 and meter.frames == 3
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    meter.on_train_batch_start(None, cpu, batch, 1)
+    meter.on_train_batch_end(None, cpu, None, batch, 1)
+    assert len(synced) == 2 and meter.frames == 6
+
+
 def test_optimized_metric_that_training_did_not_produce_is_an_error(monkeypatch, tmp_path) -> None:  # noqa: ANN001
     """A sweeper's objective with a typo was returned as None after the whole training, with no word why."""
     from omegaconf import OmegaConf

@@ -116,3 +116,19 @@ def test_a_resumed_run_steps_at_the_rate_of_its_own_schedule_from_its_first_step
     assert min(resumed.used) == 10
     assert [resumed.used[s] for s in range(10, 40)] == pytest.approx([fresh.used[s] for s in range(10, 40)])
 
+
+
+def test_a_warm_up_as_long_as_the_run_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """An absolute warm-up of 500 steps in a 300-step run (or one a budget cut to 300): the learning rate would rise
+    the whole run and never reach the configured one, silently."""
+    module = PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=500)
+    with caplog.at_level("WARNING", logger="visionpilot.training.module"):
+        module.plan_schedule(1000)
+        assert not caplog.records
+        module.plan_schedule(300)
+    assert "field 'model.warmup_steps': 500 steps of warm-up, not fewer than the run's 300 steps" in caplog.text
+    assert module.lr_schedule(299) == pytest.approx(300 / 500)  # the schedule itself is the configured one
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="visionpilot.training.module"):
+        PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=0.5).plan_schedule(300)
+    assert not caplog.records  # a fraction is always shorter than the run

@@ -98,6 +98,8 @@ def test_the_demo_spends_its_minutes_by_what_the_cpu_computes_natively(tmp_path:
     cfg = _cfg(tmp_path, ["experiment=demo"], base=[])
     assert cfg.trainer.precision == precision
     assert cfg.trainer.max_steps == cfg.trainer.val_check_interval == 2000
+    assert cfg.data.cache == "ram"  # frames rendered once: the loader's rendering slowed every step by a third
+    assert _cfg(tmp_path, ["experiment=demo", "debug=fdr"], base=[]).data.cache is None  # not for one batch
     budget = hydra.utils.instantiate(cfg.callbacks.time_budget)
     assert isinstance(budget, TimeBudget) and budget.minutes == 8
     # a user's choice wins over the machine's

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from visionpilot.viz.draw import save_rgb
 from visionpilot.viz.predictions import render_prediction
@@ -82,16 +83,24 @@ class Throughput(L.Callback):
         # last): like a validation, its time is neither training nor waiting for data.
         self._batch_end = None
 
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        # CUDA runs asynchronously: unsynchronised, a step "ends" when its kernels are queued, and the time the GPU
+        # still spends on them counts as the next wait for data (or lands in whichever later step blocks first).
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        now = time.perf_counter()
+        now = self._now(pl_module)
         if self._batch_end is not None and self._steps >= self.warmup_steps:
             self.wait += now - self._batch_end
         self._batch_start = now
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        now = time.perf_counter()
+        now = self._now(pl_module)
         if self._batch_start is not None and self._steps >= self.warmup_steps:
             self.busy += now - self._batch_start
             self.frames += int(batch["images"].shape[0])

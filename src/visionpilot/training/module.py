@@ -7,6 +7,7 @@ evaluated) and ``val/subset`` (1 when that is less than the val split, e.g. with
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ from visionpilot.evaluation.evaluator import PerceptionEvaluator
 from visionpilot.export.onnx_export import example_inputs
 from visionpilot.governance import build_lineage, withhold_frames
 from visionpilot.models.net import camera_slots, run_lanes_on, slots_mask
+
+log = logging.getLogger(__name__)
 
 #: What a NaN/Inf loss does: stop with a message (``raise``) or skip the batch and count it (``skip``).
 NAN_POLICIES = ("raise", "skip")
@@ -306,6 +309,10 @@ class PerceptionModule(L.LightningModule):
         ``warmup_steps`` is a fraction of them); takes effect at the next step."""
         warm = self.hparams.warmup_steps
         warm = int(warm * total_steps) if isinstance(warm, float) and warm < 1 else int(warm)
+        if warm >= total_steps > 1:
+            log.warning("field 'model.warmup_steps': %d steps of warm-up, not fewer than the run's %d steps: the learning "
+                        "rate rises for the whole run and never reaches model.optimizer.lr (no cosine); set fewer, or "
+                        "a fraction of the run (e.g. 0.1)", warm, total_steps)
         self.lr_schedule = warmup_cosine(total_steps, warm, self.hparams.min_lr_ratio)
 
     def param_groups(self) -> list[dict[str, Any]]:
