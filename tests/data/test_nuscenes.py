@@ -7,6 +7,7 @@ dataset written row by row here, independently of the writer, around nuScenes' p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from visionpilot.cli.data import run
@@ -459,3 +461,33 @@ def test_train_a_few_steps_on_the_export(synthetic_export: tuple[Path, list], tm
     metrics, _ = train(cfg)
     assert metrics["train/steps"] == 1 and np.isfinite(metrics["train/loss"])
     assert any(k.startswith("train/bev.objects") for k in metrics)
+
+
+def test_frames_cached_from_the_files_batch_as_read_and_a_bad_image_names_its_file(
+        synthetic_export: tuple[Path, list], tmp_path: Path) -> None:
+    """``data.cache=ram`` on a dataset on disk: the fill's processes decode the JPEGs as a loader would, and an image
+    that cannot be decoded stops the fill with the source's own message (raised in a fill process)."""
+    from visionpilot.data.sources.mixed import SourceDataModule
+
+    def datamodule(root: Path, cache: str | None) -> SourceDataModule:
+        dm = SourceDataModule(NuScenesSource(root), image_size=(64, 176), batch_size=2, cache=cache,
+                              cache_workers=2, train_transform={"flip_p": 0.5, "photometric_p": 0.5})
+        dm.setup("fit")
+        return dm
+
+    cached, plain = datamodule(synthetic_export[0], "ram"), datamodule(synthetic_export[0], None)
+    assert len(cached.frame_cache) == len(cached.datasets["train"]) + len(cached.datasets["val"]) > 0
+    for a, b in zip(cached.train_dataloader(), plain.train_dataloader(), strict=True):
+        assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_export[0], root)
+    # A camera image of the last frame the fill reads (one a fill process loads, not the first, read here to size
+    # the cache).
+    last = max((r for s in ("train", "val") for r in cached.datasets[s].refs), key=lambda r: r.index)
+    rows = json.loads((root / "v1.0-mini" / "sample_data.json").read_text())
+    image = root / next(r["filename"] for r in rows if r["sample_token"] == last.frame_id and "CAM_BACK/" in
+                        r["filename"])
+    image.write_bytes(b"not a jpeg")
+    with pytest.raises(FormatError, match=rf"\(CAM_BACK of sample '{last.frame_id}'\): image file "
+                                          rf"{re.escape(str(image))} not a readable image"):
+        datamodule(root, "ram")
