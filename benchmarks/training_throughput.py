@@ -6,7 +6,7 @@
 Runs ``visionpilot-train``'s own ``build(cfg)`` (same datamodule, module, trainer) for ``--steps`` optimiser
 steps with validation, checkpoints, logging and the progress bar off, and reads the ``Throughput`` callback
 (``training/callbacks.py``): frames/s and data-wait fraction over the steps after ``--warmup`` (the first steps
-include loader start-up and kernel selection). A frame is one time step of the rig (all its cameras).
+include loader start-up and kernel selection; on a GPU every 10th of them, each synchronised with the device). A frame is one time step of the rig (all its cameras).
 
 Model FLOP utilisation (MFU) = achieved model FLOP/s / the accelerator's peak. Model FLOPs per frame are counted
 once over a forward and backward pass of the network on a real batch (``visionpilot.training.flops``: torch's

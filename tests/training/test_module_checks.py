@@ -223,20 +223,31 @@ def test_throughput_does_not_count_periodic_checkpoints_as_waiting_for_data(tmp_
 
 def test_throughput_waits_for_the_gpu_before_reading_the_clock(monkeypatch) -> None:  # noqa: ANN001
     """CUDA steps are queued, not done, when Lightning's batch-end hook runs: unsynchronised, the GPU's time on them
-    was counted as the next wait for data."""
+    was counted as the next wait for data. A measured step is synchronised at both ends, and so is the step before it
+    (its end starts the wait); one step in ``cuda_every`` is measured, so training keeps its CPU/GPU overlap."""
     from types import SimpleNamespace
 
-    synced = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-    meter, batch = Throughput(warmup_steps=0), {"images": torch.zeros(3, 2)}
-    gpu = SimpleNamespace(device=torch.device("cuda", 1))
-    meter.on_train_batch_start(None, gpu, batch, 0)
-    meter.on_train_batch_end(None, gpu, None, batch, 0)
-    assert synced == [torch.device("cuda", 1)] * 2 and meter.frames == 3
-    cpu = SimpleNamespace(device=torch.device("cpu"))
-    meter.on_train_batch_start(None, cpu, batch, 1)
-    meter.on_train_batch_end(None, cpu, None, batch, 1)
-    assert len(synced) == 2 and meter.frames == 6
+    clock = iter(range(1000))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    synced: list[int] = []
+    meter = Throughput(warmup_steps=2, cuda_every=3)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(meter._steps))
+    gpu, batch = SimpleNamespace(device=torch.device("cuda", 1)), {"images": torch.zeros(3, 2)}
+    for step in range(9):
+        meter.on_train_batch_start(None, gpu, batch, step)
+        meter.on_train_batch_end(None, gpu, None, batch, step)
+    # Steps 2, 5 and 8 measured: synchronised at the end of steps 1, 4 and 7 (when the counter already names the
+    # next step) and at their own start and end; no other step waits for the GPU.
+    assert synced == [2, 2, 2, 5, 5, 5, 8, 8, 8] and meter.frames == 9
+    # Clock reads per step: start, end (+1 where the next step is measured); each measured step: wait 1, busy 1.
+    assert meter.wait == meter.busy == 3.0
+    cpu = Throughput(warmup_steps=2)
+    for step in range(9):
+        cpu.on_train_batch_start(None, SimpleNamespace(device=torch.device("cpu")), batch, step)
+        cpu.on_train_batch_end(None, SimpleNamespace(device=torch.device("cpu")), None, batch, step)
+    assert len(synced) == 9 and cpu.frames == 21  # every step after the warm-up, no sync
+    with pytest.raises(ValueError, match="field 'cuda_every' must be a positive integer, found 0"):
+        Throughput(cuda_every=0)
 
 
 def test_optimized_metric_that_training_did_not_produce_is_an_error(monkeypatch, tmp_path) -> None:  # noqa: ANN001

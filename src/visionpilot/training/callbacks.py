@@ -55,10 +55,17 @@ class Throughput(L.Callback):
 
     Logged as ``train/frames_per_s`` and ``train/data_wait_fraction`` at each epoch end, measured after
     ``warmup_steps`` steps (the first steps include start-up costs).
+
+    CUDA runs asynchronously: a step "ends" when its kernels are queued, so a measured step is bracketed by
+    ``torch.cuda.synchronize`` (else the GPU's time on it would count as the next wait for data). A sync costs the
+    overlap of the CPU's work with the GPU's, so on a GPU one step in ``cuda_every`` is measured, not every step.
     """
 
-    def __init__(self, warmup_steps: int = 5) -> None:
+    def __init__(self, warmup_steps: int = 5, cuda_every: int = 10) -> None:
+        if isinstance(cuda_every, bool) or not isinstance(cuda_every, int) or cuda_every < 1:
+            raise ValueError(f"Throughput: field 'cuda_every' must be a positive integer, found {cuda_every!r}")
         self.warmup_steps = warmup_steps
+        self.cuda_every = cuda_every
         self.reset()
 
     def reset(self) -> None:
@@ -83,29 +90,36 @@ class Throughput(L.Callback):
         # last): like a validation, its time is neither training nor waiting for data.
         self._batch_end = None
 
+    def _measures(self, pl_module: L.LightningModule, step: int) -> bool:
+        if step < self.warmup_steps:
+            return False
+        return pl_module.device.type != "cuda" or (step - self.warmup_steps) % self.cuda_every == 0
+
     @staticmethod
-    def _now(pl_module: L.LightningModule) -> float:
-        # CUDA runs asynchronously: unsynchronised, a step "ends" when its kernels are queued, and the time the GPU
-        # still spends on them counts as the next wait for data (or lands in whichever later step blocks first).
-        if pl_module.device.type == "cuda":
+    def _now(pl_module: L.LightningModule, sync: bool) -> float:
+        if sync and pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        now = self._now(pl_module)
-        if self._batch_end is not None and self._steps >= self.warmup_steps:
+        measured = self._measures(pl_module, self._steps)
+        now = self._now(pl_module, measured)
+        if measured and self._batch_end is not None:
             self.wait += now - self._batch_end
         self._batch_start = now
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        now = self._now(pl_module)
-        if self._batch_start is not None and self._steps >= self.warmup_steps:
+        measured = self._measures(pl_module, self._steps)
+        now = self._now(pl_module, measured)
+        if measured and self._batch_start is not None:
             self.busy += now - self._batch_start
             self.frames += int(batch["images"].shape[0])
         self._steps += 1
-        self._batch_end = now
+        # The next step's wait for data starts when this step is done on the device.
+        self._batch_end = self._now(pl_module, True) if self._measures(pl_module, self._steps) and not measured \
+            else now
 
     def summary(self) -> dict[str, float]:
         total = self.wait + self.busy
