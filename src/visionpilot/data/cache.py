@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources.base import FrameSource
+from visionpilot.utils.machine import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _init_worker(source: FrameSource) -> None:
@@ -126,7 +119,7 @@ class FrameCache:
             return False
         self.frames[missing[0]] = first
         rest = missing[1:]
-        workers = min(self.workers or max(1, usable_cpus() // share), max(1, len(rest)))
+        workers = min(self.workers or max(1, available_cores() // share), max(1, len(rest)))
         if workers == 1:
             for i in rest:
                 self.frames[i] = pickle.dumps(source.load(i), protocol=pickle.HIGHEST_PROTOCOL)

@@ -62,7 +62,6 @@ from visionpilot.export.onnx_export import example_inputs, read_metadata
 from visionpilot.export.timing import (
     OthersCpu,
     PeakMemory,
-    available_cores,
     call_interleaved,
     machine_info,
     release_memory,
@@ -71,7 +70,7 @@ from visionpilot.export.timing import (
     timed_session_options,
 )
 from visionpilot.utils.io import write_json_atomic, write_text_atomic
-from visionpilot.utils.machine import keep_freed_memory
+from visionpilot.utils.machine import available_cores, keep_freed_memory
 
 log = logging.getLogger(__name__)
 

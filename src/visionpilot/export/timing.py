@@ -26,20 +26,12 @@ import onnxruntime as ort
 import torch
 
 import visionpilot
-from visionpilot.utils.machine import cpu_info
+from visionpilot.utils.machine import available_cores, cpu_info
 
 MEMORY_METHOD = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before loading"
 
 
 # --- the machine -------------------------------------------------------------------------------------------------
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask; a container's quota is not visible here)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
 
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers depend on: CPU, cores, SIMD flags, GPU, threads, library versions, load."""

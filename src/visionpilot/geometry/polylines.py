@@ -51,27 +51,33 @@ def project_polylines(polylines: Sequence[np.ndarray], intrinsics: np.ndarray, e
     ub, _ = project_camera_points(b, intrinsics, near * (1 - 1e-9))
     # Far-off projections of points at the near plane can be huge; Liang-Barsky is exact for any magnitude.
     p, q, keep2d, p_moved2d, q_moved2d = clip_segments_rect(ua, ub, width, height)
-    keep = keep3d & keep2d
-    if not keep.any():
-        return out
-    start_cut = a_moved3d | p_moved2d
-    end_cut = b_moved3d | q_moved2d
+    _join_pieces(p, q, keep3d & keep2d, a_moved3d | p_moved2d, b_moved3d | q_moved2d, owner, min_length_px, out)
+    return out
+
+
+def _join_pieces(p: np.ndarray, q: np.ndarray, keep: np.ndarray, start_cut: np.ndarray, end_cut: np.ndarray,
+                 owner: np.ndarray, min_length: float, out: list[list[np.ndarray]],
+                 offset: np.ndarray | None = None) -> None:
+    """Append to ``out[owner]`` the pieces that clipped segments ``p -> q`` (consecutive within each polyline) form.
+
+    A kept segment continues the previous piece only if it directly follows a kept segment of the same polyline and
+    neither the previous end nor this start was cut. Pieces shorter than ``min_length`` are dropped; ``offset`` is
+    added to the points of the pieces kept.
+    """
     idx = np.flatnonzero(keep)
-    # A kept segment continues the previous piece only if it directly follows a kept segment of the same polyline
-    # and neither the previous end nor this start was cut.
+    if len(idx) == 0:
+        return
     continues = np.zeros(len(idx), dtype=bool)
     continues[1:] = ((idx[1:] - 1 == idx[:-1]) & (owner[idx[1:]] == owner[idx[:-1]]) & ~end_cut[idx[:-1]]
                      & ~start_cut[idx[1:]])
     starts = np.flatnonzero(~continues)
-    ends = np.append(starts[1:], len(idx))
-    lengths = np.linalg.norm(q[idx] - p[idx], axis=1)
-    piece_len = np.add.reduceat(lengths, starts)
-    for s0, s1, plen in zip(starts, ends, piece_len):
-        if min_length_px > 0 and plen < min_length_px:
+    piece_len = np.add.reduceat(np.linalg.norm(q[idx] - p[idx], axis=1), starts)
+    for s0, s1, length in zip(starts, [*starts[1:], len(idx)], piece_len):
+        if length < min_length:
             continue
         seg = idx[s0:s1]
-        out[int(owner[seg[0]])].append(np.concatenate([p[seg[:1]], q[seg]], axis=0))
-    return out
+        piece = np.concatenate([p[seg[:1]], q[seg]], axis=0)
+        out[int(owner[seg[0]])].append(piece if offset is None else piece + offset)
 
 
 def clip_polyline_box(points: np.ndarray, x_range: tuple[float, float], y_range: tuple[float, float],
@@ -103,20 +109,7 @@ def clip_polylines_box(polylines: Sequence[np.ndarray], x_range: tuple[float, fl
     a = np.concatenate([lines[i][:-1] for i in multi]) - origin
     b = np.concatenate([lines[i][1:] for i in multi]) - origin
     p, q, keep, p_moved, q_moved = clip_segments_rect(a, b, x_range[1] - x_range[0], y_range[1] - y_range[0])
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0:
-        return out
-    # A kept segment continues the previous piece if it directly follows it on the same polyline and neither joint
-    # was cut.
-    continues = np.zeros(len(idx), dtype=bool)
-    continues[1:] = ((idx[1:] - 1 == idx[:-1]) & (owner[idx[1:]] == owner[idx[:-1]]) & ~q_moved[idx[:-1]]
-                     & ~p_moved[idx[1:]])
-    starts = np.flatnonzero(~continues)
-    for s0, s1 in zip(starts, [*starts[1:], len(idx)]):
-        seg = idx[s0:s1]
-        piece = np.concatenate([p[seg[:1]], q[seg]], axis=0) + origin
-        if np.linalg.norm(np.diff(piece, axis=0), axis=1).sum() >= min_length:
-            out[int(owner[seg[0]])].append(piece)
+    _join_pieces(p, q, keep, p_moved, q_moved, owner, min_length, out, offset=origin)
     return out
 
 

@@ -1,4 +1,5 @@
-"""What this machine's CPU is and can do: its model name and SIMD flags (``/proc/cpuinfo``)."""
+"""What this machine's CPU is and can do: its model name and SIMD flags (``/proc/cpuinfo``), the cores this process
+may use."""
 
 from __future__ import annotations
 
@@ -78,3 +79,11 @@ def keep_freed_memory() -> str:
     if not all(done):  # mallopt returns 1 on success
         return f"unchanged: mallopt refused ({done})"
     return "glibc: blocks up to 32 MB from the heap, its free top kept (mmap_threshold 32 MB, trim_threshold 2 GB)"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask; a container's quota is not visible here)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
