@@ -11,7 +11,11 @@ Runs the checkpoint over the split of the regions (its own data config, as ``vis
   but 1-2 px off scores 0.3-0.5), F1 per camera and recall per slot (slots are ordered left to right);
 - 2D boxes (``PerceptionEvaluator.box_images``; COCO through torchmetrics, as the evaluator): AP@0.5 and recall
   per class, AP@0.5 by ground-truth height, and for boxes at least 16 px tall how far the prediction that overlaps
-  each most is off (centre error / size, log size ratio, right class, score).
+  each most is off (centre error / size, log size ratio, right class, score); and AP@0.5 with every class merged
+  into one (how much of the gap is the class, not the box);
+- BEV lanes (models with the bird's-eye-view branch): per lane type the ground truth's and the prediction's cells,
+  the IoU at probability thresholds 0.3 and 0.5 (the metric's), and what the model predicts on each type's cells
+  (the most probable type where one reaches 0.5, or none).
 
 Labels and predictions are the evaluator's: a model scoring ``val/lane_f1`` 0.556 in training prints F1 0.556 at
 threshold 0.5 here on the same frames.
@@ -28,9 +32,10 @@ from scipy.optimize import linear_sum_assignment
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
-from visionpilot.data.vocab import OBJECT_CLASSES
+from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.evaluation.cross_region import build_eval_datamodule, build_evaluator, torch_decoder
 from visionpilot.evaluation.lane_2d import lane_iou_matrix, match_lanes
+from visionpilot.models.heads.lanes_bev import lane_segments, rasterize_lines
 from visionpilot.training.checkpoints import load_checkpoint
 
 
@@ -38,8 +43,40 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75,
     return " / ".join(f"{v:.2f}" for v in np.quantile(values, qs)) + "  (10/25/50/75/90 %)"
 
 
-def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list]:
-    """The evaluator's lane images (plus their camera name), box predictions and box ground truth; the image size."""
+BEV_THRESHOLDS = (0.3, 0.5)
+
+
+class BevLaneCounts:
+    """Cell counts per lane type over the frames seen: ground truth, prediction and overlap at each threshold, and
+    for each type's ground-truth cells the most probable type where one reaches 0.5 (last column: none does)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        self.head, t = head, len(LANE_TYPES)
+        self.gt, self.inter, self.union = np.zeros(t), np.zeros((len(BEV_THRESHOLDS), t)), np.zeros((len(BEV_THRESHOLDS), t))
+        self.pred, self.confusion = np.zeros((len(BEV_THRESHOLDS), t)), np.zeros((t, t + 1))
+
+    def update(self, batch: dict, prob: torch.Tensor) -> None:
+        t = len(LANE_TYPES)
+        pts, ok, types = lane_segments(batch["lanes_3d"], batch["lanes_3d_valid"], batch["lanes_3d_types"], t,
+                                       batch["has_lanes_3d"])
+        frames = batch["has_lanes_3d"].bool()
+        gt = (rasterize_lines(pts, ok, types, self.head.grid, t, self.head.line_width) > 0)[frames]
+        prob = prob.float()[frames]
+        self.gt += gt.sum(dim=(0, 2, 3)).numpy()
+        for i, th in enumerate(BEV_THRESHOLDS):
+            pred = prob >= th
+            self.pred[i] += pred.sum(dim=(0, 2, 3)).numpy()
+            self.inter[i] += (pred & gt).sum(dim=(0, 2, 3)).numpy()
+            self.union[i] += (pred | gt).sum(dim=(0, 2, 3)).numpy()
+        best, top = prob.max(dim=1)  # (F, X, Y)
+        top = torch.where(best >= 0.5, top, torch.full_like(top, t))
+        for k in range(t):
+            self.confusion[k] += np.bincount(top[gt[:, k]].numpy(), minlength=t + 1)
+
+
+def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list, BevLaneCounts | None]:
+    """The evaluator's lane images (plus their camera name), box predictions and box ground truth; the image size;
+    BEV lane cell counts (None without the BEV lane head)."""
     loaded = load_checkpoint(ckpt)
     dm = build_eval_datamodule(loaded, regions)
     dm.setup("validate")  # both splits, as visionpilot-eval sets them up
@@ -47,15 +84,19 @@ def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list
     ev = build_evaluator(loaded, regions, loaded.image_size, loaded.camera_names)  # training's lane settings
     decode = torch_decoder(loaded.net)
     lane_images, box_preds, box_gts = [], [], []
+    bev = getattr(loaded.net, "bev", None)
+    bev_lanes = BevLaneCounts(bev.heads["lanes"]) if bev is not None and "lanes" in bev.heads else None
     for batch in loader:
         d = decode(batch)
+        if bev_lanes is not None and "bev.lanes_seg_prob" in d:
+            bev_lanes.update(batch, d["bev.lanes_seg_prob"])
         if "lanes_2d.points" in d:
             lane_images += [{**img, "camera": loaded.camera_names[img["n"]]} for img in ev.lane_images(batch, d)]
         if "objects_2d.boxes" in d:
             for img in ev.box_images(batch, d):
                 box_preds.append({"boxes": img["boxes"], "scores": img["scores"], "labels": img["labels"].long()})
                 box_gts.append({"boxes": img["gt_boxes"], "labels": img["gt_labels"].long()})
-    return lane_images, box_preds, box_gts, [loaded.image_size]
+    return lane_images, box_preds, box_gts, [loaded.image_size], bev_lanes
 
 
 def lanes_report(images: list[dict], image_size: tuple[int, int]) -> dict[str, float]:
@@ -119,7 +160,12 @@ def boxes_report(preds: list[dict], gts: list[dict]) -> dict[str, float]:
                                 backend="faster_coco_eval")
     coco.update(preds, gts)
     r = coco.compute()
-    print(f"  mAP@0.5 {float(r['map_50']):.3f}  mAP {float(r['map']):.3f}  AR@100 {float(r['mar_100']):.3f}")
+    agnostic = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5], backend="faster_coco_eval")
+    agnostic.update([{**p, "labels": torch.zeros_like(p["labels"])} for p in preds],
+                    [{**t, "labels": torch.zeros_like(t["labels"])} for t in gts])
+    map50_agnostic = float(agnostic.compute()["map"])
+    print(f"  mAP@0.5 {float(r['map_50']):.3f}  mAP {float(r['map']):.3f}  AR@100 {float(r['mar_100']):.3f}  "
+          f"AP@0.5 class-agnostic {map50_agnostic:.3f}")
     for i, c in enumerate(r["classes"].tolist()):
         curve = r["precision"][0, :, i, 0, -1]
         curve = curve[curve > -1]
@@ -152,7 +198,7 @@ def boxes_report(preds: list[dict], gts: list[dict]) -> dict[str, float]:
             errors.append((float(iou[j, k]), float(centre.abs().max()), float(torch.log(size_q / size_g).abs().max()),
                            float(p["labels"][k] == t["labels"][j]), float(p["scores"][k])))
     e = np.asarray(errors)
-    out = {"map50": float(r["map_50"]), "map": float(r["map"])}
+    out = {"map50": float(r["map_50"]), "map": float(r["map"]), "map50_agnostic": map50_agnostic}
     if not len(e):
         return out
     print(f"  boxes >= 16 px tall ({len(e)}), the prediction overlapping each most:")
@@ -162,14 +208,37 @@ def boxes_report(preds: list[dict], gts: list[dict]) -> dict[str, float]:
     return out
 
 
+def bev_lanes_report(c: BevLaneCounts) -> dict[str, float]:
+    """Print the BEV lane analysis; return the mean IoU over types at each threshold (``bev_iou@0.5`` is the
+    evaluator's ``bev_lane_iou``: types with an empty union left out)."""
+    print(f"\nBEV lanes: cells per type, IoU at thresholds {' / '.join(map(str, BEV_THRESHOLDS))}")
+    out = {}
+    for i, th in enumerate(BEV_THRESHOLDS):
+        seen = c.union[i] > 0
+        out[f"bev_iou@{th}"] = float((c.inter[i][seen] / c.union[i][seen]).mean()) if seen.any() else 0.0
+    print("  " + " ".join(f"mean IoU @{th} {out[f'bev_iou@{th}']:.3f}" for th in BEV_THRESHOLDS))
+    for k, name in enumerate(LANE_TYPES):
+        ious = " / ".join(f"{c.inter[i, k] / max(c.union[i, k], 1):.3f}" for i in range(len(BEV_THRESHOLDS)))
+        preds = " / ".join(f"{int(c.pred[i, k])}" for i in range(len(BEV_THRESHOLDS)))
+        print(f"  {name:14s} {int(c.gt[k]):7d} cells, predicted {preds}, IoU {ious}")
+    print("  on each type's cells, the most probable type where one reaches 0.5 (fractions; 'none': none does):")
+    print("  " + " " * 14 + "".join(f"{n[:12]:>13s}" for n in (*LANE_TYPES, "none")))
+    for k, name in enumerate(LANE_TYPES):
+        row = c.confusion[k] / max(c.gt[k], 1)
+        print(f"  {name:14s}" + "".join(f"{v:13.3f}" for v in row))
+    return out
+
+
 def analyse(ckpt: str, regions: list[str], split: str = "val") -> dict[str, float]:
-    """Print both analyses; return their headline figures (for checking them against ``visionpilot-eval``)."""
-    lane_images, box_preds, box_gts, (image_size,) = collect(ckpt, regions, split)
+    """Print the analyses; return their headline figures (for checking them against ``visionpilot-eval``)."""
+    lane_images, box_preds, box_gts, (image_size,), bev_lanes = collect(ckpt, regions, split)
     out = {}
     if lane_images:
         out.update(lanes_report(lane_images, tuple(image_size)))
     if box_preds:
         out.update(boxes_report(box_preds, box_gts))
+    if bev_lanes is not None and bev_lanes.gt.sum() > 0:
+        out.update(bev_lanes_report(bev_lanes))
     return out
 
 

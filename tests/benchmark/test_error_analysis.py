@@ -67,3 +67,35 @@ def test_error_analysis_reports_the_evaluators_figures(tmp_path: Path, capsys: p
     assert figures["map50"] == pytest.approx(overall["det_map50"], abs=1e-6)
     assert figures["map"] == pytest.approx(overall["det_map"], abs=1e-6)
     assert figures["f1@0.3"] < figures["f1@0.5"] == figures["f1@0.7"]  # the thresholds are applied
+    # The decoder keeps every class right, so merging the classes loses nothing it does not also lose per class.
+    assert "class-agnostic" in printed and 0.2 < figures["map50_agnostic"] <= 1.0
+
+
+def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_type_as_confused() -> None:
+    from visionpilot.data.vocab import LANE_TYPES, lane_type_index
+    from visionpilot.models.heads.lanes_bev import LanesBEVHead
+    from visionpilot.models.view_transform import BEVGrid
+
+    script = load_script("error_analysis")
+    head = LanesBEVHead(in_channels=4, grid=BEVGrid(x_range=(-10, 20), y_range=(-8, 8), z_range=(-1, 3), cell_size=0.5, z_levels=2), head_channels=4)
+    xs = torch.arange(-10.0, 21.0, 2.0)
+    lanes = torch.zeros(2, 2, len(xs), 3)
+    lanes[:, 0, :, 1], lanes[:, 1, :, 1] = 1.75, -1.75
+    lanes[..., 0] = xs
+    batch = {"lanes_3d": lanes, "lanes_3d_valid": torch.ones(2, 2, len(xs), dtype=torch.bool),
+             "lanes_3d_types": torch.tensor([[lane_type_index("white_dashed"), lane_type_index("yellow_dashed")]] * 2),
+             "has_lanes_3d": torch.tensor([True, False])}
+    target = head.build_targets(batch)["seg"]
+    counts = script.BevLaneCounts(head)
+    counts.update(batch, target * 0.9)
+    figures = script.bev_lanes_report(counts)
+    assert figures == {"bev_iou@0.3": 1.0, "bev_iou@0.5": 1.0}
+    wd, yd = lane_type_index("white_dashed"), lane_type_index("yellow_dashed")
+    assert counts.gt[wd] == target[0, wd].sum() > 0 and counts.gt[2:].sum() == target[0, yd].sum()  # frame 1 unlabelled
+    swapped = target.clone()
+    swapped[:, wd], swapped[:, yd] = target[:, yd], target[:, wd]  # yellow called white and the reverse
+    counts = script.BevLaneCounts(head)
+    counts.update(batch, swapped * 0.9)
+    assert counts.confusion[yd, wd] == counts.gt[yd] and counts.confusion[wd, yd] == counts.gt[wd]
+    assert counts.confusion[:, len(LANE_TYPES)].sum() == 0
+    assert script.bev_lanes_report(counts)["bev_iou@0.5"] == 0.0

@@ -95,7 +95,7 @@ def test_parity_detects_a_different_model(bev_model, build_net, make_batch, hw) 
     report = check_parity(other, _session(full), [make_batch(2)], (H, W), tolerance_for("fp32"),
                           raw_session=_session(full))
     assert not report["passed"] and not report["raw_within_tolerance"]
-    assert any("raw/objects_2d.heatmap: max abs diff" in line for line in failures(report))
+    assert any("raw/objects_2d.objectness: max abs diff" in line for line in failures(report))
     assert np.isfinite(report["max_abs_diff_raw"])
 
 

@@ -165,7 +165,7 @@ def test_lanes_loss_masked_by_presence_is_zero_and_connected() -> None:
     head = LanesBEVHead(in_channels=8, grid=LANE_GRID, head_channels=8)
     feats = torch.randn(2, 8, 60, 32, requires_grad=True)
     losses = head.loss(head(feats), _lane_batch(has=(False, False)))
-    assert set(losses) == {"seg", "pos", "exist", "type", "z"}
+    assert set(losses) == {"seg", "dice", "pos", "exist", "type", "z"}
     assert all(float(v.detach()) == 0.0 for v in losses.values())
     sum(losses.values()).backward()
     assert feats.grad is not None and torch.isfinite(feats.grad).all()
@@ -249,3 +249,58 @@ def test_heads_refuse_empty_sizes_by_name(head: type, field: str, value: float, 
     # every box a radius 0 silently; the others failed deep in a conv or a topk without naming the field.
     with pytest.raises(ValueError, match=f"{head.__name__}: {field} must be {expected}, found {value}"):
         head(in_channels=8, grid=OBJ_GRID, head_channels=8, **{field: value})
+
+
+def test_lanes_dice_is_a_mean_over_the_drawn_types() -> None:
+    """The Dice term is -ln of each drawn type's soft Dice coefficient, averaged over the types the batch draws: a
+    right mask costs ~0, a missed type ln(its cells + 1) / (types drawn) whatever the others' cells; weight 0 removes
+    the term (still in the graph)."""
+    head = LanesBEVHead(in_channels=8, grid=LANE_GRID, head_channels=8)
+    batch = _lane_batch(has=(True, True))
+    t = head.build_targets(batch)
+    perfect = {**head(torch.randn(2, 8, 60, 32)), "seg": (t["seg"] * 2 - 1) * 12}
+    assert float(head.loss(perfect, batch)["dice"]) < 1e-3
+    drawn = [i for i in range(len(LANE_TYPES)) if t["seg"][:, i].sum() > 0]
+    assert len(drawn) == 4
+    for missed in ("yellow_solid", "road_edge"):
+        seg = perfect["seg"].clone()
+        seg[:, lane_type_index(missed)] = -12.0
+        cells = float(t["seg"][:, lane_type_index(missed)].sum())
+        assert float(head.loss({**perfect, "seg": seg}, batch)["dice"]) == pytest.approx(math.log(cells + 1) / 4,
+                                                                                           rel=1e-2)
+    off = LanesBEVHead(in_channels=8, grid=LANE_GRID, head_channels=8, loss_weights={"dice": 0.0})
+    feats = torch.randn(2, 8, 60, 32, requires_grad=True)
+    losses = off.loss(off(feats), batch)
+    assert float(losses["dice"].detach()) == 0.0 and losses["dice"].requires_grad
+
+
+def test_objects_objectness_class_head() -> None:
+    """class_head="objectness": one centre map and a class softmax; perfect outputs decode every box with its class;
+    the class term is the cross-entropy near the centres."""
+    head = Objects3DHead(in_channels=8, grid=OBJ_GRID, max_objects=10, class_head="objectness")
+    out = head(torch.randn(2, 8, 32, 32))
+    assert out["objectness"].shape == (2, 1, 32, 32) and out["classes"].shape == (2, len(OBJECT_CLASSES), 32, 32)
+    assert "heatmap" not in out
+    batch = _box_batch(has=(True, True))
+    assert set(head.loss(out, batch)) == {"heatmap", "classes", "offset", "z", "size", "rot"}
+    t = head.build_targets(batch)
+    b, k = t["cell"].shape
+    heat, cls = t["heatmap"].max(dim=1, keepdim=True)
+    right = F.one_hot(cls[:, 0], len(OBJECT_CLASSES)).permute(0, 3, 1, 2).float() * 20
+    outputs = {"objectness": heat.clamp(1e-4, 1 - 1e-4).logit(), "classes": right}
+    for name, dim in (("offset", 2), ("z", 1), ("size", 3), ("rot", 2)):
+        value = t[name].reshape(b, k, dim).transpose(1, 2)
+        outputs[name] = torch.zeros(b, dim, 32 * 32).scatter(2, t["cell"][:, None].expand(-1, dim, -1),
+                                                              value).reshape(b, dim, 32, 32)
+    dec = head.decode(outputs)
+    for frame in range(2):
+        top = dec["scores"][frame] > 0.99
+        assert int(top.sum()) == 3
+        for gt, c in zip(BOXES, CLASSES):
+            match = (dec["boxes"][frame][top][:, :2] - torch.tensor(gt[:2])).norm(dim=1).argmin()
+            assert int(dec["classes"][frame][top][match]) == c
+    assert float(head.loss(outputs, batch)["classes"]) < 1e-6
+    wrong = {**outputs, "classes": right.roll(1, dims=1)}
+    assert float(head.loss(wrong, batch)["classes"]) > 10.0
+    with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'x'"):
+        Objects3DHead(in_channels=8, grid=OBJ_GRID, class_head="x")

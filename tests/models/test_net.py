@@ -22,7 +22,8 @@ RAW_KEYS = {
     "lanes_2d.exist": (B, N, 4),
     "lanes_2d.columns": (B, N, 4, 12, 41),
     "lanes_2d.types": (B, N, 4, 6),
-    "objects_2d.heatmap": (B, N, 6, H // 8, W // 8),
+    "objects_2d.objectness": (B, N, 1, H // 8, W // 8),
+    "objects_2d.classes": (B, N, 6, H // 8, W // 8),
     "objects_2d.size": (B, N, 2, H // 8, W // 8),
     "objects_2d.offset": (B, N, 2, H // 8, W // 8),
 }
@@ -92,7 +93,7 @@ def test_forward_loss_decode_keys_and_shapes() -> None:
     assert {k: tuple(v.shape) for k, v in out.items()} == RAW_KEYS
     losses = net.loss(out, batch)
     assert set(losses) == {"lanes_2d.exist", "lanes_2d.columns", "lanes_2d.position", "lanes_2d.type",
-                           "objects_2d.heatmap", "objects_2d.size", "objects_2d.offset"}
+                           "objects_2d.heatmap", "objects_2d.classes", "objects_2d.size", "objects_2d.offset"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in net.heads.parameters())
@@ -228,7 +229,7 @@ def test_a_head_on_some_cameras_matches_the_full_run_there_and_reads_no_lane_els
     for key in ("lanes_2d.exist", "lanes_2d.columns", "lanes_2d.types"):
         torch.testing.assert_close(some[key][:, [0, 2]], full[key][:, [0, 2]])
         assert not torch.equal(some[key][:, 1], full[key][:, 1])
-    torch.testing.assert_close(some["objects_2d.heatmap"], full["objects_2d.heatmap"])  # other heads: every camera
+    torch.testing.assert_close(some["objects_2d.classes"], full["objects_2d.classes"])  # other heads: every camera
     assert (dec["lanes_2d.exist"][:, 1] < 1e-12).all() and not dec["lanes_2d.points_valid"][:, 1].any()
     assert (dec["lanes_2d.exist"][:, [0, 2]] > 1e-6).all()
     # Slots past a call's camera count are ignored (a latency sweep over smaller rigs): 2 cameras, head on slot 0;

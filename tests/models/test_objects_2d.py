@@ -243,3 +243,37 @@ def test_refuses_empty_sizes_and_out_of_range_probabilities_by_name(field: str, 
     # failed deep (topk, math.log, a conv) without naming the field.
     with pytest.raises(ValueError, match=f"objects_2d head: {field} must be {expected}, found {value}"):
         _head(**{field: value})
+
+
+def test_objectness_class_head_outputs_losses_and_decode() -> None:
+    """class_head="objectness": one centre map and a class softmax; perfect outputs decode every box with its class,
+    and the class term is a cross-entropy that a wrong class raises."""
+    head = _head(class_head="objectness")
+    out = _outputs(head, torch.randn(2, 16, 8, 20), 2, 1)
+    assert out["objectness"].shape == (2, 1, 1, 8, 20) and out["classes"].shape == (2, 1, 6, 8, 20)
+    assert "heatmap" not in out
+    gt = [([20.0, 10.0, 60.0, 42.0], 0), ([101.3, 20.7, 110.9, 40.2], 4), ([3.0, 33.0, 47.5, 63.0], 2)]
+    batch = _batch([gt])
+    assert set(head.loss(_outputs(head, torch.randn(1, 16, 8, 20), 1, 1), batch)) == {
+        "heatmap", "classes", "size", "offset"}
+    t = head.targets(batch, (8, 20))
+    heat, cls = t["heatmap"].max(dim=2, keepdim=True)
+    right = torch.nn.functional.one_hot(cls[:, :, 0], 6).permute(0, 1, 4, 2, 3).float() * 20.0
+    perfect = {"objectness": heat.clamp(1e-6, 1 - 1e-6).logit(), "classes": right,
+               "size": t["size_map"], "offset": t["offset_map"]}
+    dec = head.decode(perfect)
+    assert (dec["scores"][0, 0, :3] > 0.99).all() and (dec["scores"][0, 0, 3:] < 0.99).all()
+    for box, c in gt:
+        hit = (dec["classes"][0, 0, :3] == c).nonzero()[:, 0]
+        assert len(hit) == 1
+        np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1.0)
+    losses = head.loss(perfect, batch)
+    assert losses["classes"] < 1e-6
+    wrong = dict(perfect, classes=right.roll(1, dims=2))
+    assert head.loss(wrong, batch)["classes"] > 10.0
+    assert head.loss(wrong, batch)["heatmap"] == losses["heatmap"]
+
+
+def test_objectness_class_head_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'softmax'"):
+        _head(class_head="softmax")

@@ -1,7 +1,7 @@
 """Image-space 2D objects, anchor-free in the style of CenterNet ("Objects as Points", Zhou et al. 2019).
 
-On one neck level of stride ``s`` the head predicts, per cell, a centre heatmap per class, the box size and the
-sub-cell offset of the centre. Coordinates: boxes are ``x1, y1, x2, y2`` pixels of the batched image (continuous
+On one neck level of stride ``s`` the head predicts, per cell, a centre heatmap per class (or one class-agnostic
+centre heatmap and a class softmax: ``class_head``), the box size and the sub-cell offset of the centre. Coordinates: boxes are ``x1, y1, x2, y2`` pixels of the batched image (continuous
 convention of :mod:`visionpilot.geometry.frames`); a centre ``(cx, cy)`` px lies in cell
 ``(floor(cx / s), floor(cy / s))`` with offset ``cx / s - floor(cx / s)``, so decoding ``(cell + offset) * s``
 returns it exactly. Sizes are regressed as ``log(w / s), log(h / s)`` (scale-invariant L1; CenterNet's raw-pixel
@@ -45,11 +45,20 @@ class CenterNetHead(nn.Module):
         regress_area: fraction of each box's width and height, around its centre cell, whose cells regress its
             size and offset: 0 the centre cell only (CenterNet), 0.54 TTFNet's. On the 250-step demo TTFNet's did
             not beat the centre cell over two seeds (docs/benchmarks.md), so 0 is the default.
+        class_head: ``"per_class"``: CenterNet's heatmap per class, each its own focal loss. ``"objectness"``: one
+            class-agnostic centre heatmap (the same focal loss on the classes' maximum) times a softmax over the
+            classes, trained by cross-entropy on the cells near each centre; the score of class ``c`` is
+            ``sigmoid(objectness) * softmax(classes)_c`` (YOLO's objectness x class, CenterNet2's class-agnostic
+            centres). Why: per-class focal losses separate one class from the background, but a car from a truck
+            only through the small loss of a wrong class's low score; the softmax learns that separation directly.
+            Raw outputs then carry ``objectness`` (BN, 1, h, w) and ``classes`` (BN, C, h, w) logits instead of
+            ``heatmap``; decode and boxes are the same.
     """
 
     def __init__(self, in_channels: int, strides: Sequence[int], stride: int = 8,
                  num_classes: int = len(OBJECT_CLASSES), head_channels: int = 64, top_k: int = 100,
-                 min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.0) -> None:
+                 min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.0,
+                 class_head: str = "per_class") -> None:
         super().__init__()
         if stride not in strides:
             raise ValueError(f"objects_2d head: stride {stride} is not a neck level (neck strides {list(strides)}); "
@@ -62,6 +71,8 @@ class CenterNetHead(nn.Module):
             raise ValueError(f"objects_2d head: prior must be in (0, 1), found {prior}")
         if not 0.0 < min_overlap < 1.0:  # 0, 1 and beyond give a gaussian radius of 0 to every box, silently
             raise ValueError(f"objects_2d head: min_overlap must be in (0, 1), found {min_overlap}")
+        if class_head not in ("per_class", "objectness"):
+            raise ValueError(f"objects_2d head: class_head must be 'per_class' or 'objectness', found {class_head!r}")
         self.num_classes, self.top_k, self.min_overlap = num_classes, top_k, min_overlap
         self.regress_area = float(regress_area)
 
@@ -69,13 +80,26 @@ class CenterNetHead(nn.Module):
             return nn.Sequential(nn.Conv2d(in_channels, head_channels, 3, padding=1), nn.ReLU(inplace=True),
                                  nn.Conv2d(head_channels, out, 1))
 
-        self.heatmap, self.size, self.offset = branch(num_classes), branch(2), branch(2)
+        # `heatmap` is the centre branch: a map per class, or the one objectness map.
+        centre_maps = num_classes if class_head == "per_class" else 1
+        self.heatmap, self.size, self.offset = branch(centre_maps), branch(2), branch(2)
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - prior) / prior))
+        self.classes = branch(num_classes) if class_head == "objectness" else None
 
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Neck features ``{"s8": (BN, C, h, w), ...}`` -> raw outputs (see the class docstring)."""
         x = feats[self.level]
-        return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
+        if self.classes is None:
+            return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
+        return {"objectness": self.heatmap(x), "classes": self.classes(x), "size": self.size(x),
+                "offset": self.offset(x)}
+
+    @staticmethod
+    def class_scores(outputs: dict[str, Tensor]) -> Tensor:
+        """(..., C, h, w) score per class and cell from either kind of raw outputs (see ``class_head``)."""
+        if "heatmap" in outputs:
+            return outputs["heatmap"].sigmoid()
+        return outputs["objectness"].sigmoid() * outputs["classes"].softmax(dim=-3)
 
     @torch.no_grad()
     def targets(self, batch: dict[str, Tensor], feature_size: Sequence[int]) -> dict[str, Tensor]:
@@ -174,14 +198,25 @@ class CenterNetHead(nn.Module):
 
         Returns:
             ``heatmap`` (penalty-reduced focal loss summed over labelled images, divided by the number of
-            centres), ``size`` and ``offset`` (L1 over each box's regression cells, gaussian-weighted, summed over
-            x and y and averaged over boxes and the two coordinates). Zero and still in the graph when nothing is
-            labelled.
+            centres; of the objectness map with ``class_head="objectness"``), ``classes`` (that head's
+            cross-entropy, weighted per cell, see ``class_head``), ``size`` and ``offset`` (L1 over each box's
+            regression cells, gaussian-weighted, summed over x and y and averaged over boxes and the two
+            coordinates). Zero and still in the graph when nothing is labelled.
         """
-        logits = outputs["heatmap"]  # (B, N, C, h, w)
+        logits = outputs["heatmap"] if "heatmap" in outputs else outputs["objectness"]  # (B, N, C or 1, h, w)
         t = self.targets(batch, logits.shape[-2:])
         img = t["image_mask"].float()[..., None, None, None]
         heat = t["heatmap"]
+        terms = {}
+        if "classes" in outputs:
+            # The objectness target is the classes' maximum; the softmax learns the class on every cell whose
+            # centre target reaches 0.5 (the centre cell and its nearest neighbours on larger boxes, where a peak
+            # one cell off still decodes), weighted by that target, as the class the cell's target peaks in.
+            heat, cls = heat.max(dim=2, keepdim=True)  # (B, N, 1, h, w) each
+            weight = heat[:, :, 0] * (heat[:, :, 0] >= 0.5) * t["image_mask"][..., None, None]  # (B, N, h, w)
+            ce = F.cross_entropy(outputs["classes"].float().flatten(0, 1), cls[:, :, 0].flatten(0, 1),
+                                 reduction="none").view_as(weight)
+            terms["classes"] = (ce * weight).sum() / weight.sum().clamp(min=1.0)
         pos = (heat == 1).float()
         prob = logits.sigmoid()
         # logsigmoid rather than log(clamped sigmoid): exact and finite for any logit.
@@ -195,6 +230,7 @@ class CenterNetHead(nn.Module):
         offset_l = F.l1_loss(outputs["offset"], t["offset_map"], reduction="none") * weight
         return {
             "heatmap": heat_loss,
+            **terms,
             # A mean over boxes and their two coordinates (each box's cell weights sum to 1).
             "size": size_l.sum() / (2 * n_boxes),
             "offset": offset_l.sum() / (2 * n_boxes),
@@ -212,9 +248,9 @@ class CenterNetHead(nn.Module):
             ``scores`` (..., K) centre probabilities, best first; ``classes`` (..., K) int64; ``boxes`` (..., K, 4)
             ``x1, y1, x2, y2`` input pixels. When ``C * h * w < K`` the tail is padded with score 0, class -1.
         """
-        heatmap = outputs["heatmap"]
-        lead, (c, h, w) = heatmap.shape[:-3], heatmap.shape[-3:]
-        heat = heatmap.reshape(-1, c, h, w).sigmoid()  # (X, C, h, w)
+        scores_map = self.class_scores(outputs)
+        lead, (c, h, w) = scores_map.shape[:-3], scores_map.shape[-3:]
+        heat = scores_map.reshape(-1, c, h, w)  # (X, C, h, w)
         peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
         k = min(self.top_k, c * h * w)
         scores, idx = peaks.flatten(1).topk(k, dim=1)  # (X, k)

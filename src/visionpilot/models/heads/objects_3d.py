@@ -1,4 +1,5 @@
-"""3D objects on the BEV grid, CenterPoint-style: a centre heatmap per class plus box regression at the centre cell.
+"""3D objects on the BEV grid, CenterPoint-style: a centre heatmap per class plus box regression at the centre cell
+(or, with ``class_head="objectness"``, one centre heatmap times a class softmax).
 
 Targets (built in :meth:`Objects3DHead.loss` from the batch, vectorised in torch):
     ``boxes_3d`` (B, K, 7) ``x, y, z, length, width, height, yaw`` in the ego frame (box centre, yaw about +z),
@@ -28,7 +29,7 @@ from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.models.heads import require_sizes
 from visionpilot.models.view_transform import BEVGrid
 
-_LOSS_TERMS = ("heatmap", "offset", "z", "size", "rot")
+_LOSS_TERMS = ("heatmap", "classes", "offset", "z", "size", "rot")
 
 
 def gaussian_radius(length: Tensor, width: Tensor, min_overlap: float = 0.1) -> Tensor:
@@ -82,13 +83,19 @@ class Objects3DHead(nn.Module):
         max_objects: K of the fixed-size decode.
         min_radius: smallest Gaussian radius in cells (CenterPoint uses 2).
         min_overlap: IoU the Gaussian radius preserves.
-        loss_weights: multipliers per loss term (``heatmap``, ``offset``, ``z``, ``size``, ``rot``).
+        loss_weights: multipliers per loss term (``heatmap``, ``classes``, ``offset``, ``z``, ``size``, ``rot``).
+        class_head: ``"per_class"`` (CenterPoint: a heatmap per class) or ``"objectness"``: one class-agnostic centre
+            heatmap times a softmax over the classes, as the 2D head's option of that name
+            (:class:`~visionpilot.models.heads.objects_2d.CenterNetHead`); raw outputs then carry ``objectness``
+            (B, 1, X, Y) and ``classes`` (B, C, X, Y) instead of ``heatmap``.
     """
 
     def __init__(self, in_channels: int, grid: BEVGrid, num_classes: int = len(OBJECT_CLASSES),
                  head_channels: int = 64, max_objects: int = 100, min_radius: int = 2, min_overlap: float = 0.1,
-                 loss_weights: Mapping[str, float] | None = None) -> None:
+                 loss_weights: Mapping[str, float] | None = None, class_head: str = "per_class") -> None:
         super().__init__()
+        if class_head not in ("per_class", "objectness"):
+            raise ValueError(f"Objects3DHead: class_head must be 'per_class' or 'objectness', found {class_head!r}")
         require_sizes("Objects3DHead", num_classes=num_classes, max_objects=max_objects)
         if not 0.0 < min_overlap < 1.0:  # 0, 1 and beyond give a gaussian radius of 0 to every box, silently
             raise ValueError(f"Objects3DHead: min_overlap must be in (0, 1), found {min_overlap}")
@@ -105,15 +112,18 @@ class Objects3DHead(nn.Module):
             nn.BatchNorm2d(head_channels),
             nn.ReLU(inplace=True),
         )
+        centre = ({"heatmap": nn.Conv2d(head_channels, num_classes, 1)} if class_head == "per_class" else
+                  {"objectness": nn.Conv2d(head_channels, 1, 1), "classes": nn.Conv2d(head_channels, num_classes, 1)})
+        self.centre_key = "heatmap" if class_head == "per_class" else "objectness"
         self.outs = nn.ModuleDict({
-            "heatmap": nn.Conv2d(head_channels, num_classes, 1),
+            **centre,
             "offset": nn.Conv2d(head_channels, 2, 1),
             "z": nn.Conv2d(head_channels, 1, 1),
             "size": nn.Conv2d(head_channels, 3, 1),
             "rot": nn.Conv2d(head_channels, 2, 1),
         })
         # Focal-loss prior: start every cell at p = 0.1 so the many negatives do not swamp the first steps.
-        nn.init.constant_(self.outs["heatmap"].bias, -2.19)
+        nn.init.constant_(self.outs[self.centre_key].bias, -2.19)
 
     def forward(self, bev: Tensor) -> dict[str, Tensor]:
         """(B, C_in, X, Y) BEV features -> raw outputs (see the module docstring)."""
@@ -177,15 +187,24 @@ class Objects3DHead(nn.Module):
     def loss(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms, masked by ``has_boxes_3d`` (a batch without 3D boxes gives connected zeros).
 
-        ``heatmap``: CenterNet focal loss over the grid / number of centres; ``offset``, ``z``, ``size``, ``rot``:
-        L1 at the centre cells / number of boxes. Each is multiplied by its ``loss_weights`` entry.
+        ``heatmap``: CenterNet focal loss over the grid / number of centres (of the objectness map with
+        ``class_head="objectness"``, whose ``classes`` term is the class cross-entropy near the centres);
+        ``offset``, ``z``, ``size``, ``rot``: L1 at the centre cells / number of boxes. Each is multiplied by its
+        ``loss_weights`` entry.
         """
         t = self.build_targets(batch)
-        heat_logits = outputs["heatmap"]
+        heat_logits = outputs[self.centre_key]
         b = heat_logits.shape[0]
         frame_w = batch["has_boxes_3d"].to(heat_logits.dtype).reshape(b, 1, 1, 1)
-        focal, num_pos = centernet_focal_loss(heat_logits.float(), t["heatmap"], frame_w.float())
-        losses = {"heatmap": focal / num_pos.clamp(min=1.0)}
+        heat = t["heatmap"]
+        losses = {}
+        if "classes" in outputs:  # objectness x class softmax: the class learnt where the centre target is >= 0.5
+            heat, cls = heat.max(dim=1, keepdim=True)  # (B, 1, X, Y) each
+            weight = heat[:, 0] * (heat[:, 0] >= 0.5) * frame_w[:, 0].float()  # (B, X, Y)
+            ce = F.cross_entropy(outputs["classes"].float(), cls[:, 0], reduction="none")
+            losses["classes"] = (ce * weight).sum() / weight.sum().clamp(min=1.0)
+        focal, num_pos = centernet_focal_loss(heat_logits.float(), heat, frame_w.float())
+        losses["heatmap"] = focal / num_pos.clamp(min=1.0)
 
         valid = t["valid"].float()[..., None]  # (B, K, 1)
         num_boxes = valid.sum().clamp(min=1.0)
@@ -199,7 +218,10 @@ class Objects3DHead(nn.Module):
 
     def decode(self, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Top-K peaks -> ``boxes`` (B, K, 7), ``scores`` (B, K), ``classes`` (B, K) int64. Export-friendly."""
-        heat = torch.sigmoid(outputs["heatmap"])  # (B, C, X, Y)
+        if "heatmap" in outputs:
+            heat = torch.sigmoid(outputs["heatmap"])  # (B, C, X, Y)
+        else:
+            heat = torch.sigmoid(outputs["objectness"]) * outputs["classes"].softmax(dim=1)
         b, c, nx, ny = heat.shape
         peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
         heat = heat * (peaks == heat).to(heat.dtype)  # keep local maxima only
