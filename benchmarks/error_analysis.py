@@ -51,9 +51,9 @@ class BevLaneCounts:
     for each type's ground-truth cells the most probable type where one reaches 0.5 (last column: none does)."""
 
     def __init__(self, head: torch.nn.Module) -> None:
-        self.head, t = head, len(LANE_TYPES)
-        self.gt, self.inter, self.union = np.zeros(t), np.zeros((len(BEV_THRESHOLDS), t)), np.zeros((len(BEV_THRESHOLDS), t))
-        self.pred, self.confusion = np.zeros((len(BEV_THRESHOLDS), t)), np.zeros((t, t + 1))
+        self.head, t, n = head, len(LANE_TYPES), len(BEV_THRESHOLDS)
+        self.gt, self.confusion = np.zeros(t), np.zeros((t, t + 1))
+        self.pred, self.inter, self.union = np.zeros((n, t)), np.zeros((n, t)), np.zeros((n, t))
 
     def update(self, batch: dict, prob: torch.Tensor) -> None:
         t = len(LANE_TYPES)

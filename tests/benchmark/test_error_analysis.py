@@ -77,7 +77,8 @@ def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_typ
     from visionpilot.models.view_transform import BEVGrid
 
     script = load_script("error_analysis")
-    head = LanesBEVHead(in_channels=4, grid=BEVGrid(x_range=(-10, 20), y_range=(-8, 8), z_range=(-1, 3), cell_size=0.5, z_levels=2), head_channels=4)
+    grid = BEVGrid(x_range=(-10, 20), y_range=(-8, 8), z_range=(-1, 3), cell_size=0.5, z_levels=2)
+    head = LanesBEVHead(in_channels=4, grid=grid, head_channels=4)
     xs = torch.arange(-10.0, 21.0, 2.0)
     lanes = torch.zeros(2, 2, len(xs), 3)
     lanes[:, 0, :, 1], lanes[:, 1, :, 1] = 1.75, -1.75

@@ -148,9 +148,9 @@ class LanesBEVHead(nn.Module):
         """Named loss terms, masked by ``has_lanes_3d`` (a batch without 3D lanes gives connected zeros).
 
         ``seg``: sigmoid focal loss / number of line cells; ``dice``: ``-ln`` of the soft Dice coefficient per lane
-        type over the batch, averaged over the types the batch draws; ``pos``: cross-entropy over columns + absent, mean over
-        (slot, row); ``exist``: BCE per slot; ``type``: cross-entropy per filled slot; ``z``: L1 at the true
-        crossing cells. Each is multiplied by its ``loss_weights`` entry.
+        type over the batch, averaged over the types the batch draws; ``pos``: cross-entropy over columns + absent,
+        mean over (slot, row); ``exist``: BCE per slot; ``type``: cross-entropy per filled slot; ``z``: L1 at the
+        true crossing cells. Each is multiplied by its ``loss_weights`` entry.
         """
         t = self.build_targets(batch)
         seg_logits = outputs["seg"].float()

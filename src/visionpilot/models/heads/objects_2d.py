@@ -1,8 +1,9 @@
 """Image-space 2D objects, anchor-free in the style of CenterNet ("Objects as Points", Zhou et al. 2019).
 
 On one neck level of stride ``s`` the head predicts, per cell, a centre heatmap per class (or one class-agnostic
-centre heatmap and a class softmax: ``class_head``), the box size and the sub-cell offset of the centre. Coordinates: boxes are ``x1, y1, x2, y2`` pixels of the batched image (continuous
-convention of :mod:`visionpilot.geometry.frames`); a centre ``(cx, cy)`` px lies in cell
+centre heatmap and a class softmax: ``class_head``), the box size and the sub-cell offset of the centre.
+Coordinates: boxes are ``x1, y1, x2, y2`` pixels of the batched image (continuous convention of
+:mod:`visionpilot.geometry.frames`); a centre ``(cx, cy)`` px lies in cell
 ``(floor(cx / s), floor(cy / s))`` with offset ``cx / s - floor(cx / s)``, so decoding ``(cell + offset) * s``
 returns it exactly. Sizes are regressed as ``log(w / s), log(h / s)`` (scale-invariant L1; CenterNet's raw-pixel
 L1 needs a 0.1 weight to balance large boxes).
