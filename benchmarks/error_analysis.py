@@ -35,7 +35,7 @@ from torchvision.ops import box_iou
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.evaluation.cross_region import build_eval_datamodule, build_evaluator, torch_decoder
 from visionpilot.evaluation.lane_2d import lane_iou_matrix, match_lanes
-from visionpilot.models.heads.lanes_bev import lane_segments, rasterize_lines
+from visionpilot.evaluation.lanes_bev import BevGrid, rasterize_lane_batch
 from visionpilot.training.checkpoints import load_checkpoint
 
 
@@ -50,17 +50,17 @@ class BevLaneCounts:
     """Cell counts per lane type over the frames seen: ground truth, prediction and overlap at each threshold, and
     for each type's ground-truth cells the most probable type where one reaches 0.5 (last column: none does)."""
 
-    def __init__(self, head: torch.nn.Module) -> None:
-        self.head, t, n = head, len(LANE_TYPES), len(BEV_THRESHOLDS)
+    def __init__(self, grid: BevGrid, line_width: float) -> None:
+        self.grid, self.line_width, t, n = grid, line_width, len(LANE_TYPES), len(BEV_THRESHOLDS)
         self.gt, self.confusion = np.zeros(t), np.zeros((t, t + 1))
         self.pred, self.inter, self.union = np.zeros((n, t)), np.zeros((n, t)), np.zeros((n, t))
 
     def update(self, batch: dict, prob: torch.Tensor) -> None:
         t = len(LANE_TYPES)
-        pts, ok, types = lane_segments(batch["lanes_3d"], batch["lanes_3d_valid"], batch["lanes_3d_types"], t,
-                                       batch["has_lanes_3d"])
         frames = batch["has_lanes_3d"].bool()
-        gt = (rasterize_lines(pts, ok, types, self.head.grid, t, self.head.line_width) > 0)[frames]
+        # The evaluator's ground truth: the head's own rasteriser (evaluation/lanes_bev.py).
+        gt = rasterize_lane_batch(batch["lanes_3d"], batch["lanes_3d_valid"], batch["lanes_3d_types"], self.grid, t,
+                                  self.line_width)[frames]
         prob = prob.float()[frames]
         self.gt += gt.sum(dim=(0, 2, 3)).numpy()
         for i, th in enumerate(BEV_THRESHOLDS):
@@ -85,7 +85,8 @@ def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list
     decode = torch_decoder(loaded.net)
     lane_images, box_preds, box_gts = [], [], []
     bev = getattr(loaded.net, "bev", None)
-    bev_lanes = BevLaneCounts(bev.heads["lanes"]) if bev is not None and "lanes" in bev.heads else None
+    has_lanes = bev is not None and "lanes" in bev.heads and ev.bev_grid is not None
+    bev_lanes = BevLaneCounts(ev.bev_grid, ev.bev_line_width) if has_lanes else None
     for batch in loader:
         d = decode(batch)
         if bev_lanes is not None and "bev.lanes_seg_prob" in d:

@@ -73,6 +73,7 @@ def test_error_analysis_reports_the_evaluators_figures(tmp_path: Path, capsys: p
 
 def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_type_as_confused() -> None:
     from visionpilot.data.vocab import LANE_TYPES, lane_type_index
+    from visionpilot.evaluation.lanes_bev import BevGrid
     from visionpilot.models.heads.lanes_bev import LanesBEVHead
     from visionpilot.models.view_transform import BEVGrid
 
@@ -87,7 +88,8 @@ def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_typ
              "lanes_3d_types": torch.tensor([[lane_type_index("white_dashed"), lane_type_index("yellow_dashed")]] * 2),
              "has_lanes_3d": torch.tensor([True, False])}
     target = head.build_targets(batch)["seg"]
-    counts = script.BevLaneCounts(head)
+    evaluator_grid, width_m = BevGrid.from_any(grid), head.line_width * grid.cell_size  # as build_evaluator gives
+    counts = script.BevLaneCounts(evaluator_grid, width_m)
     counts.update(batch, target * 0.9)
     figures = script.bev_lanes_report(counts)
     assert figures == {"bev_iou@0.3": 1.0, "bev_iou@0.5": 1.0}
@@ -95,7 +97,7 @@ def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_typ
     assert counts.gt[wd] == target[0, wd].sum() > 0 and counts.gt[2:].sum() == target[0, yd].sum()  # frame 1 unlabelled
     swapped = target.clone()
     swapped[:, wd], swapped[:, yd] = target[:, yd], target[:, wd]  # yellow called white and the reverse
-    counts = script.BevLaneCounts(head)
+    counts = script.BevLaneCounts(evaluator_grid, width_m)
     counts.update(batch, swapped * 0.9)
     assert counts.confusion[yd, wd] == counts.gt[yd] and counts.confusion[wd, yd] == counts.gt[wd]
     assert counts.confusion[:, len(LANE_TYPES)].sum() == 0

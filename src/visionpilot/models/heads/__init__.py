@@ -12,6 +12,7 @@ lane heads (image and BEV) build their convolutions and read lines out the same 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -22,6 +23,26 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     back-propagates zeros instead of breaking ``backward()`` or producing NaN.
     """
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def objectness_scores(objectness: Tensor, classes: Tensor, dim: int) -> Tensor:
+    """``class_head="objectness"`` of the centre-heatmap heads (2D and BEV boxes): the score of each class,
+    ``sigmoid(objectness) * softmax(classes)`` over the class dimension ``dim`` (objectness has size 1 there)."""
+    return objectness.sigmoid() * classes.softmax(dim=dim)
+
+
+def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The objectness head's targets from the per-class gaussian centre targets ``heatmap`` (classes along ``dim``).
+
+    Returns the class-agnostic centre target (the classes' maximum, size 1 along ``dim``) for the focal loss, and the
+    class cross-entropy of ``class_logits``: on every cell whose centre target reaches 0.5 (the centre cell and, on
+    larger objects, its nearest neighbours, where a peak one cell off still decodes), weighted by that target, as the
+    class the cell's target peaks in; ``mask`` (broadcastable to the agnostic target) leaves unlabelled images out.
+    """
+    heat, cls = heatmap.max(dim=dim, keepdim=True)
+    weight = (heat * (heat >= 0.5) * mask).squeeze(dim)
+    ce = F.cross_entropy(class_logits.float().movedim(dim, 1), cls.squeeze(dim), reduction="none")
+    return heat, masked_mean(ce, weight)
 
 
 def require_sizes(owner: str, **sizes: int) -> None:

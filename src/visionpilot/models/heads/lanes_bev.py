@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from visionpilot.data.vocab import LANE_TYPES
-from visionpilot.models.heads import conv_bn_relu, line_weights, require_sizes
+from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean, require_sizes
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("seg", "dice", "pos", "exist", "type", "z")
@@ -178,7 +178,7 @@ class LanesBEVHead(nn.Module):
             total = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
             drawn = (target.sum(dim=(0, 2, 3)) > 0).float()
             dice = -torch.log((2.0 * inter + 1.0) / (total + 1.0))
-            dice_loss = (dice * drawn).sum() / drawn.sum().clamp(min=1.0)
+            dice_loss = masked_mean(dice, drawn)
         else:
             dice_loss = seg_logits.sum() * 0.0  # in the graph, as every term
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import require_sizes
+from visionpilot.models.heads import objectness_scores, objectness_targets, require_sizes
 
 
 class CenterNetHead(nn.Module):
@@ -100,7 +100,7 @@ class CenterNetHead(nn.Module):
         """(..., C, h, w) score per class and cell from either kind of raw outputs (see ``class_head``)."""
         if "heatmap" in outputs:
             return outputs["heatmap"].sigmoid()
-        return outputs["objectness"].sigmoid() * outputs["classes"].softmax(dim=-3)
+        return objectness_scores(outputs["objectness"], outputs["classes"], dim=-3)
 
     @torch.no_grad()
     def targets(self, batch: dict[str, Tensor], feature_size: Sequence[int]) -> dict[str, Tensor]:
@@ -209,15 +209,8 @@ class CenterNetHead(nn.Module):
         img = t["image_mask"].float()[..., None, None, None]
         heat = t["heatmap"]
         terms = {}
-        if "classes" in outputs:
-            # The objectness target is the classes' maximum; the softmax learns the class on every cell whose
-            # centre target reaches 0.5 (the centre cell and its nearest neighbours on larger boxes, where a peak
-            # one cell off still decodes), weighted by that target, as the class the cell's target peaks in.
-            heat, cls = heat.max(dim=2, keepdim=True)  # (B, N, 1, h, w) each
-            weight = heat[:, :, 0] * (heat[:, :, 0] >= 0.5) * t["image_mask"][..., None, None]  # (B, N, h, w)
-            ce = F.cross_entropy(outputs["classes"].float().flatten(0, 1), cls[:, :, 0].flatten(0, 1),
-                                 reduction="none").view_as(weight)
-            terms["classes"] = (ce * weight).sum() / weight.sum().clamp(min=1.0)
+        if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, N, 1, h, w)
+            heat, terms["classes"] = objectness_targets(heat, outputs["classes"], img, dim=2)
         pos = (heat == 1).float()
         prob = logits.sigmoid()
         # logsigmoid rather than log(clamped sigmoid): exact and finite for any logit.

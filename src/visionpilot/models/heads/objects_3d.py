@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import require_sizes
+from visionpilot.models.heads import objectness_scores, objectness_targets, require_sizes
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("heatmap", "classes", "offset", "z", "size", "rot")
@@ -198,11 +198,8 @@ class Objects3DHead(nn.Module):
         frame_w = batch["has_boxes_3d"].to(heat_logits.dtype).reshape(b, 1, 1, 1)
         heat = t["heatmap"]
         losses = {}
-        if "classes" in outputs:  # objectness x class softmax: the class learnt where the centre target is >= 0.5
-            heat, cls = heat.max(dim=1, keepdim=True)  # (B, 1, X, Y) each
-            weight = heat[:, 0] * (heat[:, 0] >= 0.5) * frame_w[:, 0].float()  # (B, X, Y)
-            ce = F.cross_entropy(outputs["classes"].float(), cls[:, 0], reduction="none")
-            losses["classes"] = (ce * weight).sum() / weight.sum().clamp(min=1.0)
+        if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, 1, X, Y)
+            heat, losses["classes"] = objectness_targets(heat, outputs["classes"], frame_w.float(), dim=1)
         focal, num_pos = centernet_focal_loss(heat_logits.float(), heat, frame_w.float())
         losses["heatmap"] = focal / num_pos.clamp(min=1.0)
 
@@ -221,7 +218,7 @@ class Objects3DHead(nn.Module):
         if "heatmap" in outputs:
             heat = torch.sigmoid(outputs["heatmap"])  # (B, C, X, Y)
         else:
-            heat = torch.sigmoid(outputs["objectness"]) * outputs["classes"].softmax(dim=1)
+            heat = objectness_scores(outputs["objectness"], outputs["classes"], dim=1)
         b, c, nx, ny = heat.shape
         peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
         heat = heat * (peaks == heat).to(heat.dtype)  # keep local maxima only
