@@ -268,6 +268,10 @@ def test_lanes_dice_is_a_mean_over_the_drawn_types() -> None:
         cells = float(t["seg"][:, lane_type_index(missed)].sum())
         assert float(head.loss({**perfect, "seg": seg}, batch)["dice"]) == pytest.approx(math.log(cells + 1) / 4,
                                                                                            rel=1e-2)
+    with pytest.raises(ValueError, match=r"LanesBEVHead: loss_weights has no term \['dise'\]"):  # it weighed nothing
+        LanesBEVHead(in_channels=8, grid=LANE_GRID, loss_weights={"dise": 0.0})
+    with pytest.raises(ValueError, match=r"Objects3DHead: loss_weights has no term \['offest'\]"):
+        Objects3DHead(in_channels=8, grid=OBJ_GRID, loss_weights={"offest": 2.0})
     off = LanesBEVHead(in_channels=8, grid=LANE_GRID, head_channels=8, loss_weights={"dice": 0.0})
     feats = torch.randn(2, 8, 60, 32, requires_grad=True)
     losses = off.loss(off(feats), batch)
@@ -304,3 +308,4 @@ def test_objects_objectness_class_head() -> None:
     assert float(head.loss(wrong, batch)["classes"]) > 10.0
     with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'x'"):
         Objects3DHead(in_channels=8, grid=OBJ_GRID, class_head="x")
+

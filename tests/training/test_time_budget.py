@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -28,18 +30,19 @@ class _Lr(L.Callback):
         self.used[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
 
 
-def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes: float = 1.0,
-         ckpt_path: str | None = None, save_every: int | None = None,
-         max_epochs: int = -1) -> tuple[L.Trainer, TimeBudget | None, _Lr]:
+def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | Callable[[int], float] | None,
+         minutes: float = 1.0, ckpt_path: str | None = None, save_every: int | None = None,
+         max_epochs: int = -1, **budget_kwargs: Any) -> tuple[L.Trainer, TimeBudget | None, _Lr]:
     """A real PerceptionModule (warm-up 5 %, cosine to 5 %) on a tiny net; the budget's clock reads
-    ``global_step * seconds_per_step`` (None: no budget)."""
+    ``global_step * seconds_per_step``, or ``seconds_per_step(global_step)`` when it is a function of the step
+    (None: no budget)."""
     module = PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=0.05,
                               min_lr_ratio=MIN_RATIO)
     lr = _Lr()
     callbacks: list[L.Callback] = [lr]
     budget = None
     if seconds_per_step is not None:
-        budget = TimeBudget(minutes=minutes)
+        budget = TimeBudget(minutes=minutes, **budget_kwargs)
         callbacks.append(budget)
     if save_every:
         callbacks.append(ModelCheckpoint(tmp_path, every_n_train_steps=save_every, save_top_k=-1,
@@ -50,7 +53,8 @@ def _fit(tmp_path: Path, max_steps: int, seconds_per_step: float | None, minutes
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                         default_root_dir=tmp_path)
     if budget is not None:
-        budget.clock = lambda: trainer.global_step * seconds_per_step
+        elapsed = seconds_per_step if callable(seconds_per_step) else lambda step: step * seconds_per_step
+        budget.clock = lambda: elapsed(trainer.global_step)
     trainer.fit(module, DataLoader(_NormFrames(), batch_size=2), ckpt_path=ckpt_path, weights_only=False)
     return trainer, budget, lr
 
@@ -88,6 +92,54 @@ def test_a_budget_spent_before_the_plan_stops_at_the_plan(tmp_path: Path) -> Non
     assert trainer.global_step == budget.planned_steps == 20
 
 
+def _two_speeds(before: float, after: float, switch: int = 100) -> Callable[[int], float]:
+    """Seconds elapsed at a step: ``before`` per step up to ``switch``, then ``after``."""
+    return lambda step: before * min(step, switch) + after * max(step - switch, 0)
+
+
+def test_a_plan_made_on_a_busy_machine_is_corrected_when_it_is_quiet_again(tmp_path: Path) -> None:
+    # Another job halves the speed for the first 100 steps (0.5 s per step instead of 0.25): the plan at step 20
+    # is 240 steps in two minutes; from step 120 the re-measurement sees 0.25 s per step with 65 s left.
+    trainer, budget, lr = _fit(tmp_path, max_steps=1000, seconds_per_step=_two_speeds(0.5, 0.25), minutes=2.0,
+                               plan_at=[20], replan_every=20)
+    assert trainer.global_step == budget.planned_steps == 120 + 260
+    assert budget.clock() == pytest.approx(120.0)  # the budget spent to the second, not 55 s of it unused
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(LR * MIN_RATIO)  # the cosine ends with it
+    # From the re-plan on, the steps use the rates of a 380-step run (stretched, not restarted: no second warm-up).
+    _, _, fixed = _fit(tmp_path / "fixed", max_steps=380, seconds_per_step=None)
+    assert [lr.used[s] for s in range(121, 380)] == pytest.approx([fixed.used[s] for s in range(121, 380)])
+
+
+def test_a_machine_that_slows_down_still_ends_within_the_budget(tmp_path: Path) -> None:
+    trainer, budget, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=_two_speeds(0.25, 0.5), minutes=2.0,
+                              plan_at=[20], replan_every=20)
+    # Planned 480 steps at 0.25 s; at step 120, 85 s left at 0.5 s per step.
+    assert trainer.global_step == budget.planned_steps == 120 + 170
+    assert budget.clock() == pytest.approx(120.0)
+    # Without re-plans the run keeps its first plan and overruns the budget by two thirds.
+    trainer, budget, _ = _fit(tmp_path / "fixed", max_steps=1000, seconds_per_step=_two_speeds(0.25, 0.5),
+                              minutes=2.0, plan_at=[20], replan_every=0)
+    assert trainer.global_step == 480 and budget.clock() == pytest.approx(25 + 380 * 0.5)
+
+
+def test_small_changes_of_speed_leave_the_length_alone(tmp_path: Path) -> None:
+    # 4 % faster from step 100: a re-plan would add 5 steps (2 %), under replan_change=0.05.
+    speeds = _two_speeds(0.5, 0.48)
+    trainer, budget, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=speeds, minutes=2.0, plan_at=[20],
+                              replan_every=20, round_to=1)
+    assert trainer.global_step == budget.planned_steps == 240
+    trainer, budget, _ = _fit(tmp_path / "any", max_steps=1000, seconds_per_step=speeds, minutes=2.0, plan_at=[20],
+                              replan_every=20, round_to=1, replan_change=0.0)
+    assert trainer.global_step == 245
+
+
+def test_late_in_the_run_the_length_is_not_changed(tmp_path: Path) -> None:
+    # The speed halves at step 200 of a 240-step plan: past replan_until (0.75), the run keeps its length.
+    trainer, budget, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=_two_speeds(0.5, 1.0, switch=200),
+                              minutes=2.0, plan_at=[20], replan_every=20)
+    assert trainer.global_step == budget.planned_steps == 240
+
+
 def test_a_resumed_run_keeps_the_length_its_first_process_planned(tmp_path: Path) -> None:
     first, _, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=0.5, save_every=60)
     assert first.global_step == 120
@@ -100,7 +152,10 @@ def test_a_resumed_run_keeps_the_length_its_first_process_planned(tmp_path: Path
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"minutes": 0}, "minutes"), ({"minutes": float("nan")}, "minutes"),
                                                 ({"minutes": 1, "plan_at": [3]}, "plan_at"),
-                                                ({"minutes": 1, "round_to": 0}, "round_to")])
+                                                ({"minutes": 1, "round_to": 0}, "round_to"),
+                                                ({"minutes": 1, "replan_every": -1}, "replan_every"),
+                                                ({"minutes": 1, "replan_change": -0.1}, "replan_change"),
+                                                ({"minutes": 1, "replan_until": 1.5}, "replan_until")])
 def test_bad_budget_settings_are_refused_by_name(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"callbacks.time_budget.{field}"):
         TimeBudget(**kwargs)

@@ -79,6 +79,9 @@ class LanesBEVHead(nn.Module):
         self.score_threshold = score_threshold
         self.window = window
         weights = dict.fromkeys(_LOSS_TERMS, 1.0)
+        unknown = sorted(set(loss_weights or {}) - set(_LOSS_TERMS))
+        if unknown:  # a misspelt term would otherwise weigh nothing, silently
+            raise ValueError(f"LanesBEVHead: loss_weights has no term {unknown}; the terms are {list(_LOSS_TERMS)}")
         weights.update(loss_weights or {})
         self.loss_weights = weights
         # Normalised (x, y) coordinate channels: slot order is ego-relative, so the head must know where it is.

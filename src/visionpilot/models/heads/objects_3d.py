@@ -105,6 +105,9 @@ class Objects3DHead(nn.Module):
         self.min_radius = min_radius
         self.min_overlap = min_overlap
         weights = dict.fromkeys(_LOSS_TERMS, 1.0)
+        unknown = sorted(set(loss_weights or {}) - set(_LOSS_TERMS))
+        if unknown:  # a misspelt term would otherwise weigh nothing, silently
+            raise ValueError(f"Objects3DHead: loss_weights has no term {unknown}; the terms are {list(_LOSS_TERMS)}")
         weights.update(loss_weights or {})
         self.loss_weights = weights
         self.shared = nn.Sequential(
