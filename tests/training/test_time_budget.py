@@ -140,6 +140,43 @@ def test_late_in_the_run_the_length_is_not_changed(tmp_path: Path) -> None:
     assert trainer.global_step == budget.planned_steps == 240
 
 
+class _Validations(L.Callback):
+    """Simulated validations of ``seconds`` every ``every`` steps, after the step's other hooks (as Lightning runs
+    them): the budget's clock jumps by ``seconds`` between its validation hooks. Records the planned length after
+    every step."""
+
+    def __init__(self, budget: TimeBudget, every: int, seconds: float) -> None:
+        self.budget, self.every, self.seconds, self.extra, self.planned = budget, every, seconds, 0.0, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step % self.every == 0:
+            self.budget.on_validation_start(trainer, pl_module)
+            self.extra += self.seconds
+            self.budget.on_validation_end(trainer, pl_module)
+        self.planned.append(self.budget.planned_steps)
+
+
+def test_validations_during_the_run_are_spent_but_not_taken_for_slow_steps(tmp_path: Path) -> None:
+    """0.25 s per step and a 10 s validation every 50 steps in two minutes. Until the first validation the plan is
+    480 steps; from it on, each step costs 0.25 s plus 0.2 s of validations to come, so 270 steps (five validations)
+    fit, and the length stays there. Counted as steps, a window holding a validation would read 0.75 s per step and
+    shrink the run, the next quiet window stretch it back; a share of all steps done would jump after each one."""
+    module = PerceptionModule(_NormNet(), functools.partial(torch.optim.AdamW, lr=LR), warmup_steps=0.05,
+                              min_lr_ratio=MIN_RATIO)
+    budget = TimeBudget(minutes=2.0, plan_at=[20], replan_every=20)
+    validations = _Validations(budget, every=50, seconds=10.0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1000, max_epochs=-1, val_check_interval=1000,
+                        check_val_every_n_epoch=None, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[budget, validations],
+                        default_root_dir=tmp_path)
+    budget.clock = lambda: trainer.global_step * 0.25 + validations.extra
+    trainer.fit(module, DataLoader(_NormFrames(), batch_size=2))
+    planned = validations.planned
+    lengths = [p for i, p in enumerate(planned) if p is not None and (i == 0 or p != planned[i - 1])]
+    assert lengths == [480, 270] and trainer.global_step == 270
+    assert budget.paused == pytest.approx(50.0) and budget.clock() == pytest.approx(270 * 0.25 + 50.0)  # <= 120 s
+
+
 def test_a_resumed_run_keeps_the_length_its_first_process_planned(tmp_path: Path) -> None:
     first, _, _ = _fit(tmp_path, max_steps=1000, seconds_per_step=0.5, save_every=60)
     assert first.global_step == 120

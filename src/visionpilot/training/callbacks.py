@@ -141,8 +141,9 @@ class TimeBudget(L.Callback):
     ``plan_at``. The budget counts from the start of training: start-up before it and the validation that ends the
     run come on top. The planned length is rounded down to a multiple of ``round_to`` and logged.
 
-    Each plan takes the seconds per step of the steps since the previous one, the machine's speed now, and the
-    seconds actually left. After the last of ``plan_at`` the run is re-measured every ``replan_every`` steps, and
+    Each plan takes the seconds per step of the steps since the previous one, the machine's speed now (validations
+    in between left out: they are not steps), plus the validation seconds per step up to the last validation
+    (validations to come, at the rate they came), and the seconds actually left. After the last of ``plan_at`` the run is re-measured every ``replan_every`` steps, and
     a new length is taken only when it differs from the plan by more than ``replan_change`` (a fraction), and only
     in the first ``replan_until`` of the run (a later change would bend the end of the cosine): a plan made while
     another job shared the machine is corrected once it is gone (the run was short by ~260 steps of 1,300 after a
@@ -193,6 +194,9 @@ class TimeBudget(L.Callback):
         self.clock: Callable[[], float] = time.monotonic
         self.planned_steps: int | None = None  # the run's length once planned; kept across a resume
         self.restored = False
+        self.start_step = 0
+        self.paused, self.paused_steps = 0.0, 0  # validation seconds since training started; steps at the last one
+        self._validating_since: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"planned_steps": self.planned_steps}
@@ -213,6 +217,8 @@ class TimeBudget(L.Callback):
         self.start = self.clock()
         self.timed_from: float | None = None  # the clock at the previous measurement (None: not timing yet)
         self.timed_steps = 0  # the steps done at it
+        self.paused, self.paused_steps = 0.0, 0  # the sanity check's validation is not part of the run
+        self.paused_from = 0.0  # the validation seconds at the previous measurement
         if self.restored:  # a resumed run: the length its first process planned, not a new plan from this one
             self.apply(trainer, pl_module, int(self.planned_steps))
 
@@ -222,17 +228,22 @@ class TimeBudget(L.Callback):
             return
         done = trainer.global_step - self.start_step
         if done == self.skip_steps and self.timed_from is None:
-            self.timed_from, self.timed_steps = self.clock(), done
+            self.timed_from, self.timed_steps, self.paused_from = self.clock(), done, self.paused
         last = self.plan_at[-1]
         replan = self.replan_every > 0 and done > last and (done - last) % self.replan_every == 0
         if (done not in self.plan_at and not replan) or self.timed_from is None:
             return
         now = self.clock()
         window = done - self.timed_steps
-        per_step = (now - self.timed_from) / window  # the speed since the previous measurement
-        self.timed_from, self.timed_steps = now, done
+        # The speed since the previous measurement, validations left out (a validation every N steps would
+        # otherwise shrink the run after each one and stretch it back after the next quiet window).
+        per_step = max(now - self.timed_from - (self.paused - self.paused_from), 0.0) / window
+        self.timed_from, self.timed_steps, self.paused_from = now, done, self.paused
         left = self.minutes * 60 - (now - self.start)
-        steps = trainer.global_step + max(int(left / per_step), 0)
+        # A step and its share of the validations to come (every N steps: the rate up to the last one, which does
+        # not jump after each validation as a share of all steps done would).
+        cost = per_step + (self.paused / self.paused_steps if self.paused_steps else 0.0)
+        steps = trainer.global_step + (max(int(left / cost), 0) if cost > 0 else self.upper)
         steps = max(min(steps // self.round_to * self.round_to, self.upper), trainer.global_step)
         steps = int(trainer.strategy.broadcast(steps, src=0))  # every rank stops at the same step
         if replan and (trainer.global_step >= self.replan_until * self.planned_steps
@@ -243,6 +254,15 @@ class TimeBudget(L.Callback):
                      "configured length; callbacks.time_budget=null trains all of them)", self.minutes, per_step,
                      window, steps, self.upper)
         self.apply(trainer, pl_module, steps)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating_since = self.clock()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validating_since is not None:
+            self.paused += self.clock() - self._validating_since
+            self.paused_steps = trainer.global_step - self.start_step
+            self._validating_since = None
 
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> None:
         """Make ``steps`` the run's length: the loop's ``max_steps``, the validation that was set for the last step,
