@@ -308,4 +308,3 @@ def test_objects_objectness_class_head() -> None:
     assert float(head.loss(wrong, batch)["classes"]) > 10.0
     with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'x'"):
         Objects3DHead(in_channels=8, grid=OBJ_GRID, class_head="x")
-

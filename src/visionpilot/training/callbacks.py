@@ -143,11 +143,12 @@ class TimeBudget(L.Callback):
 
     Each plan takes the seconds per step of the steps since the previous one, the machine's speed now (validations
     in between left out: they are not steps), plus the validation seconds per step up to the last validation
-    (validations to come, at the rate they came), and the seconds actually left. After the last of ``plan_at`` the run is re-measured every ``replan_every`` steps, and
-    a new length is taken only when it differs from the plan by more than ``replan_change`` (a fraction), and only
-    in the first ``replan_until`` of the run (a later change would bend the end of the cosine): a plan made while
-    another job shared the machine is corrected once it is gone (the run was short by ~260 steps of 1,300 after a
-    20-second test run in its first minutes), and a machine that slows down later still ends within the budget.
+    (validations to come, at the rate they came), and the seconds actually left. After the last of ``plan_at`` the
+    run is re-measured every ``replan_every`` steps, and a new length is taken only when it differs from the plan by
+    more than ``replan_change`` (a fraction), and only in the first ``replan_until`` of the run (a later change
+    would bend the end of the cosine): a plan made while another job shared the machine is corrected once it is
+    gone (the run was short by ~260 steps of 1,300 after a 20-second test run in its first minutes), and a machine
+    that slows down later still ends within the budget.
     On a quiet machine the steps' speed varies by a few percent, so re-plans change nothing there and the run is
     reproducible with ``trainer.max_steps=<the length>`` and no budget (``callbacks.time_budget=null``); the log
     names every change of length. A resumed run keeps the length its first process planned (stored in the
