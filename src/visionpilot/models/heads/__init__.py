@@ -12,6 +12,8 @@ lane heads (image and BEV) build their convolutions and read lines out the same 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,10 +27,13 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def objectness_scores(objectness: Tensor, classes: Tensor, dim: int) -> Tensor:
-    """``class_head="objectness"`` of the centre-heatmap heads (2D and BEV boxes): the score of each class,
-    ``sigmoid(objectness) * softmax(classes)`` over the class dimension ``dim`` (objectness has size 1 there)."""
-    return objectness.sigmoid() * classes.softmax(dim=dim)
+def centre_scores(outputs: Mapping[str, Tensor], dim: int) -> Tensor:
+    """The score of each class and cell of the centre-heatmap heads (2D and BEV boxes), classes along ``dim``: from
+    ``class_head="per_class"``'s ``heatmap`` its sigmoid; from ``class_head="objectness"``'s outputs
+    ``sigmoid(objectness) * softmax(classes)`` over the classes (objectness has size 1 there)."""
+    if "heatmap" in outputs:
+        return outputs["heatmap"].sigmoid()
+    return outputs["objectness"].sigmoid() * outputs["classes"].softmax(dim=dim)
 
 
 def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -43,6 +48,15 @@ def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor, dim:
     weight = (heat * (heat >= 0.5) * mask).squeeze(dim)
     ce = F.cross_entropy(class_logits.float().movedim(dim, 1), cls.squeeze(dim), reduction="none")
     return heat, masked_mean(ce, weight)
+
+
+def weights_per_term(owner: str, terms: Sequence[str], given: Mapping[str, float] | None) -> dict[str, float]:
+    """A head's multiplier per loss term: 1 unless ``given``; a term the head does not have is refused by name (a
+    misspelt one would otherwise weigh nothing, silently)."""
+    unknown = sorted(set(given or {}) - set(terms))
+    if unknown:
+        raise ValueError(f"{owner}: loss_weights has no term {unknown}; the terms are {list(terms)}")
+    return {**dict.fromkeys(terms, 1.0), **(given or {})}
 
 
 def require_sizes(owner: str, **sizes: int) -> None:

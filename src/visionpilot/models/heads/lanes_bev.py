@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from visionpilot.data.vocab import LANE_TYPES
-from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean, require_sizes
+from visionpilot.models.heads import conv_bn_relu, line_weights, masked_mean, require_sizes, weights_per_term
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("seg", "dice", "pos", "exist", "type", "z")
@@ -78,12 +78,7 @@ class LanesBEVHead(nn.Module):
         self.line_width = line_width
         self.score_threshold = score_threshold
         self.window = window
-        weights = dict.fromkeys(_LOSS_TERMS, 1.0)
-        unknown = sorted(set(loss_weights or {}) - set(_LOSS_TERMS))
-        if unknown:  # a misspelt term would otherwise weigh nothing, silently
-            raise ValueError(f"LanesBEVHead: loss_weights has no term {unknown}; the terms are {list(_LOSS_TERMS)}")
-        weights.update(loss_weights or {})
-        self.loss_weights = weights
+        self.loss_weights = weights_per_term("LanesBEVHead", _LOSS_TERMS, loss_weights)
         # Normalised (x, y) coordinate channels: slot order is ego-relative, so the head must know where it is.
         xs = grid.x_centers() / max(abs(grid.x_range[0]), abs(grid.x_range[1]))
         ys = grid.y_centers() / max(abs(grid.y_range[0]), abs(grid.y_range[1]))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import objectness_scores, objectness_targets, require_sizes
+from visionpilot.models.heads import centre_scores, objectness_targets, require_sizes
 
 
 class CenterNetHead(nn.Module):
@@ -94,13 +94,6 @@ class CenterNetHead(nn.Module):
             return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
         return {"objectness": self.heatmap(x), "classes": self.classes(x), "size": self.size(x),
                 "offset": self.offset(x)}
-
-    @staticmethod
-    def class_scores(outputs: dict[str, Tensor]) -> Tensor:
-        """(..., C, h, w) score per class and cell from either kind of raw outputs (see ``class_head``)."""
-        if "heatmap" in outputs:
-            return outputs["heatmap"].sigmoid()
-        return objectness_scores(outputs["objectness"], outputs["classes"], dim=-3)
 
     @torch.no_grad()
     def targets(self, batch: dict[str, Tensor], feature_size: Sequence[int]) -> dict[str, Tensor]:
@@ -242,7 +235,7 @@ class CenterNetHead(nn.Module):
             ``scores`` (..., K) centre probabilities, best first; ``classes`` (..., K) int64; ``boxes`` (..., K, 4)
             ``x1, y1, x2, y2`` input pixels. When ``C * h * w < K`` the tail is padded with score 0, class -1.
         """
-        scores_map = self.class_scores(outputs)
+        scores_map = centre_scores(outputs, dim=-3)  # (..., C, h, w)
         lead, (c, h, w) = scores_map.shape[:-3], scores_map.shape[-3:]
         heat = scores_map.reshape(-1, c, h, w)  # (X, C, h, w)
         peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import objectness_scores, objectness_targets, require_sizes
+from visionpilot.models.heads import centre_scores, objectness_targets, require_sizes, weights_per_term
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("heatmap", "classes", "offset", "z", "size", "rot")
@@ -104,12 +104,7 @@ class Objects3DHead(nn.Module):
         self.max_objects = min(max_objects, num_classes * grid.nx * grid.ny)
         self.min_radius = min_radius
         self.min_overlap = min_overlap
-        weights = dict.fromkeys(_LOSS_TERMS, 1.0)
-        unknown = sorted(set(loss_weights or {}) - set(_LOSS_TERMS))
-        if unknown:  # a misspelt term would otherwise weigh nothing, silently
-            raise ValueError(f"Objects3DHead: loss_weights has no term {unknown}; the terms are {list(_LOSS_TERMS)}")
-        weights.update(loss_weights or {})
-        self.loss_weights = weights
+        self.loss_weights = weights_per_term("Objects3DHead", _LOSS_TERMS, loss_weights)
         self.shared = nn.Sequential(
             nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(head_channels),
@@ -218,10 +213,7 @@ class Objects3DHead(nn.Module):
 
     def decode(self, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Top-K peaks -> ``boxes`` (B, K, 7), ``scores`` (B, K), ``classes`` (B, K) int64. Export-friendly."""
-        if "heatmap" in outputs:
-            heat = torch.sigmoid(outputs["heatmap"])  # (B, C, X, Y)
-        else:
-            heat = objectness_scores(outputs["objectness"], outputs["classes"], dim=1)
+        heat = centre_scores(outputs, dim=1)  # (B, C, X, Y)
         b, c, nx, ny = heat.shape
         peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
         heat = heat * (peaks == heat).to(heat.dtype)  # keep local maxima only
