@@ -13,6 +13,11 @@ Runs the checkpoint over the split of the regions (its own data config, as ``vis
   per class, AP@0.5 by ground-truth height, and for boxes at least 16 px tall how far the prediction that overlaps
   each most is off (centre error / size, log size ratio, right class, score); and AP@0.5 with every class merged
   into one (how much of the gap is the class, not the box);
+- BEV boxes (models with the bird's-eye-view box head; ``PerceptionEvaluator.bev_box_frames``, nuScenes' class
+  ranges applied as the evaluator does): mAP at each centre distance, the same detections with every class merged
+  into one, and per class AP at each distance, recall at 4 m of all the top-K predictions, and what the confident
+  false positives are (on another class's object: the class; near one of their own already found: a duplicate
+  peak; elsewhere);
 - BEV lanes (models with the bird's-eye-view branch): per lane type the ground truth's and the prediction's cells,
   the IoU at probability thresholds 0.3 and 0.5 (the metric's), and what the model predicts on each type's cells
   (the most probable type where one reaches 0.5, or none).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,6 +40,7 @@ from torchvision.ops import box_iou
 
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.evaluation.cross_region import build_eval_datamodule, build_evaluator, torch_decoder
+from visionpilot.evaluation.detection_bev import NUSCENES_CLASS_RANGES, BevDetectionMetric, greedy_center_match
 from visionpilot.evaluation.lane_2d import lane_iou_matrix, match_lanes
 from visionpilot.evaluation.lanes_bev import BevGrid, rasterize_lane_batch
 from visionpilot.training.checkpoints import load_checkpoint
@@ -44,6 +51,8 @@ def quantiles(values: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75,
 
 
 BEV_THRESHOLDS = (0.3, 0.5)
+#: Per class index, the ego distance (m) the evaluator scores BEV boxes within (nuScenes' class ranges).
+RANGES = np.array([NUSCENES_CLASS_RANGES[name] for name in OBJECT_CLASSES])
 
 
 class BevLaneCounts:
@@ -74,16 +83,16 @@ class BevLaneCounts:
             self.confusion[k] += np.bincount(top[gt[:, k]].numpy(), minlength=t + 1)
 
 
-def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list, BevLaneCounts | None]:
+def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list, BevLaneCounts | None, list]:
     """The evaluator's lane images (plus their camera name), box predictions and box ground truth; the image size;
-    BEV lane cell counts (None without the BEV lane head)."""
+    BEV lane cell counts (None without the BEV lane head); the BEV box frames (empty without the BEV box head)."""
     loaded = load_checkpoint(ckpt)
     dm = build_eval_datamodule(loaded, regions)
     dm.setup("validate")  # both splits, as visionpilot-eval sets them up
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
     ev = build_evaluator(loaded, regions, loaded.image_size, loaded.camera_names)  # training's lane settings
     decode = torch_decoder(loaded.net)
-    lane_images, box_preds, box_gts = [], [], []
+    lane_images, box_preds, box_gts, bev_frames = [], [], [], []
     bev = getattr(loaded.net, "bev", None)
     has_lanes = bev is not None and "lanes" in bev.heads and ev.bev_grid is not None
     bev_lanes = BevLaneCounts(ev.bev_grid, ev.bev_line_width) if has_lanes else None
@@ -97,7 +106,9 @@ def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list
             for img in ev.box_images(batch, d):
                 box_preds.append({"boxes": img["boxes"], "scores": img["scores"], "labels": img["labels"].long()})
                 box_gts.append({"boxes": img["gt_boxes"], "labels": img["gt_labels"].long()})
-    return lane_images, box_preds, box_gts, [loaded.image_size], bev_lanes
+        if "bev.objects_boxes" in d:
+            bev_frames += ev.bev_box_frames(batch, d)
+    return lane_images, box_preds, box_gts, [loaded.image_size], bev_lanes, bev_frames
 
 
 def lanes_report(images: list[dict], image_size: tuple[int, int]) -> dict[str, float]:
@@ -209,6 +220,80 @@ def boxes_report(preds: list[dict], gts: list[dict]) -> dict[str, float]:
     return out
 
 
+def _in_range(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Boxes closer to the ego origin than their class's nuScenes range (the evaluator's filter)."""
+    return np.hypot(boxes[:, 0], boxes[:, 1]) < RANGES[labels]
+
+
+def _bev_map(frames: list[dict], label_of: dict[int, int] | None = None, names: Sequence[str] = OBJECT_CLASSES
+             ) -> dict[str, float]:
+    """nuScenes mAP of the frames (the evaluator's :class:`BevDetectionMetric`, its class ranges applied first);
+    ``label_of`` maps class indices to the labels ``names`` scores (classes it leaves out are dropped; all to 0
+    merges them into one class, each box range-filtered by its own class)."""
+    lists: tuple[list, ...] = ([], [], [], [], [])
+    for f in frames:
+        for boxes, scores, labels, (bl, sl, ll) in ((f["boxes"], f["scores"], f["labels"], lists[:3]),
+                                                    (f["gt_boxes"], None, f["gt_labels"], (lists[3], None, lists[4]))):
+            b, lab = boxes.numpy().reshape(-1, 7), labels.numpy().astype(np.int64)
+            keep = _in_range(b, lab)
+            mapped = lab if label_of is None else np.array([label_of.get(int(c), -1) for c in lab], dtype=np.int64)
+            keep &= mapped >= 0
+            bl.append(b[keep])
+            ll.append(mapped[keep])
+            if sl is not None:
+                sl.append(scores.numpy()[keep])
+    metric = BevDetectionMetric(names)
+    metric.update(*lists)
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def bev_boxes_report(frames: list[dict], score: float = 0.3) -> dict[str, float]:
+    """Print the BEV box analysis; return ``bev_map`` (the evaluator's) and ``bev_map_agnostic`` (every class
+    merged into one: how much of the gap is the class, not the box)."""
+    gt_labels = np.concatenate([f["gt_labels"].numpy() for f in frames]).astype(np.int64)
+    gt_boxes = np.concatenate([f["gt_boxes"].numpy().reshape(-1, 7) for f in frames])
+    in_range = _in_range(gt_boxes, gt_labels)
+    scored = _bev_map(frames)
+    agnostic = _bev_map(frames, {c: 0 for c in range(len(OBJECT_CLASSES))}, ["object"])
+    thresholds = [k for k in scored if k.startswith("bev_map@")]
+    print(f"\nBEV boxes: {len(frames)} frames, {int(in_range.sum())} ground-truth boxes in their class's range; "
+          f"mAP {scored['bev_map']:.3f} (" + " / ".join(f"{scored[k]:.3f}" for k in thresholds)
+          + f" at {' / '.join(k[8:] for k in thresholds)}), class-agnostic {agnostic['bev_map']:.3f} ("
+          + " / ".join(f"{agnostic[k]:.3f}" for k in thresholds) + ")")
+    print(f"  per class: AP at each distance, ATE; recall at 4 m of all predictions; predictions scoring >= {score}: "
+          "true positives at 4 m, and the false ones near (< 2 m) another class's object, near a found one of "
+          "their own (a duplicate) or elsewhere")
+    for c, name in enumerate(OBJECT_CLASSES):
+        n_gt = int((in_range & (gt_labels == c)).sum())
+        if n_gt == 0:
+            continue
+        one = _bev_map(frames, {c: 0}, [name])
+        found = tp = confused = duplicate = background = 0
+        for f in frames:
+            gb, gl = f["gt_boxes"].numpy().reshape(-1, 7), f["gt_labels"].numpy().astype(np.int64)
+            pb, pl, ps = f["boxes"].numpy().reshape(-1, 7), f["labels"].numpy().astype(np.int64), f["scores"].numpy()
+            own, other = gb[(gl == c) & _in_range(gb, gl)], gb[gl != c]
+            mine = (pl == c) & _in_range(pb, pl)
+            order = np.argsort(-ps[mine], kind="stable")
+            p, s = pb[mine][order], ps[mine][order]
+            dist = np.hypot(p[:, None, 0] - own[None, :, 0], p[:, None, 1] - own[None, :, 1])
+            match = greedy_center_match(dist, 4.0)
+            found += int((match >= 0).sum())
+            sure = s >= score
+            tp += int((sure & (match >= 0)).sum())
+            false = sure & (match < 0)
+            near_other = (np.hypot(p[:, None, 0] - other[None, :, 0], p[:, None, 1] - other[None, :, 1]).min(1) < 2.0
+                          if len(other) else np.zeros(len(p), dtype=bool))
+            near_own = dist.min(1) < 4.0 if len(own) else np.zeros(len(p), dtype=bool)
+            confused += int((false & near_other).sum())
+            duplicate += int((false & ~near_other & near_own).sum())
+            background += int((false & ~near_other & ~near_own).sum())
+        print(f"  {name:13s} {n_gt:5d} boxes: AP " + " / ".join(f"{one[k]:.3f}" for k in thresholds)
+              + f", ATE {one['bev_ate']:.2f} m; recall@4m {found / n_gt:.2f}; >= {score}: {tp} true, false "
+              f"{confused} near another class / {duplicate} duplicate / {background} elsewhere")
+    return {"bev_map": scored["bev_map"], "bev_map_agnostic": agnostic["bev_map"]}
+
+
 def bev_lanes_report(c: BevLaneCounts) -> dict[str, float]:
     """Print the BEV lane analysis; return the mean IoU over types at each threshold (``bev_iou@0.5`` is the
     evaluator's ``bev_lane_iou``: types with an empty union left out)."""
@@ -232,12 +317,14 @@ def bev_lanes_report(c: BevLaneCounts) -> dict[str, float]:
 
 def analyse(ckpt: str, regions: list[str], split: str = "val") -> dict[str, float]:
     """Print the analyses; return their headline figures (for checking them against ``visionpilot-eval``)."""
-    lane_images, box_preds, box_gts, (image_size,), bev_lanes = collect(ckpt, regions, split)
+    lane_images, box_preds, box_gts, (image_size,), bev_lanes, bev_frames = collect(ckpt, regions, split)
     out = {}
     if lane_images:
         out.update(lanes_report(lane_images, tuple(image_size)))
     if box_preds:
         out.update(boxes_report(box_preds, box_gts))
+    if bev_frames:
+        out.update(bev_boxes_report(bev_frames))
     if bev_lanes is not None and bev_lanes.gt.sum() > 0:
         out.update(bev_lanes_report(bev_lanes))
     return out

@@ -102,3 +102,50 @@ def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_typ
     assert counts.confusion[yd, wd] == counts.gt[yd] and counts.confusion[wd, yd] == counts.gt[wd]
     assert counts.confusion[:, len(LANE_TYPES)].sum() == 0
     assert script.bev_lanes_report(counts)["bev_iou@0.5"] == 0.0
+
+
+def test_bev_box_analysis_scores_as_the_evaluator_and_sorts_false_positives(capsys: pytest.CaptureFixture) -> None:
+    # Two frames: cars, a truck and a pedestrian. The predictions: every car found, the truck called a car (a class
+    # confusion), a second peak 1.5 m from a found car (a duplicate), a car where nothing is, and the pedestrian
+    # found 45 m away (beyond its class's 40 m range, so neither side counts). Merged into one class, the truck
+    # called a car is a hit; per class it is a miss and a false positive.
+    from visionpilot.data.vocab import OBJECT_CLASSES
+    from visionpilot.evaluation.evaluator import PerceptionEvaluator
+    from visionpilot.models.view_transform import BEVGrid
+
+    car, truck, ped = (OBJECT_CLASSES.index(n) for n in ("car", "truck", "pedestrian"))
+
+    def boxes(*xy: tuple[float, float]) -> torch.Tensor:
+        return torch.tensor([[x, y, 0.8, 4.5, 1.9, 1.6, 0.0] for x, y in xy])
+
+    gt = torch.stack([boxes((10, 0), (20, 3.5), (-15, 0), (45, 0)), boxes((8, -3.5), (30, 0), (60, 60), (5, 5))])
+    gt_classes = torch.tensor([[car, car, truck, ped], [car, car, car, car]])
+    gt_mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    pred = torch.stack([boxes((10.3, 0), (20, 3.8), (-15, 0.2), (45, 0), (21.5, 3.5)),
+                        boxes((8, -3.2), (30.4, 0), (0, -20), (0, 0), (0, 0))])
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5], [0.95, 0.85, 0.4, 0.0, 0.0]])
+    classes = torch.tensor([[car, car, car, ped, car], [car, car, car, -1, -1]])  # -1: the top-K's padding
+    batch = {"boxes_3d": gt, "boxes_3d_classes": gt_classes, "boxes_3d_mask": gt_mask,
+             "has_boxes_3d": torch.tensor([True, True]), "region": ["us", "us"]}
+    decoded = {"bev.objects_boxes": pred, "bev.objects_scores": scores, "bev.objects_classes": classes}
+    grid = BEVGrid(x_range=(-50, 50), y_range=(-50, 50), z_range=(-1, 3), cell_size=1.0, z_levels=2)
+    evaluator = PerceptionEvaluator(["us"], (64, 176), ["CAM_FRONT"], tasks=["objects_3d"], bev_grid=grid)
+    evaluator.update(batch, decoded)
+    frames = evaluator.bev_box_frames(batch, decoded)
+    assert [len(f["boxes"]) for f in frames] == [5, 3] and [len(f["gt_boxes"]) for f in frames] == [4, 2]
+
+    figures = load_script("error_analysis").bev_boxes_report(frames)
+    printed = capsys.readouterr().out
+    assert figures["bev_map"] == pytest.approx(evaluator.compute()["bev_map"])
+    # Cars all found before any false positive (AP 1 but for nuScenes' interpolation over 101 recall points with 4
+    # boxes), the truck never (AP 0); merged, the truck is found too.
+    assert figures["bev_map"] == pytest.approx(0.5, abs=0.01), figures
+    assert figures["bev_map_agnostic"] == pytest.approx(1.0, abs=0.01), figures
+    car_line = next(line for line in printed.splitlines() if line.strip().startswith("car "))
+    # Confident (>= 0.3) car predictions: 4 found, the truck (another class), the 1.5 m peak (a duplicate), the
+    # one at (0, -20) (elsewhere).
+    assert "4 true, false 1 near another class / 1 duplicate / 1 elsewhere" in car_line, car_line
+    assert "recall@4m 1.00" in car_line
+    truck_line = next(line for line in printed.splitlines() if line.strip().startswith("truck "))
+    assert "AP 0.000 / 0.000 / 0.000 / 0.000" in truck_line and "recall@4m 0.00" in truck_line
+    assert not any(line.strip().startswith("pedestrian ") for line in printed.splitlines())  # none in range

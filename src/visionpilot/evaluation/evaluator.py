@@ -175,22 +175,29 @@ class PerceptionEvaluator(nn.Module):
         g = self.bev_grid
         return (xy[..., 0] >= g.x_min) & (xy[..., 0] < g.x_max) & (xy[..., 1] >= g.y_min) & (xy[..., 1] < g.y_max)
 
-    def _update_objects_3d(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
-        frames = np.flatnonzero(batch["has_boxes_3d"].cpu().numpy())
-        if len(frames) == 0:
-            return
+    def bev_box_frames(self, batch: dict[str, Any], decoded: dict[str, Tensor]) -> list[dict[str, Any]]:
+        """The BEV box task frame by frame: per frame with 3D labels its ``b``, the predictions (``boxes`` (K, 7)
+        ``x, y, z, l, w, h, yaw`` in the ego frame, ``scores``, ``labels``) and the ground truth (``gt_boxes``,
+        ``gt_labels``), both cut to the grid (what the model sees; the metric then applies the class ranges) and
+        the fixed-size top-K's padding dropped. ``_update_objects_3d`` and benchmarks/error_analysis.py read the
+        same lists."""
         boxes = decoded["bev.objects_boxes"].float().cpu()
         scores = decoded["bev.objects_scores"].float().cpu()
         classes = decoded["bev.objects_classes"].cpu()
         gt = batch["boxes_3d"].cpu()
         gt_cls = batch["boxes_3d_classes"].cpu()
-        # Both sides are cut to the grid (what the model sees); the metric then applies the class ranges.
         gt_ok = batch["boxes_3d_mask"].cpu() & self._in_grid(gt[..., :2])
         keep = (classes >= 0) & self._in_grid(boxes[..., :2])
-        self.metrics["objects_3d"].update(
-            [regions[b] for b in frames], [boxes[b][keep[b]] for b in frames], [scores[b][keep[b]] for b in frames],
-            [classes[b][keep[b]] for b in frames], [gt[b][gt_ok[b]] for b in frames],
-            [gt_cls[b][gt_ok[b]] for b in frames])
+        return [{"b": int(b), "boxes": boxes[b][keep[b]], "scores": scores[b][keep[b]], "labels": classes[b][keep[b]],
+                 "gt_boxes": gt[b][gt_ok[b]], "gt_labels": gt_cls[b][gt_ok[b]]}
+                for b in np.flatnonzero(batch["has_boxes_3d"].cpu().numpy())]
+
+    def _update_objects_3d(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
+        frames = self.bev_box_frames(batch, decoded)
+        if frames:
+            self.metrics["objects_3d"].update(
+                [regions[f["b"]] for f in frames], *([f[k] for f in frames]
+                                                     for k in ("boxes", "scores", "labels", "gt_boxes", "gt_labels")))
 
     def _update_lanes_bev(self, batch: dict[str, Any], decoded: dict[str, Tensor], regions: list[str]) -> None:
         frames = np.flatnonzero(batch["has_lanes_3d"].cpu().numpy())
