@@ -29,12 +29,14 @@ import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from visionpilot.data.balance import BALANCE_MODES, class_balanced_indices
 from visionpilot.data.cache import CACHE_MODES, FrameCache
 from visionpilot.data.collate import collate_frames
 from visionpilot.data.frame import Frame
 from visionpilot.data.sources.base import FrameRef, FrameSource
 from visionpilot.data.splits import SplitManifest, make_splits, normalise_fractions
 from visionpilot.data.transforms import FrameTransform, as_size, build_transform, child_seeds
+from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.governance.anonymise import AnonymiseFirst
 from visionpilot.governance.audit import Governance, GovernanceReport
 
@@ -236,6 +238,9 @@ class VisionPilotDataModule(L.LightningDataModule):
             processes, and loaders read them from there (:mod:`visionpilot.data.cache`); None: loaders load every
             frame from the source each time.
         cache_workers: processes that fill the cache (None: every usable CPU).
+        balance: ``"classes"``: the train split resampled once, in ``setup``, so that every object class is held by an
+            equal share of its frames (CBGS, :mod:`visionpilot.data.balance`; labels read from the cache, or from the
+            source without images); None: each train frame once per epoch.
     """
 
     def __init__(self, source: FrameSource, regions: str | Sequence[str] = "global",
@@ -245,11 +250,15 @@ class VisionPilotDataModule(L.LightningDataModule):
                  persistent_workers: bool = False, drop_last: bool = True, pin_memory: bool = False,
                  manifest_path: str | Path | None = None, governance: Mapping[str, Any] | None = None,
                  compute_region: str | None = None, cache: str | None = None,
-                 cache_workers: int | None = None) -> None:
+                 cache_workers: int | None = None, balance: str | None = None) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
             raise ValueError(f"{type(self).__name__}: field 'cache' must be one of {list(CACHE_MODES)} (null: no "
                              f"cache), found {cache!r}")
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"{type(self).__name__}: field 'balance' must be one of {list(BALANCE_MODES)} (null: "
+                             f"every train frame once per epoch), found {balance!r}")
+        self.balance = balance
         self.save_hyperparameters(ignore=["source", "train_transform", "val_transform"], logger=False)
         self.source = source
         self.regions = _plain(regions)
@@ -314,6 +323,34 @@ class VisionPilotDataModule(L.LightningDataModule):
                     log.warning("split '%s' has no frames in regions %s", split, self.selected_regions)
         if self.frame_cache is not None:
             self.fill_cache(stage)
+        if self.balance == "classes" and "train" in self.datasets and stage in (None, "fit"):
+            self.balance_train()
+
+    def balance_train(self) -> None:
+        """Resample the train split class-balanced (CBGS; ``balance="classes"``), once."""
+        ds = self.datasets["train"]
+        if getattr(ds, "balanced", False):
+            return
+        if not isinstance(ds, FrameDataset):
+            raise TypeError(f"{type(self).__name__}: field 'balance' resamples a FrameDataset's refs; this "
+                            f"datamodule's train split is a {type(ds).__name__}")
+        classes = []
+        for ref in ds.refs:
+            frame = (ds.cache.get(ref.index) if ds.cache is not None else None) or self.source.load(ref.index,
+                                                                                                      with_images=False)
+            present = set(frame.boxes_3d.classes.tolist())
+            for cam in frame.cameras:
+                present.update(cam.classes_2d.tolist())
+            classes.append(present)
+        order = class_balanced_indices(classes, len(OBJECT_CLASSES), seed=self.seed)
+        before = Counter(c for present in classes for c in present)
+        after = Counter(c for i in order for c in classes[i])
+        balanced = FrameDataset(self.source, [ds.refs[i] for i in order], ds.transform, seed=ds.seed, cache=ds.cache)
+        balanced.balanced = True
+        self.datasets["train"] = balanced
+        log.info("class-balanced train split (CBGS): %d frames -> %d; frames holding each class %s -> %s",
+                 len(ds), len(balanced), {OBJECT_CLASSES[c]: before[c] for c in sorted(before)},
+                 {OBJECT_CLASSES[c]: after[c] for c in sorted(after)})
 
     def fill_cache(self, stage: str | None) -> None:
         """Load the frames of the splits ``stage`` reads (fit: train and val; None: every split) into the cache."""

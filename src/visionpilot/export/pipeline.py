@@ -96,9 +96,12 @@ def build_datamodule(ckpt: LoadedCheckpoint, regions: Sequence[str], batch_size:
         data_cfg.pop(key, None)
     if "source" in data_cfg and "regions" in data_cfg.source:
         data_cfg.source.regions = list(regions)
-    # No frame cache (a training run's data.cache=ram): it would load every split to take a few frames of one.
+    # No frame cache (a training run's data.cache=ram): it would load every split to take a few frames of one; no
+    # class-balanced resampling (data.balance=classes) of a train split it does not read. A config from before a
+    # field existed does not have it.
+    off = {k: None for k in ("cache", "balance") if k in data_cfg}
     dm = hydra.utils.instantiate(data_cfg, regions=list(regions), num_workers=0, persistent_workers=False,
-                                 manifest_path=None, batch_size=batch_size, cache=None, **dict(governance or {}))
+                                 manifest_path=None, batch_size=batch_size, **off, **dict(governance or {}))
     dm.setup()
     return dm
 
