@@ -105,10 +105,11 @@ def test_metadata_of_something_else_is_refused(tmp_path: Path, source_factory) -
 
 class FakeStore:
     """An object store in a local folder (``s3://bucket/key`` -> ``<folder>/bucket/key``): objects, no listing;
-    a delete removes every key under a prefix, as S3's does; ``die_on_delete`` kills the job at that delete."""
+    a delete removes the keys under a prefix of one listing page (``page`` keys, as litdata's S3 delete does with
+    S3's 1,000); ``die_on_delete`` kills the job at that delete."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.die_on_delete = folder, -1
+    def __init__(self, folder: Path, page: int = 1000) -> None:
+        self.folder, self.die_on_delete, self.page = folder, -1, page
 
     def local(self, url: str) -> Path:
         return self.folder / url.removeprefix("s3://")
@@ -129,10 +130,16 @@ class FakeStore:
         self.die_on_delete -= 1
         if self.die_on_delete == 0:
             raise KeyboardInterrupt
+        for path in self._under(url)[:self.page]:
+            path.unlink()
+
+    def is_empty(self, url: str) -> bool:
+        return not self._under(url)
+
+    def _under(self, url: str) -> list[Path]:
         prefix = url.removeprefix("s3://")
-        for path in sorted(self.folder.rglob("*")):
-            if path.is_file() and path.relative_to(self.folder).as_posix().startswith(prefix):
-                path.unlink()
+        return [path for path in sorted(self.folder.rglob("*"))
+                if path.is_file() and path.relative_to(self.folder).as_posix().startswith(prefix)]
 
     def keys(self) -> list[str]:
         return sorted(p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*") if p.is_file())
@@ -176,3 +183,25 @@ def test_a_url_without_shards_is_the_same_clear_error_as_a_folder(tmp_path: Path
     with pytest.raises(FileNotFoundError, match=r"s3://bucket/elsewhere/visionpilot.json not found: data.root must be "
                                                 r"the 'out' of visionpilot-data action=shard"):
         read_meta("s3://bucket/elsewhere")
+
+
+def test_clearing_a_url_prefix_deletes_past_one_listing_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """litdata's S3 delete removes one listing (S3: at most 1,000 keys); a region of more chunks kept the rest
+    through a re-shard. The store here lists 2 keys a page: 5 chunks take 3 deletes, and the neighbours stay."""
+    store = FakeStore(tmp_path / "store", page=2)
+    for key in [*(f"de/train/chunk-{i}.bin" for i in range(5)), "dev/keep.bin", META_FILE]:
+        store.local(f"s3://b/root/{key}").parent.mkdir(parents=True, exist_ok=True)
+        store.local(f"s3://b/root/{key}").write_bytes(b"x")
+    monkeypatch.setattr(shards, "_provider", lambda url, options: store)
+    shards.remove_tree("s3://b/root/de")
+    assert store.keys() == ["b/root/dev/keep.bin", f"b/root/{META_FILE}"]
+
+    class Undeletable(FakeStore):
+        def delete_file_or_directory(self, url: str) -> None:  # e.g. credentials without delete permission
+            pass
+
+    stuck = Undeletable(tmp_path / "store")
+    monkeypatch.setattr(shards, "_provider", lambda url, options: stuck)
+    monkeypatch.setattr(shards, "_MAX_DELETE_PASSES", 3)
+    with pytest.raises(RuntimeError, match=r"s3://b/root/dev/: objects are still there after 3 deletes"):
+        shards.remove_tree("s3://b/root/dev")

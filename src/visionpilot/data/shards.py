@@ -219,6 +219,10 @@ def remove_file(path: str, storage_options: Mapping[str, Any] | None = None) -> 
         provider.delete_file_or_directory(path)
 
 
+#: :func:`remove_tree`'s bound on delete calls for one prefix (S3 lists up to 1,000 keys per call: 10 M objects).
+_MAX_DELETE_PASSES = 10_000
+
+
 def remove_tree(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Delete a local folder or every object under an object-store prefix, if any."""
     if not is_url(path):
@@ -227,7 +231,16 @@ def remove_tree(path: str, storage_options: Mapping[str, Any] | None = None) -> 
         return
     # The trailing '/': object stores delete by key prefix, and 'root/vi' (a region code) also prefixes
     # 'root/visionpilot.json'.
-    _provider(path, storage_options).delete_file_or_directory(path.rstrip("/") + "/")
+    prefix = path.rstrip("/") + "/"
+    provider = _provider(path, storage_options)
+    # litdata's S3 (and R2) delete removes the keys of one listing, which S3 caps at 1,000 (litdata 0.2.76): a region
+    # of more chunks kept the rest, data the root should no longer hold. Delete until the prefix lists nothing.
+    for _ in range(_MAX_DELETE_PASSES):
+        provider.delete_file_or_directory(prefix)
+        if provider.is_empty(prefix):
+            return
+    raise RuntimeError(f"{prefix}: objects are still there after {_MAX_DELETE_PASSES} deletes (up to 1,000 keys "
+                       f"each); check the credentials' delete permission and remove them by hand")
 
 
 def read_json(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
