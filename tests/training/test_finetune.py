@@ -429,9 +429,10 @@ def test_strategy_learning_rates_reach_the_run_config_unless_the_command_line_se
 
 
 def test_a_finetune_does_not_take_the_base_runs_frame_cache_unless_asked(tmp_path: Path) -> None:
-    """A short fine-tune reads fewer frames than ``data.cache=ram`` would load (every replay frame with them)."""
-    base = load_checkpoint(_base(tmp_path, "data.cache=ram"))
-    assert base.config.data.cache == "ram"
+    """A short fine-tune reads fewer frames than ``data.cache=ram`` would load (every replay frame with them); and
+    the base's class-balanced sampling (``data.balance=classes``), which the replay datamodule refuses, is off."""
+    base = load_checkpoint(_base(tmp_path, "data.cache=ram", "data.balance=classes"))
+    assert base.config.data.cache == "ram" and base.config.data.balance == "classes"
 
     def run_config(*overrides: str):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -439,7 +440,7 @@ def test_a_finetune_does_not_take_the_base_runs_frame_cache_unless_asked(tmp_pat
                                                  "region=gb", *overrides])
         return ft.build_finetune_config(cfg, base)
 
-    assert run_config().data.cache is None
+    assert run_config().data.cache is None and run_config().data.balance is None
     assert run_config("data.cache=ram").data.cache == "ram"
 
 

@@ -1,15 +1,15 @@
 """Class-balanced frame sampling: CBGS (Zhu et al. 2019, "Class-balanced Grouping and Sampling for Point Cloud 3D
-Object Detection"), the resampling every nuScenes detector since CenterPoint trains with (mmdetection3d's
+Object Detection"), the resampling CenterPoint and most nuScenes detectors since train with (mmdetection3d's
 ``CBGSDataset``).
 
 Driving data is dominated by cars: in the synthetic demo's val frames, 1,893 cars against 87 buses and 82 cones
-within their evaluation ranges; on nuScenes, cars are ~40x construction vehicles. mAP averages the classes, so a rare
-class counts as much as cars, but its heatmap sees a few hundred positives in a training run. CBGS resamples the
-training frames so that each class is present in an equal share of them: with ``n_c`` the frames holding class ``c``,
-each of the ``C`` classes present gets ``sum_c' n_c' / C`` draws (with replacement) from its ``n_c`` frames
+within their evaluation ranges; on nuScenes, cars outnumber construction vehicles tens of times. mAP averages the
+classes, so a rare class counts as much as cars, but its heatmap sees few positives in a training run. CBGS resamples
+the training frames so that each class is present in an equal share of them: with ``n_c`` the frames holding class
+``c``, each of the ``C`` classes present gets ``sum_c' n_c' / C`` draws (with replacement) from its ``n_c`` frames
 (mmdetection3d's ``n_c * ratio_c``, ``ratio_c = (1 / C) / (n_c / sum n)``); a frame holding several classes can be
-drawn for each. The list is drawn once, from a seed, so every run
-(and every DDP rank) trains on the same one; the epoch sampler then shuffles it as any split.
+drawn for each. The list is drawn once, from a seed, so every run (and every DDP rank) trains on the same one; the
+epoch sampler then shuffles it as any split.
 
 Deviation from mmdetection3d: frames without any object are kept once each instead of dropped (here a frame also
 carries lane labels, which CBGS was not written for).

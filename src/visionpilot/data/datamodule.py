@@ -259,6 +259,7 @@ class VisionPilotDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__}: field 'balance' must be one of {list(BALANCE_MODES)} (null: "
                              f"every train frame once per epoch), found {balance!r}")
         self.balance = balance
+        self._balanced_train: Dataset | None = None  # the resampled train split, once built
         self.save_hyperparameters(ignore=["source", "train_transform", "val_transform"], logger=False)
         self.source = source
         self.regions = _plain(regions)
@@ -329,15 +330,16 @@ class VisionPilotDataModule(L.LightningDataModule):
     def balance_train(self) -> None:
         """Resample the train split class-balanced (CBGS; ``balance="classes"``), once."""
         ds = self.datasets["train"]
-        if getattr(ds, "balanced", False):
+        if ds is self._balanced_train:  # Lightning sets a datamodule up once per stage
             return
         if not isinstance(ds, FrameDataset):
             raise TypeError(f"{type(self).__name__}: field 'balance' resamples a FrameDataset's refs; this "
                             f"datamodule's train split is a {type(ds).__name__}")
         classes = []
         for ref in ds.refs:
-            frame = (ds.cache.get(ref.index) if ds.cache is not None else None) or self.source.load(ref.index,
-                                                                                                      with_images=False)
+            frame = ds.cache.get(ref.index) if ds.cache is not None else None
+            if frame is None:  # uncached (or not cached: too large for memory): the labels alone
+                frame = self.source.load(ref.index, with_images=False)
             present = set(frame.boxes_3d.classes.tolist())
             for cam in frame.cameras:
                 present.update(cam.classes_2d.tolist())
@@ -346,8 +348,7 @@ class VisionPilotDataModule(L.LightningDataModule):
         before = Counter(c for present in classes for c in present)
         after = Counter(c for i in order for c in classes[i])
         balanced = FrameDataset(self.source, [ds.refs[i] for i in order], ds.transform, seed=ds.seed, cache=ds.cache)
-        balanced.balanced = True
-        self.datasets["train"] = balanced
+        self.datasets["train"] = self._balanced_train = balanced
         log.info("class-balanced train split (CBGS): %d frames -> %d; frames holding each class %s -> %s",
                  len(ds), len(balanced), {OBJECT_CLASSES[c]: before[c] for c in sorted(before)},
                  {OBJECT_CLASSES[c]: after[c] for c in sorted(after)})
