@@ -308,3 +308,31 @@ def test_objects_objectness_class_head() -> None:
     assert float(head.loss(wrong, batch)["classes"]) > 10.0
     with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'x'"):
         Objects3DHead(in_channels=8, grid=OBJ_GRID, class_head="x")
+
+
+def test_objects_heatmap_normalised_per_class_weighs_a_rare_class_as_a_common_one() -> None:
+    # Five cars and one pedestrian. Joint (CenterNet): the summed loss over the 6 centres. Per class (CenterPoint's
+    # per-task normalisation): each class's loss over its own centres, summed over the classes.
+    from visionpilot.models.heads.objects_3d import centernet_focal_loss
+
+    boxes = torch.zeros(1, 6, 7)
+    boxes[0, :, :3] = torch.tensor([[-6.0 + 2.5 * i, -5.0, 0.8] for i in range(5)] + [[4.0, 5.0, 0.9]])
+    boxes[0, :, 3:6] = torch.tensor([4.5, 1.9, 1.6])
+    batch = {"boxes_3d": boxes, "boxes_3d_classes": torch.tensor([[CAR] * 5 + [PED]]),
+             "boxes_3d_mask": torch.ones(1, 6, dtype=torch.bool), "has_boxes_3d": torch.tensor([True])}
+    torch.manual_seed(0)
+    joint = Objects3DHead(in_channels=8, grid=OBJ_GRID, head_channels=8)
+    per_class = Objects3DHead(in_channels=8, grid=OBJ_GRID, head_channels=8, heatmap_norm="per_class")
+    per_class.load_state_dict(joint.state_dict())
+    out = joint(torch.randn(1, 8, 32, 32))
+    heat = joint.build_targets(batch)["heatmap"]
+    sums, counts = centernet_focal_loss(out["heatmap"], heat, torch.ones(1, 1, 1, 1), per_class=True)
+    assert counts[CAR] == 5 and counts[PED] == 1 and counts.sum() == 6
+    torch.testing.assert_close(joint.loss(out, batch)["heatmap"], sums.sum() / 6)
+    expected = (sums / counts.clamp(min=1)).sum()
+    torch.testing.assert_close(per_class.loss(out, batch)["heatmap"], expected)
+    with pytest.raises(ValueError, match=r"heatmap_norm must be 'joint' or 'per_class', found 'classes'"):
+        Objects3DHead(in_channels=8, grid=OBJ_GRID, heatmap_norm="classes")
+    with pytest.raises(ValueError, match=r"heatmap_norm='per_class' needs class_head='per_class', found "
+                                         r"class_head='objectness'"):
+        Objects3DHead(in_channels=8, grid=OBJ_GRID, heatmap_norm="per_class", class_head="objectness")

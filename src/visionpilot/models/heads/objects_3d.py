@@ -52,12 +52,13 @@ def gaussian_radius(length: Tensor, width: Tensor, min_overlap: float = 0.1) -> 
 
 
 def centernet_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, alpha: float = 2.0,
-                         beta: float = 4.0) -> tuple[Tensor, Tensor]:
+                         beta: float = 4.0, per_class: bool = False) -> tuple[Tensor, Tensor]:
     """Penalty-reduced focal loss of CenterNet on Gaussian heatmaps (torchvision has only the binary-target one).
 
     Args:
         logits, target: (B, C, X, Y); positives are the cells where ``target == 1``.
         weight: (B, 1, 1, 1) per-frame weight (0 for frames without labels of this kind).
+        per_class: sum per class (two (C,) tensors) instead of over everything.
 
     Returns:
         The summed loss and the number of positives it should be divided by.
@@ -68,8 +69,8 @@ def centernet_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, alpha: 
     p = torch.sigmoid(logits)
     pos_loss = log_p * (1 - p).pow(alpha) * pos
     neg_loss = log_not_p * p.pow(alpha) * (1 - target).pow(beta) * (1 - pos)
-    loss = -((pos_loss + neg_loss) * weight).sum()
-    return loss, (pos * weight).sum()
+    dims = (0, 2, 3) if per_class else tuple(range(logits.dim()))
+    return -((pos_loss + neg_loss) * weight).sum(dims), (pos * weight).sum(dims)
 
 
 class Objects3DHead(nn.Module):
@@ -88,14 +89,27 @@ class Objects3DHead(nn.Module):
             heatmap times a softmax over the classes, as the 2D head's option of that name
             (:class:`~visionpilot.models.heads.objects_2d.CenterNetHead`); raw outputs then carry ``objectness``
             (B, 1, X, Y) and ``classes`` (B, C, X, Y) instead of ``heatmap``.
+        heatmap_norm: ``"joint"`` (CenterNet): the heatmap loss of every class summed and divided by the number of
+            centres of all classes, so a class weighs as much as it has boxes. ``"per_class"``: each class's loss
+            divided by its own centres, and these summed (CenterPoint normalises each task head by its own
+            positives and sums the tasks; here one class per task), so a rare class weighs as much as cars — and
+            the term is several times larger than the joint one, which its ``loss_weights`` entry can offset
+            (docs/benchmarks.md, session 37). Only with ``class_head="per_class"``.
     """
 
     def __init__(self, in_channels: int, grid: BEVGrid, num_classes: int = len(OBJECT_CLASSES),
                  head_channels: int = 64, max_objects: int = 100, min_radius: int = 2, min_overlap: float = 0.1,
-                 loss_weights: Mapping[str, float] | None = None, class_head: str = "per_class") -> None:
+                 loss_weights: Mapping[str, float] | None = None, class_head: str = "per_class",
+                 heatmap_norm: str = "joint") -> None:
         super().__init__()
         if class_head not in ("per_class", "objectness"):
             raise ValueError(f"Objects3DHead: class_head must be 'per_class' or 'objectness', found {class_head!r}")
+        if heatmap_norm not in ("joint", "per_class"):
+            raise ValueError(f"Objects3DHead: heatmap_norm must be 'joint' or 'per_class', found {heatmap_norm!r}")
+        if heatmap_norm == "per_class" and class_head != "per_class":  # one objectness map has no classes to split
+            raise ValueError(f"Objects3DHead: heatmap_norm='per_class' needs class_head='per_class', found "
+                             f"class_head={class_head!r}")
+        self.heatmap_norm = heatmap_norm
         require_sizes("Objects3DHead", num_classes=num_classes, max_objects=max_objects)
         if not 0.0 < min_overlap < 1.0:  # 0, 1 and beyond give a gaussian radius of 0 to every box, silently
             raise ValueError(f"Objects3DHead: min_overlap must be in (0, 1), found {min_overlap}")
@@ -198,8 +212,11 @@ class Objects3DHead(nn.Module):
         losses = {}
         if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, 1, X, Y)
             heat, losses["classes"] = objectness_targets(heat, outputs["classes"], frame_w.float(), dim=1)
-        focal, num_pos = centernet_focal_loss(heat_logits.float(), heat, frame_w.float())
-        losses["heatmap"] = focal / num_pos.clamp(min=1.0)
+        per_class = self.heatmap_norm == "per_class"
+        focal, num_pos = centernet_focal_loss(heat_logits.float(), heat, frame_w.float(), per_class=per_class)
+        # per_class: each class's loss over its own centres, summed over the classes (CenterPoint's per-task
+        # normalisation with one class per task); joint: over all the centres (CenterNet).
+        losses["heatmap"] = (focal / num_pos.clamp(min=1.0)).sum()
 
         valid = t["valid"].float()[..., None]  # (B, K, 1)
         num_boxes = valid.sum().clamp(min=1.0)
