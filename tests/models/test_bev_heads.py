@@ -313,7 +313,7 @@ def test_objects_objectness_class_head() -> None:
 def test_objects_heatmap_normalised_per_class_weighs_a_rare_class_as_a_common_one() -> None:
     # Five cars and one pedestrian. Joint (CenterNet): the summed loss over the 6 centres. Per class (CenterPoint's
     # per-task normalisation): each class's loss over its own centres, summed over the classes.
-    from visionpilot.models.heads.objects_3d import centernet_focal_loss
+    from visionpilot.models.heads import centernet_focal_loss
 
     boxes = torch.zeros(1, 6, 7)
     boxes[0, :, :3] = torch.tensor([[-6.0 + 2.5 * i, -5.0, 0.8] for i in range(5)] + [[4.0, 5.0, 0.9]])

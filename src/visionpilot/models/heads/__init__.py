@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,6 +35,32 @@ def centre_scores(outputs: Mapping[str, Tensor], dim: int) -> Tensor:
     if "heatmap" in outputs:
         return outputs["heatmap"].sigmoid()
     return outputs["objectness"].sigmoid() * outputs["classes"].softmax(dim=dim)
+
+
+def centernet_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, alpha: float = 2.0,
+                         beta: float = 4.0, per_class: bool = False) -> tuple[Tensor, Tensor]:
+    """Penalty-reduced focal loss of CenterNet on Gaussian heatmaps, the 2D and BEV box heads' (torchvision has
+    only the binary-target one, which would push the cells next to a centre down as hard as background).
+
+    Args:
+        logits, target: (..., C, h, w) heatmaps, classes third from last; positives are the cells where
+            ``target == 1``.
+        weight: broadcastable per-image weight (0 for images without labels of this kind).
+        per_class: sums per class (two (C,) tensors) instead of over everything.
+
+    Returns:
+        The summed loss and the number of positives it should be divided by.
+    """
+    pos = (target >= 1.0).to(logits.dtype)
+    # logsigmoid rather than log(clamped sigmoid): exact and finite for any logit.
+    log_p = F.logsigmoid(logits)
+    log_not_p = F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    pos_loss = log_p * (1 - p).pow(alpha) * pos
+    neg_loss = log_not_p * p.pow(alpha) * (1 - target).pow(beta) * (1 - pos)
+    class_dim = logits.dim() - 3
+    dims = tuple(d for d in range(logits.dim()) if d != class_dim) if per_class else tuple(range(logits.dim()))
+    return -((pos_loss + neg_loss) * weight).sum(dims), (pos * weight).sum(dims)
 
 
 def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:

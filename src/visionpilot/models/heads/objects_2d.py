@@ -9,9 +9,9 @@ returns it exactly. Sizes are regressed as ``log(w / s), log(h / s)`` (scale-inv
 L1 needs a 0.1 weight to balance large boxes).
 
 Heatmap loss: CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), normalised by the number of
-centres, written by hand because :func:`torchvision.ops.sigmoid_focal_loss` takes binary targets — with the
-gaussian-splatted targets here it would push cells next to a centre down as hard as background, while the
-``(1 - y)^4`` factor forgives near misses.
+centres (:func:`~visionpilot.models.heads.centernet_focal_loss`, shared with the BEV boxes), written by hand because
+:func:`torchvision.ops.sigmoid_focal_loss` takes binary targets — with the gaussian-splatted targets here it would push
+cells next to a centre down as hard as background, while the ``(1 - y)^4`` factor forgives near misses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import centre_scores, objectness_targets, require_sizes
+from visionpilot.models.heads import centernet_focal_loss, centre_scores, objectness_targets, require_sizes
 
 
 class CenterNetHead(nn.Module):
@@ -204,12 +204,8 @@ class CenterNetHead(nn.Module):
         terms = {}
         if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, N, 1, h, w)
             heat, terms["classes"] = objectness_targets(heat, outputs["classes"], img, dim=2)
-        pos = (heat == 1).float()
-        prob = logits.sigmoid()
-        # logsigmoid rather than log(clamped sigmoid): exact and finite for any logit.
-        pos_l = -F.logsigmoid(logits) * (1 - prob) ** 2 * pos
-        neg_l = -F.logsigmoid(-logits) * prob**2 * (1 - heat) ** 4 * (1 - pos)
-        heat_loss = ((pos_l + neg_l) * img).sum() / (pos * img).sum().clamp(min=1.0)
+        focal, num_pos = centernet_focal_loss(logits, heat, img)
+        heat_loss = focal / num_pos.clamp(min=1.0)
 
         weight = t["regress_weight"][:, :, None]  # (B, N, 1, h, w), each box's weights summing to 1
         n_boxes = t["regress_mask"].sum().clamp(min=1)

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionpilot.data.vocab import OBJECT_CLASSES
-from visionpilot.models.heads import centre_scores, objectness_targets, require_sizes, weights_per_term
+from visionpilot.models.heads import (
+    centernet_focal_loss,
+    centre_scores,
+    objectness_targets,
+    require_sizes,
+    weights_per_term,
+)
 from visionpilot.models.view_transform import BEVGrid
 
 _LOSS_TERMS = ("heatmap", "classes", "offset", "z", "size", "rot")
@@ -49,28 +55,6 @@ def gaussian_radius(length: Tensor, width: Tensor, min_overlap: float = 0.1) -> 
     c3 = (o - 1) * w * h
     r3 = (b3 + torch.sqrt((b3 * b3 - 4 * a3 * c3).clamp(min=0))) / 2
     return torch.minimum(torch.minimum(r1, r2), r3)
-
-
-def centernet_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, alpha: float = 2.0,
-                         beta: float = 4.0, per_class: bool = False) -> tuple[Tensor, Tensor]:
-    """Penalty-reduced focal loss of CenterNet on Gaussian heatmaps (torchvision has only the binary-target one).
-
-    Args:
-        logits, target: (B, C, X, Y); positives are the cells where ``target == 1``.
-        weight: (B, 1, 1, 1) per-frame weight (0 for frames without labels of this kind).
-        per_class: sum per class (two (C,) tensors) instead of over everything.
-
-    Returns:
-        The summed loss and the number of positives it should be divided by.
-    """
-    pos = (target >= 1.0).to(logits.dtype)
-    log_p = F.logsigmoid(logits)
-    log_not_p = F.logsigmoid(-logits)
-    p = torch.sigmoid(logits)
-    pos_loss = log_p * (1 - p).pow(alpha) * pos
-    neg_loss = log_not_p * p.pow(alpha) * (1 - target).pow(beta) * (1 - pos)
-    dims = (0, 2, 3) if per_class else tuple(range(logits.dim()))
-    return -((pos_loss + neg_loss) * weight).sum(dims), (pos * weight).sum(dims)
 
 
 class Objects3DHead(nn.Module):
