@@ -8,7 +8,8 @@ Runs the checkpoint over the split of the regions (its own data config, as ``vis
   then CULane IoU of lanes drawn 30 px wide at 1640 x 590 scaled to the image, Hungarian matching at IoU 0.5):
   F1 at existence thresholds 0.3-0.7 (flat: existence is not the problem; rising or falling: it is), the IoU of
   the matched pairs, the best IoU every ground-truth line gets from any slot whatever its existence (a line found
-  but 1-2 px off scores 0.3-0.5), F1 per camera and recall per slot (slots are ordered left to right);
+  but 1-2 px off scores 0.3-0.5), the type given to each matched line against its true type, F1 per camera and
+  recall per slot (slots are ordered left to right);
 - 2D boxes (``PerceptionEvaluator.box_images``; COCO through torchmetrics, as the evaluator): AP@0.5 and recall
   per class, AP@0.5 by ground-truth height, and for boxes at least 16 px tall how far the prediction that overlaps
   each most is off (centre error / size, log size ratio, right class, score); and AP@0.5 with every class merged
@@ -20,7 +21,9 @@ Runs the checkpoint over the split of the regions (its own data config, as ``vis
   peak; elsewhere);
 - BEV lanes (models with the bird's-eye-view branch): per lane type the ground truth's and the prediction's cells,
   the IoU at probability thresholds 0.3 and 0.5 (the metric's), and what the model predicts on each type's cells
-  (the most probable type where one reaches 0.5, or none).
+  (the most probable type where one reaches 0.5, or none); then at 0.5 by distance from the ego (cell centres in
+  10 m rings): the mean IoU over types, and the IoU with the types merged into one "lane" mask (how much of the
+  gap is the type, not the place).
 
 Labels and predictions are the evaluator's: a model scoring ``val/lane_f1`` 0.556 in training prints F1 0.556 at
 threshold 0.5 here on the same frames.
@@ -56,13 +59,26 @@ RANGES = np.array([NUSCENES_CLASS_RANGES[name] for name in OBJECT_CLASSES])
 
 
 class BevLaneCounts:
-    """Cell counts per lane type over the frames seen: ground truth, prediction and overlap at each threshold, and
-    for each type's ground-truth cells the most probable type where one reaches 0.5 (last column: none does)."""
+    """Cell counts per lane type over the frames seen: ground truth, prediction and overlap at each threshold, for
+    each type's ground-truth cells the most probable type where one reaches 0.5 (last column: none does), and at 0.5
+    the overlap per ring of ``ring_m`` metres around the ego, per type and with the types merged."""
 
-    def __init__(self, grid: BevGrid, line_width: float) -> None:
+    def __init__(self, grid: BevGrid, line_width: float, ring_m: float = 10.0) -> None:
         self.grid, self.line_width, t, n = grid, line_width, len(LANE_TYPES), len(BEV_THRESHOLDS)
         self.gt, self.confusion = np.zeros(t), np.zeros((t, t + 1))
         self.pred, self.inter, self.union = np.zeros((n, t)), np.zeros((n, t)), np.zeros((n, t))
+        # Each cell's ring (ring_m metres wide) by its centre's distance from the ego, as many as fit inside the grid;
+        # the last one takes the rest (the corners).
+        self.ring_m = float(ring_m)
+        x = grid.x_min + (np.arange(grid.shape[0]) + 0.5) * grid.resolution
+        y = grid.y_min + (np.arange(grid.shape[1]) + 0.5) * grid.resolution
+        dist = np.hypot(x[:, None], y[None, :])
+        self.num_rings = max(1, int(min(-grid.x_min, grid.x_max, -grid.y_min, grid.y_max) // self.ring_m))
+        self.ring = torch.from_numpy(np.minimum(dist // self.ring_m, self.num_rings - 1).astype(np.int64))  # (X, Y)
+        r = self.num_rings
+        # At probability 0.5, per ring: per type (r, t), and the types merged into one lane mask (r,).
+        self.ring_inter, self.ring_union = np.zeros((r, t)), np.zeros((r, t))
+        self.any_inter, self.any_union, self.any_gt = np.zeros(r), np.zeros(r), np.zeros(r)
 
     def update(self, batch: dict, prob: torch.Tensor) -> None:
         t = len(LANE_TYPES)
@@ -81,6 +97,19 @@ class BevLaneCounts:
         top = torch.where(best >= 0.5, top, torch.full_like(top, t))
         for k in range(t):
             self.confusion[k] += np.bincount(top[gt[:, k]].numpy(), minlength=t + 1)
+        pred = prob >= 0.5
+        r, ring = self.num_rings, self.ring.flatten()
+
+        def per_ring(mask: torch.Tensor) -> np.ndarray:  # (F, X, Y) -> cells per ring
+            return np.bincount(ring[None].expand(mask.shape[0], -1)[mask.flatten(1)].numpy(), minlength=r)
+
+        for k in range(t):
+            self.ring_inter[:, k] += per_ring(pred[:, k] & gt[:, k])
+            self.ring_union[:, k] += per_ring(pred[:, k] | gt[:, k])
+        pred_any, gt_any = pred.any(dim=1), gt.any(dim=1)
+        self.any_inter += per_ring(pred_any & gt_any)
+        self.any_union += per_ring(pred_any | gt_any)
+        self.any_gt += per_ring(gt_any)
 
 
 def collect(ckpt: str, regions: list[str], split: str) -> tuple[list, list, list, list, BevLaneCounts | None, list]:
@@ -140,6 +169,7 @@ def lanes_report(images: list[dict], image_size: tuple[int, int]) -> dict[str, f
         best += img["iou"].max(0).tolist() if img["iou"].shape[0] else [0.0] * len(img["gts"])
     matched, best = np.asarray(matched), np.asarray(best)
     print(f"  Hungarian-matched pairs (existence >= 0.5): {len(matched)}, IoU <= 0.5: {(matched <= 0.5).sum()}")
+    out.update(lane_types_report(images))
     if not len(best):
         return out
     print(f"  best IoU of each GT line over all slots: > 0.5 {np.mean(best > 0.5):.3f}, 0.3-0.5 "
@@ -294,9 +324,38 @@ def bev_boxes_report(frames: list[dict], score: float = 0.3) -> dict[str, float]
     return {"bev_map": scored["bev_map"], "bev_map_agnostic": agnostic["bev_map"]}
 
 
+def lane_types_report(images: list[dict]) -> dict[str, float]:
+    """The 2D lanes' type confusion over the true positives (existence >= 0.5, Hungarian-matched at IoU > 0.5, as the
+    F1 matches them): per ground-truth type, the fraction given each type. Returns the matched pairs' accuracy."""
+    t = len(LANE_TYPES)
+    confusion = np.zeros((t, t))
+    for img in images:
+        if img.get("types") is None or img.get("gt_types") is None:
+            continue
+        keep = img["exist"] >= 0.5
+        iou = img["iou"][keep]
+        if not iou.size:
+            continue
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        for r, c in zip(rows, cols):
+            gt_type, pred_type = int(img["gt_types"][c]), int(img["types"][keep][r])
+            if iou[r, c] > 0.5 and 0 <= gt_type < t and 0 <= pred_type < t:
+                confusion[gt_type, pred_type] += 1
+    if not confusion.sum():
+        return {}
+    print(f"  types of the matched lines (IoU > 0.5; rows: the true type, columns: the type given, fractions): "
+          f"right {np.trace(confusion) / confusion.sum():.3f} of {int(confusion.sum())}")
+    print("  " + " " * 14 + "".join(f"{n[:12]:>13s}" for n in (*LANE_TYPES, "lines")))
+    for k, name in enumerate(LANE_TYPES):
+        row = confusion[k] / max(confusion[k].sum(), 1)
+        print(f"  {name:14s}" + "".join(f"{v:13.3f}" for v in row) + f"{int(confusion[k].sum()):13d}")
+    return {"type_accuracy": float(np.trace(confusion) / confusion.sum())}
+
+
 def bev_lanes_report(c: BevLaneCounts) -> dict[str, float]:
     """Print the BEV lane analysis; return the mean IoU over types at each threshold (``bev_iou@0.5`` is the
-    evaluator's ``bev_lane_iou``: types with an empty union left out)."""
+    evaluator's ``bev_lane_iou``: types with an empty union left out), the IoU with the types merged
+    (``bev_iou_merged@0.5``), and both per ring (``..._ring<i>``; a ring without lane cells scores 0)."""
     print(f"\nBEV lanes: cells per type, IoU at thresholds {' / '.join(map(str, BEV_THRESHOLDS))}")
     out = {}
     for i, th in enumerate(BEV_THRESHOLDS):
@@ -312,6 +371,21 @@ def bev_lanes_report(c: BevLaneCounts) -> dict[str, float]:
     for k, name in enumerate(LANE_TYPES):
         row = c.confusion[k] / max(c.gt[k], 1)
         print(f"  {name:14s}" + "".join(f"{v:13.3f}" for v in row))
+    out["bev_iou_merged@0.5"] = float(c.any_inter.sum() / max(c.any_union.sum(), 1))
+    print(f"  at 0.5 by distance from the ego (all distances, the types merged: IoU {out['bev_iou_merged@0.5']:.3f}): "
+          f"IoU per type, their mean (as the metric: types with a union), IoU with the types merged, and the ring's "
+          f"share of the ground-truth lane cells")
+    print("  " + " " * 10 + "".join(f"{n[:12]:>13s}" for n in (*LANE_TYPES, "mean", "merged", "share")))
+    for i in range(c.num_rings):
+        lo = i * c.ring_m
+        band = f"{lo:.0f}-{lo + c.ring_m:.0f} m" if i < c.num_rings - 1 else f">= {lo:.0f} m"
+        seen = c.ring_union[i] > 0
+        mean = float((c.ring_inter[i][seen] / c.ring_union[i][seen]).mean()) if seen.any() else 0.0
+        merged = float(c.any_inter[i] / max(c.any_union[i], 1))
+        share = c.any_gt[i] / max(c.any_gt.sum(), 1)
+        per_type = c.ring_inter[i] / np.maximum(c.ring_union[i], 1)
+        print(f"  {band:10s}" + "".join(f"{v:13.3f}" for v in (*per_type, mean, merged, share)))
+        out[f"bev_iou@0.5_ring{i}"], out[f"bev_iou_merged@0.5_ring{i}"] = mean, merged
     return out
 
 

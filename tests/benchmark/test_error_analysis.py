@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from tests.benchmark import load_script
 from visionpilot.cli.eval import run
+from visionpilot.data.vocab import LANE_TYPES
 from visionpilot.evaluation import cross_region
 from visionpilot.paths import config_dir
 from visionpilot.training.finetune import write_checkpoint
@@ -37,8 +39,10 @@ def _near_ground_truth(net: torch.nn.Module):
         # Each edge moved by up to 0.4 of the box's size: about half the boxes keep IoU > 0.5 (mAP@0.5 0.42 here;
         # with 0.6 it hung on which frames the seed picked: 0.005 after the synthetic ground moved by a pixel).
         jitter = (torch.rand(boxes.shape, generator=g) - 0.5) * 0.8 * (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 1, 2)
+        types = batch["lanes_2d_types"].clamp(min=0)
+        types[:, :, 2::4] = (types[:, :, 2::4] + 1) % len(LANE_TYPES)  # of the lanes kept, every other one mistyped
         return {"lanes_2d.points": lanes + shift, "lanes_2d.points_valid": valid,
-                "lanes_2d.exist": valid.any(-1).float() * exist, "lanes_2d.types": torch.zeros(valid.shape[:3]).long(),
+                "lanes_2d.exist": valid.any(-1).float() * exist, "lanes_2d.types": types,
                 "objects_2d.boxes": boxes + jitter, "objects_2d.scores": torch.rand(mask.shape, generator=g),
                 "objects_2d.classes": torch.where(mask, batch["boxes_2d_classes"], -1)}
     return decode
@@ -59,6 +63,7 @@ def test_error_analysis_reports_the_evaluators_figures(tmp_path: Path, capsys: p
     figures = load_script("error_analysis").analyse(str(ckpt), ["us"], "val")
     printed = capsys.readouterr().out
     assert "2D lanes:" in printed and "2D boxes:" in printed and "existence >= 0.5" in printed
+    assert "types of the matched lines" in printed and 0.2 < figures["type_accuracy"] < 0.8, figures
 
     run(eval_cfg)
     overall = json.loads((tmp_path / "eval" / "eval.json").read_text())["overall"]["m"]
@@ -89,19 +94,35 @@ def test_bev_lane_counts_score_the_heads_own_target_as_perfect_and_a_swapped_typ
              "has_lanes_3d": torch.tensor([True, False])}
     target = head.build_targets(batch)["seg"]
     evaluator_grid, width_m = BevGrid.from_any(grid), head.line_width * grid.cell_size  # as build_evaluator gives
-    counts = script.BevLaneCounts(evaluator_grid, width_m)
+    counts = script.BevLaneCounts(evaluator_grid, width_m, ring_m=4.0)  # rings 0-4 m and beyond (to 22 m ahead)
     counts.update(batch, target * 0.9)
     figures = script.bev_lanes_report(counts)
-    assert figures == {"bev_iou@0.3": 1.0, "bev_iou@0.5": 1.0}
+    assert counts.num_rings == 2 and counts.any_gt.min() > 0
+    assert figures == {"bev_iou@0.3": 1.0, "bev_iou@0.5": 1.0, "bev_iou_merged@0.5": 1.0,
+                       "bev_iou@0.5_ring0": 1.0, "bev_iou_merged@0.5_ring0": 1.0,
+                       "bev_iou@0.5_ring1": 1.0, "bev_iou_merged@0.5_ring1": 1.0}
     wd, yd = lane_type_index("white_dashed"), lane_type_index("yellow_dashed")
     assert counts.gt[wd] == target[0, wd].sum() > 0 and counts.gt[2:].sum() == target[0, yd].sum()  # frame 1 unlabelled
     swapped = target.clone()
     swapped[:, wd], swapped[:, yd] = target[:, yd], target[:, wd]  # yellow called white and the reverse
-    counts = script.BevLaneCounts(evaluator_grid, width_m)
+    counts = script.BevLaneCounts(evaluator_grid, width_m, ring_m=4.0)
     counts.update(batch, swapped * 0.9)
     assert counts.confusion[yd, wd] == counts.gt[yd] and counts.confusion[wd, yd] == counts.gt[wd]
     assert counts.confusion[:, len(LANE_TYPES)].sum() == 0
-    assert script.bev_lanes_report(counts)["bev_iou@0.5"] == 0.0
+    figures = script.bev_lanes_report(counts)
+    # Every line in its place, each with the other's type: no type scores, the types merged score it perfect.
+    assert figures["bev_iou@0.5"] == figures["bev_iou@0.5_ring0"] == figures["bev_iou@0.5_ring1"] == 0.0
+    assert figures["bev_iou_merged@0.5"] == figures["bev_iou_merged@0.5_ring1"] == 1.0
+    # Half the lines dropped beyond 4 m: the near ring stays perfect, the far one loses.
+    far = torch.from_numpy(np.hypot(*np.meshgrid(np.arange(-9.75, 20, 0.5), np.arange(-7.75, 8, 0.5),
+                                                 indexing="ij")) >= 4.0)
+    dropped = target * 0.9
+    dropped[:, wd][:, far] = 0.0
+    counts = script.BevLaneCounts(evaluator_grid, width_m, ring_m=4.0)
+    counts.update(batch, dropped)
+    figures = script.bev_lanes_report(counts)
+    assert figures["bev_iou@0.5_ring0"] == figures["bev_iou_merged@0.5_ring0"] == 1.0
+    assert figures["bev_iou@0.5_ring1"] < 0.75 and 0.0 < figures["bev_iou_merged@0.5_ring1"] < 1.0
 
 
 def test_bev_box_analysis_scores_as_the_evaluator_and_sorts_false_positives(capsys: pytest.CaptureFixture) -> None:

@@ -109,9 +109,11 @@ class PerceptionEvaluator(nn.Module):
 
     def lane_images(self, batch: dict[str, Any], decoded: dict[str, Tensor]) -> list[dict[str, Any]]:
         """The 2D lane task image by image, before any existence threshold: per labelled lane-camera image its
-        batch and camera indices ``b``, ``n``, ``exist`` (K,) and ``preds`` (K lanes of (P, 2) px) for the slots
-        with at least 2 valid points, ``gts`` (the CULane ground-truth lines) and ``gt_slots`` (their slot indices,
-        left to right). ``_update_lanes`` and benchmarks/error_analysis.py read the same lists."""
+        batch and camera indices ``b``, ``n``, ``exist`` (K,), ``preds`` (K lanes of (P, 2) px) and ``types`` (K,
+        lane-type indices; None where the head has none) for the slots with at least 2 valid points, ``gts`` (the
+        CULane ground-truth lines), ``gt_types`` (their types; None where the batch has none) and ``gt_slots``
+        (their slot indices, left to right). ``_update_lanes`` and benchmarks/error_analysis.py read the same
+        lists."""
         from visionpilot.models.heads.lanes_2d import assign_slots
 
         height = batch["images"].shape[-2]
@@ -124,12 +126,17 @@ class PerceptionEvaluator(nn.Module):
         points = decoded["lanes_2d.points"].float().cpu().numpy()  # (B, N, S, R, 2)
         pvalid = decoded["lanes_2d.points_valid"].cpu().numpy()
         exist = decoded["lanes_2d.exist"].float().cpu().numpy()  # (B, N, S)
+        types = decoded["lanes_2d.types"].cpu().numpy() if "lanes_2d.types" in decoded else None  # (B, N, S)
+        gt_types = batch["lanes_2d_types"].cpu().numpy() if "lanes_2d_types" in batch else None  # (B, N, L)
         images = []
         for b, n in zip(*np.nonzero(image_mask)):
             slots = [s for s in range(exist.shape[-1]) if pvalid[b, n, s].sum() >= 2]
             images.append({"b": int(b), "n": int(n), "exist": exist[b, n, slots],
                            "preds": [points[b, n, s][pvalid[b, n, s]] for s in slots],
+                           "types": types[b, n, slots] if types is not None else None,
                            "gts": [lanes[b, n, i][valid[b, n, i]] for i in lane_index[b, n] if i >= 0],
+                           "gt_types": None if gt_types is None else
+                           np.array([gt_types[b, n, i] for i in lane_index[b, n] if i >= 0], np.int64),
                            "gt_slots": [s for s, i in enumerate(lane_index[b, n]) if i >= 0]})
         return images
 
