@@ -64,6 +64,25 @@ def test_order_of_detections_does_not_matter_and_low_scores_are_not_compared() -
     assert compared["objects_2d.boxes"] == 1 and agreement["objects_2d.boxes"] == 1.0
 
 
+def test_detection_scores_are_compared_with_their_matched_detection_not_by_place_in_the_list() -> None:
+    # Top-4 by score: a confident car and three low peaks. In ONNX a near-tie made one more low peak (0.095): the
+    # sorted list shifts by one place after it, which a position-by-position comparison called 2 of 4 different.
+    ref = _image_detections([[10, 10, 50, 50], [100, 10, 140, 50], [150, 10, 190, 50], [200, 10, 240, 50]])
+    ref["objects_2d.scores"][...] = [0.8, 0.1, 0.09, 0.08]
+    got = _image_detections([[10, 10, 50, 50], [100, 10, 140, 50], [60, 60, 90, 90], [150, 10, 190, 50]])
+    got["objects_2d.scores"][...] = [0.8, 0.1, 0.095, 0.09]
+    agreement, compared = decoded_agreement(ref, got, tolerance_for("fp32"))
+    assert compared["objects_2d.scores"] == 1 and agreement["objects_2d.scores"] == 1.0
+    assert agreement["objects_2d.boxes"] == 1.0
+    # The confident detection's own score off by 0.01: a real difference for fp32 (1e-3), not for int8 (0.1).
+    got["objects_2d.scores"][..., 0] = 0.81
+    assert decoded_agreement(ref, got, tolerance_for("fp32"))[0]["objects_2d.scores"] == 0.0
+    assert decoded_agreement(ref, got, INT8)[0]["objects_2d.scores"] == 1.0
+    # ... and its score on another box of the list does not rescue it.
+    got["objects_2d.scores"][..., 0], got["objects_2d.scores"][..., 1] = 0.3, 0.8
+    assert decoded_agreement(ref, got, INT8)[0]["objects_2d.scores"] == 0.0
+
+
 def _bev_detections(box: list[float]) -> dict[str, np.ndarray]:
     return {"bev.objects_boxes": np.array([[box]], np.float32), "bev.objects_scores": np.array([[0.8]], np.float32),
             "bev.objects_classes": np.array([[0]], np.int64)}

@@ -18,6 +18,11 @@ Two questions, two measures (both in ``export.json`` under ``parity``):
       is matched by an empty ONNX box of the same class;
     - BEV detections (ego frame, metres): same class, centre (x, y) within ``position_m`` and z within
       ``position_m``, sizes within ``atol + rtol * size``, yaw within ``atol`` radians on the circle;
+    - detection scores (``<stem>scores``): the same confident reference detections, each matched as above and its
+      ONNX twin's score within ``atol + rtol * score``. Not position by position: the top-k list is sorted, and a
+      near-tie at the peak picking (two neighbouring heatmap cells within 1e-6, one a peak in PyTorch, the other in
+      ONNX) adds or drops one low score and shifts every score after it by one place (a weak model's flat heatmap
+      did so in a 1e-6-exact fp32 export: 15 of 800 scores 0.07-0.11 "differed" by up to 0.003);
     - lane points: on rows the reference marks valid, in slots whose existence probability / score is >= 0.5,
       each point within ``position_px`` pixels (image lanes) or ``position_m`` metres (BEV lanes), Euclidean;
   - other per-slot results only for existing slots; probabilities and masks everywhere;
@@ -170,8 +175,9 @@ def _box_area(boxes: np.ndarray) -> np.ndarray:
 
 
 def _detections(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], stem: str,
-                tol: Tolerance) -> tuple[float, int]:
-    """Fraction of confident reference detections with a matching same-class ONNX detection (module docstring)."""
+                tol: Tolerance, scores: bool = False) -> tuple[float, int]:
+    """Fraction of confident reference detections with a matching same-class ONNX detection (module docstring);
+    ``scores``: whose score agrees too."""
     boxes_r, boxes_g = ref[stem + "boxes"].astype(np.float64), got[stem + "boxes"].astype(np.float64)  # (..., K, D)
     cls_r, cls_g = ref[stem + "classes"], got[stem + "classes"]
     keep = (ref[stem + "scores"] >= tol.score_threshold) & (cls_r >= 0)  # (..., K)
@@ -191,6 +197,8 @@ def _detections(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], st
         raise ValueError(f"parity: '{stem}boxes' has {boxes_r.shape[-1]} values per box; expected 4 (image "
                          f"x1, y1, x2, y2) or 7 (BEV x, y, z, l, w, h, yaw)")
     close &= cls_r[..., :, None] == cls_g[..., None, :]
+    if scores:
+        close &= _close(got[stem + "scores"][..., None, :], ref[stem + "scores"][..., :, None], tol)
     matched = close.any(-1)  # (..., K_ref)
     return float(matched[keep].mean()), int(keep.sum())
 
@@ -216,8 +224,8 @@ def decoded_agreement(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarra
         exist_key = next((stem + f for f in ("exist", "scores") if stem + "points" in ref and stem + f in ref), None)
         if is_detection and field == "classes":
             continue  # compared together with the boxes
-        if is_detection and field == "boxes":
-            agreement[key], compared[key] = _detections(ref, got, stem, tol)
+        if is_detection and field in ("boxes", "scores"):
+            agreement[key], compared[key] = _detections(ref, got, stem, tol, scores=field == "scores")
             continue
         mask = None
         if exist_key is not None and field not in ("exist", "scores", "seg_prob"):
