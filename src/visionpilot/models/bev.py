@@ -80,7 +80,7 @@ class BEVBranch(nn.Module):
         strides: the neck's available strides, ``{"s8": 8, ...}`` or ``[8, 16]`` / ``["s8", "s16"]``.
         grid: :class:`BEVGrid` or a mapping of its fields (``x_range``, ``y_range``, ``z_range``, ``cell_size``,
             ``z_levels``).
-        feature_stride: the level that is lifted (stride 8 for detail, 16 for speed).
+        feature_stride: the level that is lifted (4 or 8 for detail: the demo lifts 4; 16 for speed).
         lift_channels: channels sampled per voxel (reduced by a 1x1 conv before sampling; None = in_channels).
         bev_channels: width of the BEV map and encoder.
         encoder_blocks, encoder_down_blocks: see :class:`BEVEncoder`.
