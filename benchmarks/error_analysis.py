@@ -160,16 +160,20 @@ def lanes_report(images: list[dict], image_size: tuple[int, int]) -> dict[str, f
         out[f"f1@{th}"] = 2 * tp / max(2 * tp + fp + fn, 1)
         print(f"  existence >= {th}: precision {tp / max(tp + fp, 1):.3f} recall {tp / max(tp + fn, 1):.3f} "
               f"F1 {2 * tp / max(2 * tp + fp + fn, 1):.3f}")
-    matched, best = [], []
+    matched, best, type_pairs = [], [], []  # type_pairs: (true, given) of the pairs the F1 counts (IoU > 0.5)
     for img in images:
-        iou = img["iou"][img["exist"] >= 0.5]
+        keep = img["exist"] >= 0.5
+        iou = img["iou"][keep]
         if iou.size:
             r, c = linear_sum_assignment(iou, maximize=True)
             matched += iou[r, c].tolist()
+            if img.get("types") is not None and img.get("gt_types") is not None:
+                hit = iou[r, c] > 0.5
+                type_pairs += zip(img["gt_types"][c[hit]].tolist(), img["types"][keep][r[hit]].tolist())
         best += img["iou"].max(0).tolist() if img["iou"].shape[0] else [0.0] * len(img["gts"])
     matched, best = np.asarray(matched), np.asarray(best)
     print(f"  Hungarian-matched pairs (existence >= 0.5): {len(matched)}, IoU <= 0.5: {(matched <= 0.5).sum()}")
-    out.update(lane_types_report(images))
+    out.update(lane_types_report(type_pairs))
     if not len(best):
         return out
     print(f"  best IoU of each GT line over all slots: > 0.5 {np.mean(best > 0.5):.3f}, 0.3-0.5 "
@@ -324,23 +328,15 @@ def bev_boxes_report(frames: list[dict], score: float = 0.3) -> dict[str, float]
     return {"bev_map": scored["bev_map"], "bev_map_agnostic": agnostic["bev_map"]}
 
 
-def lane_types_report(images: list[dict]) -> dict[str, float]:
-    """The 2D lanes' type confusion over the true positives (existence >= 0.5, Hungarian-matched at IoU > 0.5, as the
-    F1 matches them): per ground-truth type, the fraction given each type. Returns the matched pairs' accuracy."""
+def lane_types_report(pairs: list[tuple[int, int]]) -> dict[str, float]:
+    """The 2D lanes' type confusion over the true positives (``pairs``: the true and the given type of each line the
+    F1 matches, existence >= 0.5 and Hungarian IoU > 0.5): per true type, the fraction given each type. Returns the
+    pairs' accuracy."""
     t = len(LANE_TYPES)
     confusion = np.zeros((t, t))
-    for img in images:
-        if img.get("types") is None or img.get("gt_types") is None:
-            continue
-        keep = img["exist"] >= 0.5
-        iou = img["iou"][keep]
-        if not iou.size:
-            continue
-        rows, cols = linear_sum_assignment(iou, maximize=True)
-        for r, c in zip(rows, cols):
-            gt_type, pred_type = int(img["gt_types"][c]), int(img["types"][keep][r])
-            if iou[r, c] > 0.5 and 0 <= gt_type < t and 0 <= pred_type < t:
-                confusion[gt_type, pred_type] += 1
+    pairs_arr = np.asarray(pairs, np.int64).reshape(-1, 2)
+    pairs_arr = pairs_arr[((pairs_arr >= 0) & (pairs_arr < t)).all(1)]  # padding (-1) left out
+    np.add.at(confusion, (pairs_arr[:, 0], pairs_arr[:, 1]), 1)
     if not confusion.sum():
         return {}
     print(f"  types of the matched lines (IoU > 0.5; rows: the true type, columns: the type given, fractions): "
