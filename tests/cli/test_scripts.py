@@ -60,3 +60,13 @@ def test_printed_result_paths_hold_the_results_from_another_directory(tmp_path: 
     assert (out_dir / ("train" if script == "quickstart.sh" else "global") / "ran").is_file(), result.stdout
     if out:  # a relative OUT is relative to where the script was started
         assert out_dir.resolve() == (caller / out).resolve()
+    # Every result the script lists lies in the run dir of one of its commands (a path that no command writes to,
+    # left behind when the steps change, would send the user to nothing).
+    listed = re.findall(r"^  .*?  ?(\S*" + re.escape(match.group(1)) + r"/\S+)", result.stdout, flags=re.M)
+    assert len(listed) >= 5, result.stdout
+    for listed_path in listed:
+        brace = re.search(r"\{(.*?)\}", listed_path)  # export/{fp32,int8}/model.onnx: both
+        for path in ([listed_path[:brace.start()] + alt + listed_path[brace.end():] for alt in brace.group(1).split(",")]
+                     if brace else [listed_path]):
+            where = caller / path.rstrip(",")
+            assert any((d / "ran").is_file() for d in (where, *where.parents)), f"no command writes {path}"
