@@ -13,7 +13,9 @@ import pytest
 from visionpilot.data.regions import REGIONS
 from visionpilot.data.sources.synthetic import SyntheticSource
 from visionpilot.data.sources.synthetic.ground import build_rig_geometry, render_ground_and_sky
+from visionpilot.data.sources.synthetic.scene import sample_scene
 from visionpilot.data.sources.synthetic.source import GROUND_SCALE
+from visionpilot.data.sources.synthetic.styles import STYLES
 from visionpilot.data.vocab import LANE_TYPES, OBJECT_CLASSES
 from visionpilot.geometry.camera import project_points
 
@@ -189,6 +191,31 @@ def test_region_styles_differ_as_documented() -> None:
     assert share["de"] == 0.0, share
     assert share["us"] > 0.15 and share["cn"] > 0.15, share
     assert share["gb"] < min(share["us"], share["cn"]), share
+
+
+@pytest.mark.parametrize("code", sorted(REGIONS))
+def test_parked_cars_appear_as_often_as_the_style_says_and_stand_at_the_kerb(code: str) -> None:
+    """Every region parks cars at its style's rate (not only where the shoulder happens to be wide), on a strip
+    between the edge line and the kerb, and never along kerbside restriction lines."""
+    region, style, n = REGIONS[code], STYLES[code], 300
+    expected = style.parked_prob * (1.0 - style.kerb_line_prob if region.kerb_lines else 1.0)
+    kerb_types = {LANE[t] for t in region.kerb_lines}
+    parked_scenes = 0
+    for j in range(n):
+        sc = sample_scene(region, style, 0, j, 1.5)
+        a = sc.actors
+        parked = (a.cls == CLS["car"]) & (a.speed == 0.0)
+        if not parked.any():
+            continue
+        parked_scenes += 1
+        ego_edge = sc.n_ego * sc.lane_width  # distance of the ego side's edge line from the centre line
+        kerb = sc.road_hi if sc.side > 0 else -sc.road_lo
+        inner = np.abs(a.l[parked]) - a.size[parked, 1] / 2
+        outer = np.abs(a.l[parked]) + a.size[parked, 1] / 2
+        assert (inner > ego_edge).all() and (outer < kerb).all(), (code, j, inner, outer, ego_edge, kerb)
+        assert not any(m.type in kerb_types and abs(abs(m.l) - kerb) < 0.5 for m in sc.markings), (code, j)
+    share = parked_scenes / n
+    assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / n) + 1e-9, (code, share, expected)
 
 
 @pytest.mark.parametrize("rig", ["front1", "nuscenes6", "surround8"])

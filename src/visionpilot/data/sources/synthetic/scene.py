@@ -285,8 +285,6 @@ def sample_scene(region: Region, style: RegionStyle, seed: int, index: int, dura
     edge_painted = rng.random() < style.edge_line_prob
     ego_edge = side * n_ego * lane_w
     opp_edge = -side * n_opp * lane_w
-    road_ego = ego_edge + side * shoulder_e
-    road_opp = opp_edge - side * shoulder_o
     markings: list[Marking] = []
     centre = region.centre_lines[int(rng.choice(len(region.centre_lines),
                                                 p=np.asarray(style.centre_line_weights) / sum(style.centre_line_weights)))]
@@ -299,6 +297,13 @@ def sample_scene(region: Region, style: RegionStyle, seed: int, index: int, dura
         markings.append(_marking(region, region.edge_line, ego_edge, wear, rng))
         markings.append(_marking(region, region.edge_line, opp_edge, wear, rng))
     kerb = bool(region.kerb_lines) and rng.random() < style.kerb_line_prob
+    # Cars park at the nearside kerb where no restriction lines are painted, in a strip wide enough for a car
+    # (UK parking bays are 1.8-2.4 m): a narrow shoulder is widened, so every style's parking probability holds.
+    parked = not kerb and rng.random() < style.parked_prob
+    if parked:
+        shoulder_e = max(shoulder_e, float(rng.uniform(2.0, 2.6)))
+    road_ego = ego_edge + side * shoulder_e
+    road_opp = opp_edge - side * shoulder_o
     if kerb:
         kerb_type = region.kerb_lines[int(rng.integers(0, len(region.kerb_lines)))]
         # Kerbside restriction lines run 0.25 m inside the kerb on the ego's (nearside) edge.
@@ -368,7 +373,6 @@ def sample_scene(region: Region, style: RegionStyle, seed: int, index: int, dura
         v = -float(rng.uniform(*style.speed_mps))
         # Oncoming traffic sweeps past: spawn over everything the scene will bring into range.
         fill_slot(l_lane, v, np.pi, s_lo, s_hi + travel - v * duration_s, lane_mix, 0.8)
-    parked = rng.random() < style.parked_prob and shoulder_e >= 2.0
     # Two-wheelers on the shoulders (filtering past traffic, as in IN/CN); not where cars park.
     if style.shoulder_two_wheelers > 0:
         for edge, shoulder, direction in ((ego_edge, shoulder_e, 1.0), (opp_edge, shoulder_o, -1.0)):

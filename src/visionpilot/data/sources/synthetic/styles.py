@@ -30,7 +30,7 @@ class RegionStyle:
     shoulder_two_wheelers: float  # expected two-wheelers per 100 m riding on the shoulder
     pedestrians_per_100m: tuple[float, float]
     cone_prob: float  # probability of road works (a row of cones) in a scene
-    parked_prob: float  # probability of parked cars along the kerb on the ego side
+    parked_prob: float  # probability of parked cars along the ego side's kerb, where no kerb lines restrict it
     vehicle_scale: float  # multiplies vehicle lengths/widths (US pick-ups and SUVs, JP kei cars)
     double_decker_prob: float  # share of buses that are double-deckers (4.4 m tall)
     car_colors: dict[tuple[int, int, int], float]  # RGB -> weight
