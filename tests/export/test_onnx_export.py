@@ -32,6 +32,9 @@ CONFIGS = [
     pytest.param("tiny", ("model/backbone=resnet34",), id="tiny+resnet34", marks=pytest.mark.slow),
     pytest.param("tiny", ("model/backbone=efficientnet_b0",), id="tiny+efficientnet_b0"),
     pytest.param("tiny", ("model/backbone=mobilenet_v3_large",), id="tiny+mobilenet_v3_large"),
+    # The demo's 2D box head: strides 4 and 8 in one top-K.
+    pytest.param("tiny", ("model.net.backbone.out_strides=[4,8,16,32]", "model.net.heads.objects_2d.stride=[4,8]",
+                          "model.net.heads.objects_2d.level_bounds=[24]"), id="tiny+objects_2d_two_levels"),
 ]
 
 

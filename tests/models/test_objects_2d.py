@@ -179,11 +179,16 @@ def test_decode_round_trip_recovers_boxes_within_a_pixel() -> None:
     offset[0, 0, :, t["index"][0, 0]] = t["offset"][0, 0].T
     outputs = {"heatmap": t["heatmap"].clamp(1e-6, 1 - 1e-6).logit(),
                "size": size.view(1, 1, 2, 8, 20), "offset": offset.view(1, 1, 2, 8, 20)}
-    dec = head.decode(outputs)
+    _assert_decodes_to(head.decode(outputs), gt)
+
+
+def _assert_decodes_to(dec: dict[str, torch.Tensor], gt: list[tuple[list[float], int]]) -> None:
+    """The decoded top-20 of one image holds exactly the ground truth's boxes first (score > 0.99, within 1 px)."""
     assert dec["scores"].shape == (1, 1, 20) and dec["boxes"].shape == (1, 1, 20, 4)
-    assert (dec["scores"][0, 0, :3] > 0.99).all() and (dec["scores"][0, 0, 3:] < 0.99).all()
+    n = len(gt)
+    assert (dec["scores"][0, 0, :n] > 0.99).all() and (dec["scores"][0, 0, n:] < 0.99).all()
     for box, cls in gt:
-        hit = (dec["classes"][0, 0, :3] == cls).nonzero()[:, 0]
+        hit = (dec["classes"][0, 0, :n] == cls).nonzero()[:, 0]
         assert len(hit) == 1
         np.testing.assert_allclose(dec["boxes"][0, 0, hit[0]].numpy(), box, atol=1.0)
 
@@ -277,3 +282,88 @@ def test_objectness_class_head_outputs_losses_and_decode() -> None:
 def test_objectness_class_head_refuses_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="class_head must be 'per_class' or 'objectness', found 'softmax'"):
         _head(class_head="softmax")
+
+
+def _two_level_head(**kw) -> CenterNetHead:
+    """Strides 4 and 8 sharing the branches; boxes whose larger side is under 24 px on stride 4."""
+    args = dict(in_channels=16, strides=[4, 8, 16], stride=[4, 8], level_bounds=[24.0], num_classes=6,
+                head_channels=16, top_k=20)
+    return CenterNetHead(**(args | kw))
+
+
+def _perfect_outputs(head: CenterNetHead, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Raw outputs that decode to the labels: the target heatmap's logit, size and offset at each centre cell."""
+    outputs = {}
+    for level, stride in enumerate(head.strides):
+        h, w = H // stride, W // stride
+        t = head.targets(batch, (h, w), level)
+        size, offset = torch.zeros(1, 1, 2, h * w), torch.zeros(1, 1, 2, h * w)
+        keep = t["box_mask"][0, 0]
+        size[0, 0, :, t["index"][0, 0][keep]] = t["size"][0, 0][keep].T
+        offset[0, 0, :, t["index"][0, 0][keep]] = t["offset"][0, 0][keep].T
+        suffix = f"_s{stride}"
+        outputs |= {"heatmap" + suffix: t["heatmap"].clamp(1e-6, 1 - 1e-6).logit(),
+                    "size" + suffix: size.view(1, 1, 2, h, w), "offset" + suffix: offset.view(1, 1, 2, h, w)}
+    return outputs
+
+
+def test_two_levels_put_each_box_on_one_level_by_its_larger_side() -> None:
+    head = _two_level_head()
+    small, large = ([100.0, 20.0, 120.0, 30.0], 1), ([20.0, 10.0, 60.0, 42.0], 0)  # larger sides 20 and 40 px
+    edge = ([70.0, 40.0, 94.0, 50.0], 2)  # exactly 24 px: the coarse level's, as FCOS's ranges start inclusive
+    batch = _batch([[small, large, edge]])
+    fine, coarse = head.targets(batch, (H // 4, W // 4), 0), head.targets(batch, (H // 8, W // 8), 1)
+    assert fine["box_mask"][0, 0].tolist() == [True, False, False]
+    assert coarse["box_mask"][0, 0].tolist() == [False, True, True]
+    assert fine["heatmap"][0, 0, 1].max() == 1 and fine["heatmap"][0, 0, [0, 2]].max() == 0
+    assert coarse["heatmap"][0, 0, 1].max() == 0 and coarse["heatmap"][0, 0, [0, 2]].amax((-2, -1)).tolist() == [1, 1]
+    # Each level's outputs carry its suffix; the branches are shared, so the parameters are one level's.
+    out = head({"s4": torch.randn(2, 16, H // 4, W // 4), "s8": torch.randn(2, 16, H // 8, W // 8)})
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "heatmap_s4": (2, 6, 16, 40), "size_s4": (2, 2, 16, 40), "offset_s4": (2, 2, 16, 40),
+        "heatmap_s8": (2, 6, 8, 20), "size_s8": (2, 2, 8, 20), "offset_s8": (2, 2, 8, 20)}
+    assert sum(p.numel() for p in head.parameters()) == sum(p.numel() for p in _head().parameters())
+
+
+def test_two_levels_decode_round_trip_recovers_small_and_large_boxes() -> None:
+    head = _two_level_head()
+    # Two 10 px boxes whose centres share a stride-8 cell (one decodes there at most) but not a stride-4 one.
+    gt = [([100.0, 20.0, 110.0, 30.0], 1), ([105.0, 21.0, 115.0, 29.0], 3), ([20.0, 10.0, 60.0, 42.0], 0),
+          ([3.0, 33.0, 47.5, 63.0], 2)]
+    _assert_decodes_to(head.decode(_perfect_outputs(head, _batch([gt])), (H, W)), gt)
+
+
+def test_two_levels_loss_counts_each_box_once_whatever_its_level() -> None:
+    """Terms divide by all levels' centres and boxes: perfect size and offset give zero, and the terms of a batch with a
+    small and a large box equal those of either level alone, weighted by its share."""
+    torch.manual_seed(0)
+    head = _two_level_head(class_head="objectness")
+    batch = _batch([[([100.0, 20.0, 110.0, 30.0], 1), ([20.0, 10.0, 60.0, 42.0], 0)]])
+    perfect = _perfect_outputs(_two_level_head(), batch)
+    out = head({"s4": torch.randn(1, 16, H // 4, W // 4), "s8": torch.randn(1, 16, H // 8, W // 8)})
+    out = {k: v[None] for k, v in out.items()}
+    for k in ("size_s4", "offset_s4", "size_s8", "offset_s8"):
+        out[k] = perfect[k]
+    terms = head.loss(out, batch)
+    assert set(terms) == {"heatmap", "classes", "size", "offset"}
+    assert terms["size"] == 0 and terms["offset"] == 0 and terms["heatmap"] > 0 and terms["classes"] > 0
+    # The size term of one wrong box is halved by the other level's box.
+    out["size_s4"] = out["size_s4"] + 1.0
+    assert head.loss(out, batch)["size"].item() == pytest.approx(0.5)
+    # Unlabelled: every term zero, still differentiable.
+    none = head.loss(out, _batch([[]], has=[False]))
+    assert all(v == 0 for v in none.values())
+    sum(none.values()).backward()
+
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    (dict(stride=[8, 4], level_bounds=[24.0]), "finest first"),
+    (dict(stride=[4, 8], level_bounds=[]), "level_bounds must be 1"),
+    (dict(stride=[4, 8, 16], level_bounds=[48.0, 24.0]), "increasing"),
+    (dict(stride=[4, 8], level_bounds=[0.0]), "positive"),
+    (dict(stride=[4, 32], level_bounds=[24.0]), "stride 32 is not a neck level"),
+    (dict(stride=8, level_bounds=[24.0]), "needs several levels"),
+])
+def test_two_levels_refuse_bad_levels_by_name(kw: dict, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        _two_level_head(**kw)

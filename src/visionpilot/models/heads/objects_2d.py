@@ -1,12 +1,21 @@
 """Image-space 2D objects, anchor-free in the style of CenterNet ("Objects as Points", Zhou et al. 2019).
 
-On one neck level of stride ``s`` the head predicts, per cell, a centre heatmap per class (or one class-agnostic
-centre heatmap and a class softmax: ``class_head``), the box size and the sub-cell offset of the centre.
+On one neck level of stride ``s`` (or several, see below) the head predicts, per cell, a centre heatmap per class
+(or one class-agnostic centre heatmap and a class softmax: ``class_head``), the box size and the sub-cell offset of
+the centre.
 Coordinates: boxes are ``x1, y1, x2, y2`` pixels of the batched image (continuous convention of
 :mod:`visionpilot.geometry.frames`); a centre ``(cx, cy)`` px lies in cell
 ``(floor(cx / s), floor(cy / s))`` with offset ``cx / s - floor(cx / s)``, so decoding ``(cell + offset) * s``
 returns it exactly. Sizes are regressed as ``log(w / s), log(h / s)`` (scale-invariant L1; CenterNet's raw-pixel
 L1 needs a 0.1 weight to balance large boxes).
+
+Several levels (``stride=[4, 8]``): one set of branches, shared by the levels as FCOS's head is (Tian et al.
+2019), reads each level, and each box is a target on one level only, chosen by its larger side (``level_bounds``,
+FCOS's scale ranges): small boxes on the fine level, where a 6 px car still owns a cell of its own, large ones on
+the coarse level, whose cells see all of them. Decode picks peaks on every level and keeps the top K over all; a
+level is trained to leave the other's boxes as background, so one object does not fire on both. Why: on the demo
+a stride-4 head found boxes under 16 px far better than a stride-8 one and sized the larger ones worse; the two
+levels together beat both (docs/benchmarks.md, "2D boxes on two levels").
 
 Heatmap loss: CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), normalised by the number of
 centres (:func:`~visionpilot.models.heads.centernet_focal_loss`, shared with the BEV boxes), written by hand because
@@ -32,12 +41,17 @@ class CenterNetHead(nn.Module):
 
     Raw outputs of :meth:`forward` (``BN`` = cameras folded into the batch, ``h, w`` = the level's size):
         ``heatmap``: (BN, C, h, w) centre logits; ``size``: (BN, 2, h, w) ``log(w / s), log(h / s)``;
-        ``offset``: (BN, 2, h, w) centre offset within the cell, in cells.
+        ``offset``: (BN, 2, h, w) centre offset within the cell, in cells. With several levels each output is
+        there once per level, named with the level's suffix (``heatmap_s4``, ``heatmap_s8``, ...).
 
     Args:
         in_channels: neck width.
         strides: neck strides.
-        stride: which neck level to read (4 or 8 usual; the backbone and neck must produce it).
+        stride: which neck level to read (4 or 8 usual; the backbone and neck must produce it), or a list of
+            levels, finest first, that share the branches (see the module docstring).
+        level_bounds: with several levels, the box sizes (the larger side, input pixels) where one level hands over
+            to the next: a box whose larger side is below ``level_bounds[i]`` (and not below ``level_bounds[i-1]``)
+            is a target on level ``i``. One fewer than the levels, increasing.
         num_classes: object classes ``C``.
         head_channels: width of each branch's 3x3 conv.
         top_k: detections kept per image by :meth:`decode`.
@@ -56,15 +70,29 @@ class CenterNetHead(nn.Module):
             ``heatmap``; decode and boxes are the same.
     """
 
-    def __init__(self, in_channels: int, strides: Sequence[int], stride: int = 8,
+    def __init__(self, in_channels: int, strides: Sequence[int], stride: int | Sequence[int] = 8,
                  num_classes: int = len(OBJECT_CLASSES), head_channels: int = 64, top_k: int = 100,
                  min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.0,
-                 class_head: str = "per_class") -> None:
+                 class_head: str = "per_class", level_bounds: Sequence[float] = ()) -> None:
         super().__init__()
-        if stride not in strides:
-            raise ValueError(f"objects_2d head: stride {stride} is not a neck level (neck strides {list(strides)}); "
-                             f"add it to the backbone's out_strides and the neck's levels")
-        self.stride, self.level = int(stride), f"s{stride}"
+        levels = [int(stride)] if isinstance(stride, int) else [int(v) for v in stride]
+        if not levels or sorted(set(levels)) != levels:
+            raise ValueError(f"objects_2d head: stride must be a level or a list of distinct levels, finest first, "
+                             f"found {stride}")
+        for level_stride in levels:
+            if level_stride not in strides:
+                raise ValueError(f"objects_2d head: stride {level_stride} is not a neck level (neck strides "
+                                 f"{list(strides)}); add it to the backbone's out_strides and the neck's levels")
+        bounds = [float(v) for v in level_bounds]
+        if len(levels) == 1 and bounds:
+            raise ValueError(f"objects_2d head: level_bounds {bounds} needs several levels (stride: [4, 8]), "
+                             f"found stride {levels[0]}")
+        if len(bounds) != len(levels) - 1 or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
+            raise ValueError(f"objects_2d head: level_bounds must be {len(levels) - 1} increasing positive box "
+                             f"sizes in pixels for strides {levels}, found {list(level_bounds)}")
+        self.strides = tuple(levels)
+        # Box size range [low, high) of each level: the larger side in input pixels.
+        self.size_ranges = tuple(zip([0.0, *bounds], [*bounds, math.inf]))
         if not 0.0 <= regress_area <= 1.0:
             raise ValueError(f"objects_2d head: regress_area must be in [0, 1], found {regress_area}")
         require_sizes("objects_2d head", num_classes=num_classes, top_k=top_k)
@@ -87,21 +115,37 @@ class CenterNetHead(nn.Module):
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - prior) / prior))
         self.classes = branch(num_classes) if class_head == "objectness" else None
 
+    def _suffix(self, level: int) -> str:
+        """The raw outputs' name suffix of level ``level`` (none with one level: its names predate levels)."""
+        return "" if len(self.strides) == 1 else f"_s{self.strides[level]}"
+
+    def level_outputs(self, outputs: dict[str, Tensor], level: int) -> dict[str, Tensor]:
+        """Level ``level``'s raw outputs under the one-level names (``heatmap``, ``size``, ...)."""
+        suffix = self._suffix(level)
+        names = ("heatmap", "size", "offset") if self.classes is None else ("objectness", "classes", "size", "offset")
+        return {name: outputs[name + suffix] for name in names}
+
     def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Neck features ``{"s8": (BN, C, h, w), ...}`` -> raw outputs (see the class docstring)."""
-        x = feats[self.level]
-        if self.classes is None:
-            return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
-        return {"objectness": self.heatmap(x), "classes": self.classes(x), "size": self.size(x),
-                "offset": self.offset(x)}
+        out = {}
+        for level, stride in enumerate(self.strides):
+            x, suffix = feats[f"s{stride}"], self._suffix(level)
+            centre = "heatmap" if self.classes is None else "objectness"
+            out[centre + suffix] = self.heatmap(x)
+            if self.classes is not None:
+                out["classes" + suffix] = self.classes(x)
+            out["size" + suffix], out["offset" + suffix] = self.size(x), self.offset(x)
+        return out
 
     @torch.no_grad()
-    def targets(self, batch: dict[str, Tensor], feature_size: Sequence[int]) -> dict[str, Tensor]:
+    def targets(self, batch: dict[str, Tensor], feature_size: Sequence[int], level: int = 0) -> dict[str, Tensor]:
         """CenterNet targets from the batch's padded 2D boxes, vectorised over (B, N, M).
 
         Args:
             batch: needs ``boxes_2d``, ``boxes_2d_classes``, ``boxes_2d_mask``, ``has_boxes_2d``, ``camera_mask``.
-            feature_size: (h, w) of the head's level.
+            feature_size: (h, w) of the level.
+            level: which of the head's levels (an index into ``strides``); only boxes in its size range are
+                targets there.
 
         Returns:
             ``image_mask`` (B, N) labelled images; ``heatmap`` (B, N, C, h, w) gaussian-splatted centres (1 at
@@ -114,13 +158,17 @@ class CenterNetHead(nn.Module):
         """
         boxes, classes = batch["boxes_2d"], batch["boxes_2d_classes"]
         h, w = int(feature_size[0]), int(feature_size[1])
-        s = self.stride
+        s = self.strides[level]
+        low, high = self.size_ranges[level]
         image_mask = batch["has_boxes_2d"].to(boxes.device)[:, None] & batch["camera_mask"]  # (B, N)
 
         cx, cy = (boxes[..., 0] + boxes[..., 2]) / (2 * s), (boxes[..., 1] + boxes[..., 3]) / (2 * s)  # (B, N, M)
         bw, bh = (boxes[..., 2] - boxes[..., 0]) / s, (boxes[..., 3] - boxes[..., 1]) / s
         box_mask = (batch["boxes_2d_mask"] & image_mask[..., None] & (classes >= 0) & (classes < self.num_classes)
                     & (bw > 0) & (bh > 0) & (cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h))
+        if len(self.strides) > 1:
+            side = torch.maximum(bw, bh) * s  # input pixels
+            box_mask &= (side >= low) & (side < high)
         ix, iy = cx.floor().clamp(0, w - 1), cy.floor().clamp(0, h - 1)
 
         radius = gaussian_radius(bh, bw, self.min_overlap).floor().clamp(min=0)  # (B, N, M) cells
@@ -195,28 +243,37 @@ class CenterNetHead(nn.Module):
             centres; of the objectness map with ``class_head="objectness"``), ``classes`` (that head's
             cross-entropy, weighted per cell, see ``class_head``), ``size`` and ``offset`` (L1 over each box's
             regression cells, gaussian-weighted, summed over x and y and averaged over boxes and the two
-            coordinates). Zero and still in the graph when nothing is labelled.
+            coordinates). With several levels each term sums over the levels before it is divided (by all the
+            levels' centres, boxes or cell weights), so a box weighs the same on whichever level it is a target.
+            Zero and still in the graph when nothing is labelled.
         """
-        logits = outputs["heatmap"] if "heatmap" in outputs else outputs["objectness"]  # (B, N, C or 1, h, w)
-        t = self.targets(batch, logits.shape[-2:])
-        img = t["image_mask"].float()[..., None, None, None]
-        heat = t["heatmap"]
-        terms = {}
-        if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, N, 1, h, w)
-            heat, terms["classes"] = objectness_targets(heat, outputs["classes"], img, dim=2)
-        focal, num_pos = centernet_focal_loss(logits, heat, img)
-        heat_loss = focal / num_pos.clamp(min=1.0)
+        focal = num_pos = n_boxes = size_l = offset_l = ce = ce_weight = 0.0
+        for level in range(len(self.strides)):
+            out = self.level_outputs(outputs, level)
+            logits = out["heatmap"] if "heatmap" in out else out["objectness"]  # (B, N, C or 1, h, w)
+            t = self.targets(batch, logits.shape[-2:], level)
+            img = t["image_mask"].float()[..., None, None, None]
+            heat = t["heatmap"]
+            if "classes" in out:  # class_head="objectness": heat becomes the classes' maximum, (B, N, 1, h, w)
+                heat, level_ce = objectness_targets(heat, out["classes"], img, dim=2)
+                # Back from the level's mean to its weighted sum (masked_mean divides by the weights, at least 1).
+                weight = (heat * (heat >= 0.5) * img).sum()
+                ce, ce_weight = ce + level_ce * weight.clamp(min=1.0), ce_weight + weight
+            level_focal, level_pos = centernet_focal_loss(logits, heat, img)
+            focal, num_pos = focal + level_focal, num_pos + level_pos
 
-        weight = t["regress_weight"][:, :, None]  # (B, N, 1, h, w), each box's weights summing to 1
-        n_boxes = t["regress_mask"].sum().clamp(min=1)
-        size_l = F.l1_loss(outputs["size"], t["size_map"], reduction="none") * weight
-        offset_l = F.l1_loss(outputs["offset"], t["offset_map"], reduction="none") * weight
+            weight = t["regress_weight"][:, :, None]  # (B, N, 1, h, w), each box's weights summing to 1
+            n_boxes = n_boxes + t["regress_mask"].sum()
+            size_l = size_l + (F.l1_loss(out["size"], t["size_map"], reduction="none") * weight).sum()
+            offset_l = offset_l + (F.l1_loss(out["offset"], t["offset_map"], reduction="none") * weight).sum()
+        n_boxes = n_boxes.clamp(min=1)
+        terms = {"classes": ce / ce_weight.clamp(min=1.0)} if self.classes is not None else {}
         return {
-            "heatmap": heat_loss,
+            "heatmap": focal / num_pos.clamp(min=1.0),
             **terms,
             # A mean over boxes and their two coordinates (each box's cell weights sum to 1).
-            "size": size_l.sum() / (2 * n_boxes),
-            "offset": offset_l.sum() / (2 * n_boxes),
+            "size": size_l / (2 * n_boxes),
+            "offset": offset_l / (2 * n_boxes),
         }
 
     def decode(self, outputs: dict[str, Tensor], image_size: Sequence[int] | None = None) -> dict[str, Tensor]:
@@ -224,33 +281,48 @@ class CenterNetHead(nn.Module):
 
         Args:
             outputs: raw outputs with any leading dims (``...`` = (B, N) from the net).
-            image_size: (H, W) of the input; boxes are clipped to it, as the labels are (None: the feature map's
-                extent times the stride).
+            image_size: (H, W) of the input; boxes are clipped to it, as the labels are (None: the finest level's
+                extent times its stride).
 
         Returns:
-            ``scores`` (..., K) centre probabilities, best first; ``classes`` (..., K) int64; ``boxes`` (..., K, 4)
-            ``x1, y1, x2, y2`` input pixels. When ``C * h * w < K`` the tail is padded with score 0, class -1.
+            ``scores`` (..., K) centre probabilities, best first, over all levels; ``classes`` (..., K) int64;
+            ``boxes`` (..., K, 4) ``x1, y1, x2, y2`` input pixels. When there are fewer than K cells x classes the
+            tail is padded with score 0, class -1.
         """
-        scores_map = centre_scores(outputs, dim=-3)  # (..., C, h, w)
-        lead, (c, h, w) = scores_map.shape[:-3], scores_map.shape[-3:]
-        heat = scores_map.reshape(-1, c, h, w)  # (X, C, h, w)
-        peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
-        k = min(self.top_k, c * h * w)
-        scores, idx = peaks.flatten(1).topk(k, dim=1)  # (X, k)
-        classes = torch.div(idx, h * w, rounding_mode="floor")
-        cell = idx - classes * (h * w)
-        y, x = torch.div(cell, w, rounding_mode="floor"), cell % w
+        peaks, offsets, sizes, cell_x, cell_y, cell_stride = [], [], [], [], [], []
+        for level, stride in enumerate(self.strides):
+            out = self.level_outputs(outputs, level)
+            scores_map = centre_scores(out, dim=-3)  # (..., C, h, w)
+            lead, (c, h, w) = scores_map.shape[:-3], scores_map.shape[-3:]
+            heat = scores_map.reshape(-1, c, h, w)  # (X, C, h, w)
+            # Peaks within a level: 3x3 max-pool; across levels each box is one level's target (no NMS needed).
+            peaks.append((heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)).flatten(2))  # (X, C, h*w)
+            offsets.append(out["offset"].reshape(-1, 2, h * w))
+            # Clamp before exp: an untrained head must not overflow to inf boxes.
+            sizes.append(out["size"].reshape(-1, 2, h * w).clamp(max=12.0).exp() * stride)
+            cells = torch.arange(h * w, device=heat.device)
+            cell_x.append(cells % w)
+            cell_y.append(torch.div(cells, w, rounding_mode="floor"))
+            cell_stride.append(torch.full((h * w,), float(stride), device=heat.device, dtype=heat.dtype))
+            if level == 0:
+                lead0, extent = lead, (h * stride, w * stride)
+        peak = torch.cat(peaks, dim=-1)  # (X, C, cells of all levels)
+        c, n_cells = peak.shape[-2:]
+        k = min(self.top_k, c * n_cells)
+        scores, idx = peak.flatten(1).topk(k, dim=1)  # (X, k)
+        classes = torch.div(idx, n_cells, rounding_mode="floor")
+        cell = idx - classes * n_cells
 
         gather = cell[:, None, :].expand(-1, 2, -1)  # (X, 2, k)
-        offset = outputs["offset"].reshape(-1, 2, h * w).gather(-1, gather)
-        # Clamp before exp: an untrained head must not overflow to inf boxes.
-        size = outputs["size"].reshape(-1, 2, h * w).gather(-1, gather).clamp(max=12.0).exp() * self.stride
-        cx = (x.to(offset.dtype) + offset[:, 0]) * self.stride
-        cy = (y.to(offset.dtype) + offset[:, 1]) * self.stride
+        offset = torch.cat(offsets, dim=-1).gather(-1, gather)
+        size = torch.cat(sizes, dim=-1).gather(-1, gather)
+        stride_k = torch.cat(cell_stride)[cell]
+        cx = (torch.cat(cell_x)[cell].to(offset.dtype) + offset[:, 0]) * stride_k
+        cy = (torch.cat(cell_y)[cell].to(offset.dtype) + offset[:, 1]) * stride_k
         boxes = torch.stack([cx - size[:, 0] / 2, cy - size[:, 1] / 2, cx + size[:, 0] / 2, cy + size[:, 1] / 2], -1)
         # Labels are the visible part of an object clipped to the image (torchvision's detectors clip alike): a
         # box reaching past the border cannot match a truncated object's label as well as its clipped self does.
-        height, width = (float(v) for v in image_size) if image_size is not None else (h * self.stride, w * self.stride)
+        height, width = (float(v) for v in image_size) if image_size is not None else extent
         limit = boxes.new_tensor([width, height, width, height])
         boxes = torch.minimum(boxes.clamp(min=0.0), limit)
         if k < self.top_k:
@@ -258,9 +330,9 @@ class CenterNetHead(nn.Module):
             scores, boxes = F.pad(scores, (0, pad)), F.pad(boxes, (0, 0, 0, pad))
             classes = F.pad(classes, (0, pad), value=-1)
         return {
-            "scores": scores.reshape(*lead, self.top_k),
-            "classes": classes.reshape(*lead, self.top_k),
-            "boxes": boxes.reshape(*lead, self.top_k, 4),
+            "scores": scores.reshape(*lead0, self.top_k),
+            "classes": classes.reshape(*lead0, self.top_k),
+            "boxes": boxes.reshape(*lead0, self.top_k, 4),
         }
 
 
