@@ -367,3 +367,31 @@ def test_two_levels_loss_counts_each_box_once_whatever_its_level() -> None:
 def test_two_levels_refuse_bad_levels_by_name(kw: dict, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
         _two_level_head(**kw)
+
+
+def test_two_levels_drop_a_box_found_again_on_the_other_level() -> None:
+    """The same 24 px box peaking on both levels decodes once (the better score), a box of another class there stays,
+    and the dropped one becomes tail padding; with cross_level_iou=1 both peaks stay."""
+    def outputs() -> dict[str, torch.Tensor]:
+        out = {}
+        for stride, cell, logit, offset in ((4, (5, 10), 3.0, 0.5), (8, (2, 5), 2.0, (0.25, 0.75))):
+            h, w = H // stride, W // stride
+            heat = torch.full((1, 1, 6, h, w), -9.0)
+            heat[0, 0, 0, cell[0], cell[1]] = logit
+            if stride == 8:
+                heat[0, 0, 1, cell[0], cell[1]] = 1.0  # another class at the same place
+            off = torch.zeros(1, 1, 2, h, w)
+            off[0, 0, 0], off[0, 0, 1] = (offset, offset) if stride == 4 else offset
+            size = torch.full((1, 1, 2, h, w), float(np.log(24 / stride)))
+            out |= {f"heatmap_s{stride}": heat, f"size_s{stride}": size, f"offset_s{stride}": off}
+        return out
+
+    box = [30.0, 10.0, 54.0, 34.0]  # centre (42, 22) on both levels
+    dec = _two_level_head(top_k=3).decode(outputs(), (H, W))  # the three peaks, no background
+    assert dec["classes"][0, 0].tolist() == [0, 1, -1] and dec["scores"][0, 0, 2] == 0
+    assert dec["scores"][0, 0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    np.testing.assert_allclose(dec["boxes"][0, 0, :2].numpy(), [box, box], atol=1e-4)
+    both = _two_level_head(top_k=3, cross_level_iou=1.0).decode(outputs(), (H, W))
+    assert both["classes"][0, 0].tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="cross_level_iou"):
+        _two_level_head(cross_level_iou=0.0)

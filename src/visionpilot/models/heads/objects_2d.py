@@ -13,9 +13,10 @@ Several levels (``stride=[4, 8]``): one set of branches, shared by the levels as
 2019), reads each level, and each box is a target on one level only, chosen by its larger side (``level_bounds``,
 FCOS's scale ranges): small boxes on the fine level, where a 6 px car still owns a cell of its own, large ones on
 the coarse level, whose cells see all of them. Decode picks peaks on every level and keeps the top K over all; a
-level is trained to leave the other's boxes as background, so one object does not fire on both. Why: on the demo
-a stride-4 head found boxes under 16 px far better than a stride-8 one and sized the larger ones worse; the two
-levels together beat both (docs/benchmarks.md, "2D boxes on two levels").
+level is trained to leave the other's boxes as background, but an object whose size is near a bound can still peak
+on both, so decode drops the worse of two same-class boxes from different levels that overlap (``cross_level_iou``).
+Why: on the demo a stride-4 head found boxes under 16 px far better than a stride-8 one and sized the larger ones
+worse; the two levels together beat both (docs/benchmarks.md, "2D boxes on two levels").
 
 Heatmap loss: CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), normalised by the number of
 centres (:func:`~visionpilot.models.heads.centernet_focal_loss`, shared with the BEV boxes), written by hand because
@@ -52,6 +53,10 @@ class CenterNetHead(nn.Module):
         level_bounds: with several levels, the box sizes (the larger side, input pixels) where one level hands over
             to the next: a box whose larger side is below ``level_bounds[i]`` (and not below ``level_bounds[i-1]``)
             is a target on level ``i``. One fewer than the levels, increasing.
+        cross_level_iou: with several levels, decode drops a detection that overlaps a better-scoring one of the same
+            class *from another level* by more than this IoU (YOLACT's one-pass "fast NMS", between levels only:
+            within a level the 3x3 peak picking already keeps one peak per object). An object whose size is near
+            a bound can peak on both levels; 1.0 keeps both.
         num_classes: object classes ``C``.
         head_channels: width of each branch's 3x3 conv.
         top_k: detections kept per image by :meth:`decode`.
@@ -73,7 +78,8 @@ class CenterNetHead(nn.Module):
     def __init__(self, in_channels: int, strides: Sequence[int], stride: int | Sequence[int] = 8,
                  num_classes: int = len(OBJECT_CLASSES), head_channels: int = 64, top_k: int = 100,
                  min_overlap: float = 0.7, prior: float = 0.1, regress_area: float = 0.0,
-                 class_head: str = "per_class", level_bounds: Sequence[float] = ()) -> None:
+                 class_head: str = "per_class", level_bounds: Sequence[float] = (),
+                 cross_level_iou: float = 0.5) -> None:
         super().__init__()
         levels = [int(stride)] if isinstance(stride, int) else [int(v) for v in stride]
         if not levels or sorted(set(levels)) != levels:
@@ -90,7 +96,10 @@ class CenterNetHead(nn.Module):
         if len(bounds) != len(levels) - 1 or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
             raise ValueError(f"objects_2d head: level_bounds must be {len(levels) - 1} increasing positive box "
                              f"sizes in pixels for strides {levels}, found {list(level_bounds)}")
+        if not 0.0 < cross_level_iou <= 1.0:
+            raise ValueError(f"objects_2d head: cross_level_iou must be in (0, 1], found {cross_level_iou}")
         self.strides = tuple(levels)
+        self.cross_level_iou = float(cross_level_iou)
         # Box size range [low, high) of each level: the larger side in input pixels.
         self.size_ranges = tuple(zip([0.0, *bounds], [*bounds, math.inf]))
         if not 0.0 <= regress_area <= 1.0:
@@ -295,7 +304,7 @@ class CenterNetHead(nn.Module):
             scores_map = centre_scores(out, dim=-3)  # (..., C, h, w)
             lead, (c, h, w) = scores_map.shape[:-3], scores_map.shape[-3:]
             heat = scores_map.reshape(-1, c, h, w)  # (X, C, h, w)
-            # Peaks within a level: 3x3 max-pool; across levels each box is one level's target (no NMS needed).
+            # Peaks within a level: 3x3 max-pool; across levels, see _drop_cross_level_duplicates.
             peaks.append((heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)).flatten(2))  # (X, C, h*w)
             offsets.append(out["offset"].reshape(-1, 2, h * w))
             # Clamp before exp: an untrained head must not overflow to inf boxes.
@@ -325,6 +334,8 @@ class CenterNetHead(nn.Module):
         height, width = (float(v) for v in image_size) if image_size is not None else extent
         limit = boxes.new_tensor([width, height, width, height])
         boxes = torch.minimum(boxes.clamp(min=0.0), limit)
+        if len(self.strides) > 1 and self.cross_level_iou < 1.0:
+            scores, classes, boxes = self._drop_cross_level_duplicates(scores, classes, boxes, stride_k)
         if k < self.top_k:
             pad = self.top_k - k
             scores, boxes = F.pad(scores, (0, pad)), F.pad(boxes, (0, 0, 0, pad))
@@ -334,6 +345,31 @@ class CenterNetHead(nn.Module):
             "classes": classes.reshape(*lead0, self.top_k),
             "boxes": boxes.reshape(*lead0, self.top_k, 4),
         }
+
+    def _drop_cross_level_duplicates(self, scores: Tensor, classes: Tensor, boxes: Tensor,
+                                     level: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Fast NMS between levels on (X, k) detections sorted by score: a detection whose box overlaps an earlier
+        (better) one of the same class and another level by more than ``cross_level_iou`` becomes padding (score 0,
+        class -1) and moves to the tail. One pass of static-shape tensor ops (a k x k IoU), so it exports.
+
+        Why: each box is a target on one level by its size, but a box near a level bound can peak on both (on the
+        demo 28-34 % of the found objects with a larger side of 16-32 px were found twice).
+        """
+        x1, y1, x2, y2 = boxes.unbind(-1)  # (X, k)
+        iw = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None])).clamp(min=0)
+        ih = (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None])).clamp(min=0)
+        inter = iw * ih  # (X, k, k): [i, j]
+        area = (x2 - x1) * (y2 - y1)
+        iou = inter / (area[:, :, None] + area[:, None] - inter).clamp(min=1e-6)
+        k = scores.shape[-1]
+        earlier = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1)  # [i, j]: i ranks above j
+        dup = ((iou > self.cross_level_iou) & earlier & (classes[:, :, None] == classes[:, None])
+               & (level[:, :, None] != level[:, None]))
+        drop = dup.to(scores.dtype).amax(dim=1) > 0  # (X, k): some better box of another level covers it
+        scores = torch.where(drop, torch.zeros_like(scores), scores)
+        classes = torch.where(drop, torch.full_like(classes, -1), classes)
+        scores, order = scores.topk(k, dim=1)  # kept ones first, still best first
+        return scores, classes.gather(1, order), boxes.gather(1, order[..., None].expand(-1, -1, 4))
 
 
 def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> Tensor:
