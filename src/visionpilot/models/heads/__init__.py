@@ -63,18 +63,21 @@ def centernet_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, alpha: 
     return -((pos_loss + neg_loss) * weight).sum(dims), (pos * weight).sum(dims)
 
 
-def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def objectness_targets(heatmap: Tensor, class_logits: Tensor, mask: Tensor,
+                       dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """The objectness head's targets from the per-class gaussian centre targets ``heatmap`` (classes along ``dim``).
 
     Returns the class-agnostic centre target (the classes' maximum, size 1 along ``dim``) for the focal loss, and the
-    class cross-entropy of ``class_logits``: on every cell whose centre target reaches 0.5 (the centre cell and, on
-    larger objects, its nearest neighbours, where a peak one cell off still decodes), weighted by that target, as the
-    class the cell's target peaks in; ``mask`` (broadcastable to the agnostic target) leaves unlabelled images out.
+    class cross-entropy of ``class_logits`` per cell with its weight (both without ``dim``): weighted on every cell
+    whose centre target reaches 0.5 (the centre cell and, on larger objects, its nearest neighbours, where a peak one
+    cell off still decodes) by that target, as the class the cell's target peaks in; ``mask`` (broadcastable to the
+    agnostic target) leaves unlabelled images out. The loss is ``masked_mean(ce, weight)``; a head reading several
+    levels sums ``ce * weight`` and ``weight`` over them first.
     """
     heat, cls = heatmap.max(dim=dim, keepdim=True)
     weight = (heat * (heat >= 0.5) * mask).squeeze(dim)
     ce = F.cross_entropy(class_logits.float().movedim(dim, 1), cls.squeeze(dim), reduction="none")
-    return heat, masked_mean(ce, weight)
+    return heat, ce, weight
 
 
 def weights_per_term(owner: str, terms: Sequence[str], given: Mapping[str, float] | None) -> dict[str, float]:

@@ -264,10 +264,8 @@ class CenterNetHead(nn.Module):
             img = t["image_mask"].float()[..., None, None, None]
             heat = t["heatmap"]
             if "classes" in out:  # class_head="objectness": heat becomes the classes' maximum, (B, N, 1, h, w)
-                heat, level_ce = objectness_targets(heat, out["classes"], img, dim=2)
-                # Back from the level's mean to its weighted sum (masked_mean divides by the weights, at least 1).
-                weight = (heat * (heat >= 0.5) * img).sum()
-                ce, ce_weight = ce + level_ce * weight.clamp(min=1.0), ce_weight + weight
+                heat, level_ce, level_weight = objectness_targets(heat, out["classes"], img, dim=2)
+                ce, ce_weight = ce + (level_ce * level_weight).sum(), ce_weight + level_weight.sum()
             level_focal, level_pos = centernet_focal_loss(logits, heat, img)
             focal, num_pos = focal + level_focal, num_pos + level_pos
 
@@ -276,6 +274,7 @@ class CenterNetHead(nn.Module):
             size_l = size_l + (F.l1_loss(out["size"], t["size_map"], reduction="none") * weight).sum()
             offset_l = offset_l + (F.l1_loss(out["offset"], t["offset_map"], reduction="none") * weight).sum()
         n_boxes = n_boxes.clamp(min=1)
+        # masked_mean's division, over all levels' cells.
         terms = {"classes": ce / ce_weight.clamp(min=1.0)} if self.classes is not None else {}
         return {
             "heatmap": focal / num_pos.clamp(min=1.0),
@@ -355,6 +354,7 @@ class CenterNetHead(nn.Module):
         Why: each box is a target on one level by its size, but a box near a level bound can peak on both (on the
         demo 28-34 % of the found objects with a larger side of 16-32 px were found twice).
         """
+        # The k x k IoU of every image at once (torchvision.ops.box_iou takes one image's boxes).
         x1, y1, x2, y2 = boxes.unbind(-1)  # (X, k)
         iw = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None])).clamp(min=0)
         ih = (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None])).clamp(min=0)

@@ -29,6 +29,7 @@ from visionpilot.data.vocab import OBJECT_CLASSES
 from visionpilot.models.heads import (
     centernet_focal_loss,
     centre_scores,
+    masked_mean,
     objectness_targets,
     require_sizes,
     weights_per_term,
@@ -195,7 +196,8 @@ class Objects3DHead(nn.Module):
         heat = t["heatmap"]
         losses = {}
         if "classes" in outputs:  # class_head="objectness": heat becomes the classes' maximum, (B, 1, X, Y)
-            heat, losses["classes"] = objectness_targets(heat, outputs["classes"], frame_w.float(), dim=1)
+            heat, ce, ce_weight = objectness_targets(heat, outputs["classes"], frame_w.float(), dim=1)
+            losses["classes"] = masked_mean(ce, ce_weight)
         per_class = self.heatmap_norm == "per_class"
         focal, num_pos = centernet_focal_loss(heat_logits.float(), heat, frame_w.float(), per_class=per_class)
         # per_class: each class's loss over its own centres, summed over the classes (CenterPoint's per-task
